@@ -1,0 +1,186 @@
+"""Input checks shared by every entry point: all run before any backend does.
+
+Each error names the offending argument. Nothing is broadcast or moved between devices.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, fields
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+REDUCTIONS = ("mean", "sum", "none")
+SELECTS = ("gmm", "none")
+
+
+@dataclass(frozen=True)
+class SREMParams:
+    """The validated SPEC.md parameters of one call (tensors already checked against B)."""
+
+    tau: float = 0.05
+    margin: float | torch.Tensor = 0.2
+    lambda_hard: float = 1.0
+    lambda_cbcl: float = 1.0
+    bias: bool = True
+    sce_weight: bool = True
+    clean: torch.Tensor | None = None
+    select: str = "gmm"
+    eps: float = 1e-10
+    reduction: str = "mean"
+
+    def as_kwargs(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _tensor(x, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def _float_tensor(x: torch.Tensor, name: str) -> None:
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have a floating dtype (float32, float16, bfloat16 or float64), got {x.dtype}"
+        )
+
+
+def _finite(x: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
+
+
+def _matrix(x, name: str, check_finite: bool) -> torch.Tensor:
+    x = _tensor(x, name)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor, got shape {tuple(x.shape)}")
+    _float_tensor(x, name)
+    if check_finite:
+        _finite(x, name)
+    return x
+
+
+def check_embeddings(img, txt, check_finite: bool) -> tuple[int, int]:
+    """img and txt: B×D, same B, D, dtype and device, B ≥ 2, D ≥ 1. Returns (B, D)."""
+    img = _matrix(img, "img", check_finite=False)
+    txt = _matrix(txt, "txt", check_finite=False)
+    if img.device != txt.device:
+        raise ValueError(f"img and txt must be on the same device, got img on {img.device} and txt on {txt.device}")
+    if img.dtype != txt.dtype:
+        raise TypeError(f"img and txt must have the same dtype, got img {img.dtype} and txt {txt.dtype}")
+    if img.shape[0] != txt.shape[0]:
+        raise ValueError(
+            f"img and txt must have the same batch size B, got img {tuple(img.shape)} and txt {tuple(txt.shape)}"
+        )
+    if img.shape[1] != txt.shape[1]:
+        raise ValueError(
+            f"img and txt must have the same embedding size D, got img {tuple(img.shape)} and txt {tuple(txt.shape)}"
+        )
+    B, D = img.shape
+    if B < 2:
+        raise ValueError(f"img and txt need a batch of B ≥ 2 pairs, got B={B}")
+    if D < 1:
+        raise ValueError(f"img and txt need an embedding size D ≥ 1, got D={D}")
+    if check_finite:
+        _finite(img, "img")
+        _finite(txt, "txt")
+    return B, D
+
+
+def check_similarity(sim, check_finite: bool) -> int:
+    """sim: a square B×B matrix with B ≥ 2. Returns B."""
+    sim = _matrix(sim, "sim", check_finite)
+    if sim.shape[0] != sim.shape[1]:
+        raise ValueError(f"sim must be a square B×B matrix, got shape {tuple(sim.shape)}")
+    if sim.shape[0] < 2:
+        raise ValueError(f"sim needs a batch of B ≥ 2 pairs, got B={sim.shape[0]}")
+    return sim.shape[0]
+
+
+def _real(x, name: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    return x
+
+
+def _nonnegative(x, name: str) -> float:
+    x = _real(x, name)
+    if x < 0:
+        raise ValueError(f"{name} must be ≥ 0, got {x}")
+    return x
+
+
+def _flag(x, name: str) -> bool:
+    if not isinstance(x, bool):
+        raise TypeError(f"{name} must be True or False, got {x!r}")
+    return x
+
+
+def _choice(x, name: str, choices: tuple[str, ...]) -> str:
+    if x not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {x!r}")
+    return x
+
+
+def _vector(x, name: str, B: int, device: torch.device, check_finite: bool) -> torch.Tensor:
+    """A per-sample tensor: exactly shape (B,), floating, on the inputs' device."""
+    x = _tensor(x, name)
+    if tuple(x.shape) != (B,):
+        raise ValueError(f"{name} must have shape (B,) = ({B},), got {tuple(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"{name} must be on the inputs' device {device}, got {x.device}")
+    _float_tensor(x, name)
+    if check_finite:
+        _finite(x, name)
+    return x
+
+
+def check_options(*, tau, lambda_hard, lambda_cbcl, bias, sce_weight, select, eps, reduction) -> dict:
+    """The scalar options, which do not depend on the batch (SREMLoss checks them at construction)."""
+    tau = _real(tau, "tau")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    return dict(
+        tau=tau,
+        lambda_hard=_nonnegative(lambda_hard, "lambda_hard"),
+        lambda_cbcl=_nonnegative(lambda_cbcl, "lambda_cbcl"),
+        bias=_flag(bias, "bias"),
+        sce_weight=_flag(sce_weight, "sce_weight"),
+        select=_choice(select, "select", SELECTS),
+        eps=_nonnegative(eps, "eps"),
+        reduction=_choice(reduction, "reduction", REDUCTIONS),
+    )
+
+
+def check_margin(margin, B: int | None = None, device: torch.device | None = None, check_finite: bool = True):
+    """A real number, or a tensor of shape (B,) (NCR's soft margin); B=None defers the tensor check."""
+    if isinstance(margin, torch.Tensor):
+        return margin if B is None else _vector(margin, "margin", B, device, check_finite)
+    return _real(margin, "margin")
+
+
+def check_clean(clean, B: int, device: torch.device) -> torch.Tensor | None:
+    """None, or weights in [0, 1] of shape (B,); a bool mask counts as 0/1 weights."""
+    if clean is None:
+        return None
+    if isinstance(clean, torch.Tensor) and clean.dtype == torch.bool:
+        clean = clean.float()
+    clean = _vector(clean, "clean", B, device, check_finite=False)
+    if not bool(((clean >= 0) & (clean <= 1)).all()):  # also catches NaN
+        raise ValueError("clean weights must lie in [0, 1]")
+    return clean
+
+
+def check_params(B: int, device: torch.device, *, margin, clean, check_finite: bool, **options) -> SREMParams:
+    """Everything but the input tensors, checked against the batch size B and the inputs' device."""
+    return SREMParams(
+        margin=check_margin(margin, B, device, check_finite),
+        clean=check_clean(clean, B, device),
+        **check_options(**options),
+    )

@@ -1,0 +1,131 @@
+"""The backend registry: which implementations of the SREM loss exist, which can run here, and
+which one `backend="auto"` picks.
+
+A backend's implementation is a callable
+
+    run(img, txt, sim, params: SREMParams) -> (loss, per_sample, stats: dict[str, Tensor])
+
+given either (img, txt) with sim=None or sim with img=txt=None, all inputs already validated.
+`loss` is differentiable; `per_sample` and `stats` may be detached. The registry lists backends
+fastest first: `auto` takes the first available one that runs the inputs' device and dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from srem_kernels._validate import FLOAT_DTYPES
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised by a backend's loader when it cannot run on this machine; the message says why."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    devices: tuple[str, ...]  # torch device types it runs on
+    dtypes: tuple[torch.dtype, ...]
+    loader: Callable[[], Callable]  # imports the implementation, or raises BackendUnavailable
+    summary: str
+
+    def unsupported(self, device: torch.device, dtype: torch.dtype) -> str | None:
+        """Why this backend cannot take these inputs, or None if it can."""
+        if device.type not in self.devices:
+            return f"runs on {'/'.join(self.devices)} tensors, not {device.type}"
+        if dtype not in self.dtypes:
+            return f"does not take {dtype} inputs"
+        return None
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    reason: str  # what it is when available, why not otherwise
+    devices: tuple[str, ...]
+
+    def __str__(self) -> str:
+        mark = "yes" if self.available else "no "
+        return f"{self.name:<10} {mark}  [{'/'.join(self.devices)}]  {self.reason}"
+
+
+def _load_reference():
+    from srem_kernels import reference
+
+    return reference.run
+
+
+def _not_yet(issue: str):
+    def load():
+        raise BackendUnavailable(f"not implemented yet ({issue})")
+
+    return load
+
+
+_FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Fastest first: the order `auto` tries them in.
+_REGISTRY: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("triton", ("cuda",), _FAST_DTYPES, _not_yet("Triton kernels issue"), "fused Triton kernels"),
+        Backend("cuda", ("cuda",), _FAST_DTYPES, _not_yet("csrc issue"), "fused CUDA C++ kernels (csrc/)"),
+        Backend("cpu", ("cpu",), _FAST_DTYPES, _not_yet("csrc issue"), "fused multi-threaded C++ kernels (csrc/)"),
+        Backend(
+            "reference",
+            ("cpu", "cuda"),
+            FLOAT_DTYPES,
+            _load_reference,
+            "plain PyTorch (python_ref), materialises the B×B matrix",
+        ),
+    )
+}
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+@functools.cache
+def _load(name: str) -> Callable | BackendUnavailable:
+    try:
+        return _REGISTRY[name].loader()
+    except BackendUnavailable as err:
+        return err
+    except ImportError as err:  # a compiled module that was not built, a missing dependency
+        return BackendUnavailable(f"cannot be imported: {err}")
+
+
+def backends() -> dict[str, BackendStatus]:
+    """Every registered backend, whether it can run here, and why not."""
+    out = {}
+    for name, b in _REGISTRY.items():
+        impl = _load(name)
+        ok = not isinstance(impl, BackendUnavailable)
+        out[name] = BackendStatus(name, ok, b.summary if ok else str(impl), b.devices)
+    return out
+
+
+def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Callable]:
+    """The backend that runs a call: the named one, or for "auto" the fastest that can."""
+    if backend == "auto":
+        for name, b in _REGISTRY.items():
+            impl = _load(name)
+            if not isinstance(impl, BackendUnavailable) and b.unsupported(device, dtype) is None:
+                return name, impl
+        raise RuntimeError(f"no available backend runs {dtype} tensors on {device}: {backends()}")
+    if not isinstance(backend, str) or backend not in _REGISTRY:
+        raise ValueError(f"backend must be 'auto' or one of {', '.join(map(repr, _REGISTRY))}; got {backend!r}")
+    b = _REGISTRY[backend]
+    why = b.unsupported(device, dtype)
+    if why is not None:
+        raise ValueError(f"backend={backend!r} {why}")
+    impl = _load(backend)
+    if isinstance(impl, BackendUnavailable):
+        raise RuntimeError(f"backend={backend!r} is not available: {impl}")
+    return backend, impl

@@ -1,0 +1,48 @@
+"""What a call of the SREM loss returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass(frozen=True)
+class SREMStats:
+    """Every per-sample statistic of SPEC.md, each a detached B-vector (see SPEC.md for the math)."""
+
+    pos: torch.Tensor  # S_ii
+    energy_i2t: torch.Tensor  # -tau * lse_r[i]
+    energy_t2i: torch.Tensor  # -tau * lse_c[i]
+    energy: torch.Tensor  # mean of the two; lower = more certain
+    ce_i2t: torch.Tensor  # lse_r[i] - Z_ii
+    ce_t2i: torch.Tensor  # lse_c[i] - Z_ii
+    entropy_i2t: torch.Tensor
+    entropy_t2i: torch.Tensor
+    hard_i2t: torch.Tensor  # max_{j≠i} S_ij
+    hard_i2t_index: torch.Tensor  # its j (int64; ties: lowest index)
+    hard_t2i: torch.Tensor  # max_{j≠i} S_ji
+    hard_t2i_index: torch.Tensor  # its j (int64)
+    sce: torch.Tensor  # swapped classification entropy (D)
+    weight: torch.Tensor  # w_i = exp(-sce_i), or 1 with sce_weight=False
+    clean: torch.Tensor  # the clean weight c_i actually used
+    loss_hard: torch.Tensor  # L_hard_i, unweighted
+    loss_cbcl: torch.Tensor  # L_cbcl_i, unweighted
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self.names()}
+
+
+@dataclass(frozen=True)
+class SREMResult:
+    """loss: reduced as asked, differentiable with respect to the inputs.
+    per_sample: the B-vector L_i (detached). stats: SREMStats. backend: the backend that ran."""
+
+    loss: torch.Tensor
+    per_sample: torch.Tensor
+    stats: SREMStats
+    backend: str
