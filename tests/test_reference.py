@@ -371,3 +371,13 @@ def test_fp64_stays_fp64():
     img, txt = embeddings(6, 3, seed=14)
     loss, per, stats = R.srem(img, txt)
     assert loss.dtype == per.dtype == stats["sce"].dtype == torch.float64
+
+
+def test_spec_fp32_tolerance_is_reachable():
+    """With only the dot products rounded to fp32, every statistic and the loss are within
+    SPEC.md's fp32 bar: the bar the kernels are held to is attainable."""
+    from python_ref.numerics import compare
+
+    img, txt = embeddings(130, 33, seed=15, dtype=torch.float32)
+    for name, (_, dots_only) in compare(img, txt, TAU).items():
+        assert dots_only <= 1e-5, name
