@@ -77,3 +77,10 @@ def test_fused_glue_in_fp64_is_exact():
     assert_rel_close(out[0], ref[0], 1e-13, "loss")
     assert_rel_close(grads[0], ref_grads[0], 1e-12, "d img")
     assert_rel_close(grads[1], ref_grads[1], 1e-12, "d txt")
+
+
+def test_kernel_buffers_are_poisoned_in_tests():
+    from srem_kernels import _alloc
+
+    assert torch.isnan(_alloc.empty((3,), dtype=torch.float32, device="cpu")).all()
+    assert (_alloc.empty((3,), dtype=torch.int64, device="cpu") == -1).all()
