@@ -38,22 +38,12 @@ from typing import Protocol
 import torch
 
 from python_ref.filtration import clean_weights
+from python_ref.srem import STATISTICS
 from srem_kernels._validate import SREMParams
 
-# The forward's B-vectors that are SPEC statistics as they are.
-KERNEL_STATISTICS = (
-    "pos",
-    "ce_i2t",
-    "ce_t2i",
-    "entropy_i2t",
-    "entropy_t2i",
-    "hard_i2t",
-    "hard_i2t_index",
-    "hard_t2i",
-    "hard_t2i_index",
-    "sce",
-    "loss_cbcl",
-)
+# The glue computes these statistics; the kernels' forward returns the others as they are.
+GLUE_STATISTICS = ("energy_i2t", "energy_t2i", "energy", "weight", "clean", "loss_hard")
+KERNEL_STATISTICS = tuple(k for k in STATISTICS if k not in GLUE_STATISTICS)
 
 
 class Kernels(Protocol):

@@ -118,7 +118,8 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str
             impl = _load(name)
             if not isinstance(impl, BackendUnavailable) and b.unsupported(device, dtype) is None:
                 return name, impl
-        raise RuntimeError(f"no available backend runs {dtype} tensors on {device}: {backends()}")
+        why = "; ".join(f"{s.name}: {s.reason}" for s in backends().values())
+        raise RuntimeError(f"no available backend runs {dtype} tensors on {device} ({why})")
     if not isinstance(backend, str) or backend not in _REGISTRY:
         raise ValueError(f"backend must be 'auto' or one of {', '.join(map(repr, _REGISTRY))}; got {backend!r}")
     b = _REGISTRY[backend]
