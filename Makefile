@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.srem-installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench bench-full bench-micro clean
 
 install: $(STAMP)
 
@@ -24,6 +24,21 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Benchmarks (bench/): the quick CPU sweep and one training step; bench/RESULTS.md and plots.
+bench: $(STAMP)
+	$(PY) -m bench --quick
+	$(PY) -m bench.train_step
+	$(PY) -m bench.report
+
+# The full sweep for this machine's device (on a GPU: B up to 256k, D 256 and 1024, fp32 and bf16).
+bench-full: $(STAMP)
+	$(PY) -m bench
+	$(PY) -m bench.train_step
+	$(PY) -m bench.report
+
+bench-micro: $(STAMP)
+	$(PY) -m pytest -q tests/test_bench.py -k micro --benchmark-enable
 
 clean:
 	rm -rf $(VENV) build *.egg-info

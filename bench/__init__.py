@@ -1,0 +1,1 @@
+"""The srem-kernels benchmark: `python -m bench` (see bench/run.py)."""

@@ -1,0 +1,108 @@
+"""Everything the benchmark races, on the same inputs.
+
+A contender turns leaf embeddings (img, txt: B×D, requires_grad) into three phases, "fwd", "bwd"
+and "fwd+bwd". Each phase is a preparation: calling it does the untimed set-up (for "bwd", the
+forward that builds the graph) and returns the zero-argument callable that is timed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import python_ref
+import srem_kernels
+
+Phases = dict[str, Callable[[], Callable[[], object]]]
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    build: Callable[[torch.Tensor, torch.Tensor], Phases]
+    family: str  # "srem" (the whole loss), "infonce" (the contrastive core only) or "floor"
+    dense: bool  # materialises B×B matrices: skipped on CPU where they would not fit
+    note: str = ""
+
+
+def loss_phases(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], img, txt) -> Phases:
+    def backward():
+        loss = loss_fn(img, txt)
+        return loss.backward
+
+    return {
+        "fwd": lambda: lambda: loss_fn(img, txt),
+        "bwd": backward,
+        "fwd+bwd": lambda: lambda: loss_fn(img, txt).backward(),
+    }
+
+
+def matmul_floor(img, txt) -> Phases:
+    """The three bare matmuls the math needs: S = I·Tᵀ forward, G·T and Gᵀ·I backward."""
+    i, t = img.detach(), txt.detach()
+    G = torch.randn(i.shape[0], i.shape[0], dtype=i.dtype, device=i.device)
+    return {
+        "fwd": lambda: lambda: i @ t.T,
+        "bwd": lambda: lambda: (G @ t, G.T @ i),
+        "fwd+bwd": lambda: lambda: (i @ t.T, G @ t, G.T @ i),
+    }
+
+
+def clip_loss(img, txt, tau: float = 0.05):
+    """open_clip's ClipLoss formulation: symmetric cross-entropy over I·Tᵀ / tau."""
+    logits = (img @ txt.T) / tau
+    labels = torch.arange(img.shape[0], device=img.device)
+    return (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.T.float(), labels)) / 2
+
+
+def _inf_cl() -> Contender | str:
+    """inf-cl's memory-efficient contrastive loss (GPU only), or why it is not here."""
+    try:
+        from inf_cl import cal_inf_loss
+    except ImportError as err:
+        return f"inf-cl not installed ({err.name}); pip install inf-cl where the network allows"
+
+    def loss(img, txt):
+        scale = torch.tensor(1 / 0.05, device=img.device)  # 1 / tau, as the other contenders
+        return (cal_inf_loss(img, txt, scale=scale) + cal_inf_loss(txt, img, scale=scale)) / 2
+
+    return Contender("infonce:inf-cl", lambda i, t: loss_phases(loss, i, t), "infonce", False, "tiled InfoNCE")
+
+
+_compiled = {}
+
+
+def _compiled_reference(img, txt):
+    fn = _compiled.get("srem")
+    if fn is None:  # one dynamic-shape compile serves every batch size
+        fn = _compiled["srem"] = torch.compile(lambda a, b: python_ref.srem(a, b)[0], dynamic=True)
+    return loss_phases(fn, img, txt)
+
+
+def _backend(name: str) -> Contender:
+    fn = lambda a, b: srem_kernels.loss(a, b, backend=name, check_finite=False).loss  # noqa: E731
+    return Contender(f"srem:{name}", lambda i, t: loss_phases(fn, i, t), "srem", name == "reference")
+
+
+def contenders(device: torch.device) -> tuple[list[Contender], list[str]]:
+    """(what runs on this device, one line per contender left out and why)."""
+    out = [Contender("floor:matmuls", matmul_floor, "floor", True, "S = I·Tᵀ, G·T, Gᵀ·I")]
+    skipped = []
+    for status in srem_kernels.backends().values():
+        if not status.available:
+            skipped.append(f"srem:{status.name}: {status.reason}")
+        elif device.type not in status.devices:
+            skipped.append(f"srem:{status.name}: runs on {'/'.join(status.devices)}, not {device.type}")
+        else:
+            out.append(_backend(status.name))
+    out.append(Contender("srem:compiled-reference", _compiled_reference, "srem", True, "torch.compile(python_ref.srem)"))
+    out.append(Contender("infonce:clip-loss", lambda i, t: loss_phases(clip_loss, i, t), "infonce", True, "open_clip formulation"))
+    if device.type == "cuda":
+        inf_cl = _inf_cl()
+        (out.append if isinstance(inf_cl, Contender) else skipped.append)(inf_cl)
+    else:
+        skipped.append("infonce:inf-cl: GPU only")
+    return out, skipped

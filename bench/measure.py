@@ -1,0 +1,70 @@
+"""Timing and peak memory of one callable, on CPU or GPU."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    return statistics.quantiles(xs, n=10, method="inclusive")[int(q * 10) - 1] if len(xs) > 1 else xs[0]
+
+
+def summarise(samples_ms: list[float]) -> Timing:
+    return Timing(statistics.median(samples_ms), _quantile(samples_ms, 0.2), _quantile(samples_ms, 0.8))
+
+
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds of one call: CUDA events on GPU, the wall clock on CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+# ---------------------------------------------------------------- peak memory above the inputs
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) / 1024
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory that one call adds above what is allocated before it: the CUDA caching
+    allocator's peak on GPU; on CPU the growth of the process's peak RSS (VmHWM, reset through
+    clear_refs): memory the allocator already holds does not show, so sub-MB figures mean little."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    base = _status_mb("VmRSS")
+    fn()
+    return max(_status_mb("VmHWM") - base, 0.0)
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()

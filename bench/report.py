@@ -1,0 +1,158 @@
+"""Tables and plots from the benchmark logs: rewrites bench/RESULTS.md and bench/results/plots/.
+
+    python -m bench.report [--results bench/results]
+
+For every device log (bench/results/<device>.csv) the latest run is shown: forward+backward time
+per contender and batch size with its ratio to the bare matmuls, peak memory, and plots of time,
+memory and ratio against B. Train-step logs (<device>.train-step.csv) get a table of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS_MD = HERE / "RESULTS.md"
+
+
+def _latest_run(rows: list[dict]) -> list[dict]:
+    last = max(r["run"] for r in rows)
+    return [r for r in rows if r["run"] == last]
+
+
+def _read(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return _latest_run(rows) if rows else []
+
+
+def _cell(r: dict) -> str:
+    if r["status"] != "ok":
+        return "OOM" if r["status"].startswith("OOM") else "—"
+    ratio = f" ({float(r['ratio_to_floor']):.2g}×)" if r["ratio_to_floor"] and not r["contender"].startswith("floor") else ""
+    return f"{float(r['median_ms']):.4g}{ratio}"
+
+
+def _table(rows: list[dict], value) -> list[str]:
+    sizes = sorted({int(r["B"]) for r in rows})
+    names = list(dict.fromkeys(r["contender"] for r in rows))
+    by = {(r["contender"], int(r["B"])): r for r in rows}
+    out = ["| contender | " + " | ".join(f"B={b}" for b in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for n in names:
+        out.append(f"| `{n}` | " + " | ".join(value(by[(n, b)]) if (n, b) in by else "" for b in sizes) + " |")
+    return out
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    series = defaultdict(list)
+    for r in rows:
+        if r["status"] == "ok":
+            series[r["contender"]].append(r)
+    for name, rs in series.items():
+        rs.sort(key=lambda r: int(r["B"]))
+        B = [int(r["B"]) for r in rs]
+        style = dict(marker="o", label=name, linestyle="--" if name.startswith(("floor", "infonce")) else "-")
+        axes[0].plot(B, [float(r["median_ms"]) for r in rs], **style)
+        axes[1].plot(B, [max(float(r["peak_mb"]), 0.1) for r in rs], **style)
+        if not name.startswith("floor"):
+            axes[2].plot(B, [float(r["ratio_to_floor"]) for r in rs], **style)
+    for ax, ylabel in zip(axes, ("forward+backward time (ms)", "peak memory above inputs (MB)", "time / bare matmuls")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size B")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def device_section(log: Path, plots: Path) -> list[str]:
+    rows = _read(log)
+    if not rows:
+        return []
+    r0 = rows[0]
+    lines = [
+        f"## {r0['device']}",
+        "",
+        f"Run {r0['run']} ({r0['date']}), commit `{r0['commit']}`, torch {r0['torch']}, triton {r0['triton'] or '—'}, "
+        f"{r0['threads']} CPU threads. Command: `{r0['command']}`.",
+        "",
+    ]
+    groups = defaultdict(list)
+    for r in rows:
+        if r["phase"] == "fwd+bwd":
+            groups[(r["dtype"], r["D"])].append(r)
+    for (dtype, D), rs in groups.items():
+        png = plots / f"{log.stem}-{dtype}-D{D}.png"
+        plot(rs, png, f"{r0['device']} — {dtype}, D={D}, forward+backward (commit {r0['commit']}, {r0['date']})")
+        lines += [f"### {dtype}, D={D}: forward+backward, median ms (ratio to the bare matmuls)", ""]
+        lines += _table(rs, _cell)
+        lines += ["", "Peak memory above the inputs, MB:", ""]
+        lines += _table(rs, lambda r: f"{float(r['peak_mb']):.0f}" if r["status"] == "ok" else _cell(r))
+        lines += ["", f"![{dtype} D={D}](results/plots/{png.name})", ""]
+    return lines
+
+
+def train_step_section(log: Path) -> list[str]:
+    rows = _read(log)
+    if not rows:
+        return []
+    r0 = rows[0]
+    lines = [
+        f"### End to end: one training step, {r0['device']}",
+        "",
+        f"Run {r0['run']} ({r0['date']}), commit `{r0['commit']}`. Command: `{r0['command']}`.",
+        "",
+        "| loss | B | D | step ms (median) | peak MB above the model |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ms = f"{float(r['median_ms']):.4g}" if r["status"] == "ok" else r["status"]
+        mb = f"{float(r['peak_mb']):.0f}" if r["status"] == "ok" else ""
+        lines.append(f"| `{r['contender']}` | {r['B']} | {r['D']} | {ms} | {mb} |")
+    return lines + [""]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=HERE / "results")
+    ap.add_argument("--output", type=Path, default=RESULTS_MD)
+    args = ap.parse_args(argv)
+    logs = sorted(p for p in args.results.glob("*.csv") if not p.name.endswith(".train-step.csv"))
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `python -m bench.report` from the logs in `bench/results/`; reproduce with `make bench`",
+        "(`python -m bench --quick` on CPU) or, on a GPU machine, `python -m bench` (see the README).",
+        "Times are medians over interleaved rounds after a warm-up; the ratio is to the three bare",
+        "matmuls (S = I·Tᵀ, G·T, Gᵀ·I) of the same dtype in the same run. `—`: not run at that size",
+        "(see the log's status column: skipped for memory, error).",
+        "",
+    ]
+    if not any(not p.stem.startswith("cpu-") for p in logs):  # CPU logs are named cpu-<model>
+        lines += ["## GPU", "", "Awaits a run on a GPU machine: `make gpu-check` (README).", ""]
+    for log in logs:
+        lines += device_section(log, args.results / "plots")
+        step = log.with_name(f"{log.stem}.train-step.csv")
+        if step.exists():
+            lines += train_step_section(step)
+    args.output.write_text("\n".join(lines))
+    print(f"wrote {args.output}")
+    return args.output
+
+
+if __name__ == "__main__":
+    main()
