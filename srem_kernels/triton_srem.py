@@ -320,6 +320,8 @@ class TritonKernels:
     block and panel edges).
     """
 
+    supports_stats_only = True  # forward(..., stats_only=True) skips A_r, A_c and the saved S
+
     def __init__(self, strategy: str | None = None, *, block: int | None = None, bk: int | None = None,
                  panel_rows: int | None = None):  # fmt: skip
         if strategy not in (None, "auto", *STRATEGIES):
