@@ -32,7 +32,8 @@ kernel needs to meet SPEC.md's 1e-5 (README, "Numerics").
 
 Optional parts of a Kernels object (the contract above does not change):
   saved_layout(img, txt, sim, *, stats_only) -> {name: (shape, dtype)}, the entries forward
-      returns, in order. Kernels that have it run behind the torch.library custom ops
+      returns, in order. Kernels that have it and are registered (register_kernels, at
+      construction) run behind the torch.library custom ops
       srem_kernels::fused_forward / fused_backward (their fake implementations come from it), so
       torch.compile(fullgraph=True) traces a step that calls the loss without a graph break.
       Kernels without it are called directly (eager works; compile sees the kernels themselves).
@@ -43,6 +44,7 @@ Optional parts of a Kernels object (the contract above does not change):
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Optional, Protocol
 
 import torch
@@ -82,16 +84,21 @@ _STAT_OUTPUTS = KERNEL_STATISTICS + ("lse_r", "lse_c", "energy", "clean", "weigh
 
 # ---------------------------------------------------------------- custom ops around the kernels
 
-_KERNELS: dict[str, Kernels] = {}
+_KERNELS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def register_kernels(kernels) -> str:
+    """Make `kernels` (which has saved_layout) callable through the custom ops; call it when the
+    kernels are constructed, not inside a compiled region (dynamo defers side effects)."""
+    key = f"{type(kernels).__qualname__}@{id(kernels):x}"
+    _KERNELS[key] = kernels
+    kernels.op_key = key
+    return key
 
 
 def _op_key(kernels) -> str | None:
-    """The name the custom ops find `kernels` under, or None for kernels without saved_layout."""
-    if not hasattr(kernels, "saved_layout"):
-        return None
-    key = f"{type(kernels).__qualname__}@{id(kernels):x}"
-    _KERNELS.setdefault(key, kernels)  # holds the object: its id stays unique
-    return key
+    """The name the custom ops find `kernels` under, or None: kernels are then called directly."""
+    return getattr(kernels, "op_key", None)
 
 
 def _kernel_forward(kernels, img, txt, sim, tau, eps, bias, stats_only):

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from srem_kernels import _alloc
+from srem_kernels import _alloc, fused
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 STRATEGIES = ("streaming", "materialised")
@@ -50,12 +50,28 @@ if INTERPRET:
         d = u - 1.0
         return tl.where(d == 0.0, x, tl.log(u) * (x / tl.where(d == 0.0, 1.0, d)))
 
+    @triton.jit
+    def _log(x):
+        return tl.log(x)
+
 else:  # pragma: no cover - GPU only
     from triton.language.extra import libdevice
 
     @triton.jit
     def _log1p(x):
         return libdevice.log1p(x)
+
+    @triton.jit
+    def _log(x):
+        return libdevice.log(x)
+
+
+@triton.jit
+def _log_1m_eps(p, eps):
+    """log(1 - p + eps) without losing eps: log1p(eps - p) while p is small, and for p ≥ 1/2
+    log((1 - p) + eps), where 1 - p is exact (Sterbenz) — eps - p rounds to -1 in fp32 when p
+    rounds to 1 (a confident wrong match), and log1p(-1) = -inf where the value is log(eps)."""
+    return tl.where(p < 0.5, _log1p(eps - p), _log((1.0 - p) + eps))
 
 
 @triton.jit
@@ -196,12 +212,12 @@ def _coupled_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s
             lc_b = tl.load(logl_c + cols, mask=cmask, other=0.0)[None, :]
             bx = 1.0 - tl.exp(-((mc_b - zx) + lc_b))  # 1 - Pc_ij
             bc = 1.0 - tl.exp(-((mr_b - zc) + lr_b))  # 1 - Pr_ji
-            cb -= tl.sum(tl.where(off, bx * _log1p(eps - px) + bc * _log1p(eps - pc), 0.0), axis=1)
+            cb -= tl.sum(tl.where(off, bx * _log_1m_eps(px, eps) + bc * _log_1m_eps(pc, eps), 0.0), axis=1)
             if WITH_A:
                 ar += tl.sum(tl.where(off, bx * px / (1.0 - px + eps), 0.0), axis=1)
                 ac += tl.sum(tl.where(off, bc * pc / (1.0 - pc + eps), 0.0), axis=1)
         else:
-            cb -= tl.sum(tl.where(off, _log1p(eps - px) + _log1p(eps - pc), 0.0), axis=1)
+            cb -= tl.sum(tl.where(off, _log_1m_eps(px, eps) + _log_1m_eps(pc, eps), 0.0), axis=1)
             if WITH_A:
                 ar += tl.sum(tl.where(off, px / (1.0 - px + eps), 0.0), axis=1)
                 ac += tl.sum(tl.where(off, pc / (1.0 - pc + eps), 0.0), axis=1)
@@ -331,6 +347,7 @@ class TritonKernels:
         self.bk = bk or _BK
         self.panel_rows = panel_rows
         self._chosen: dict[tuple, str] = {}
+        fused.register_kernels(self)
 
     # ------------------------------------------------------------------ planning
 
