@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.srem-installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean gpu-check
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# On a lent GPU machine (torch, Triton, nvcc in its image; no network): tests and a benchmark, logs in $(OUT)
+gpu-check:
+	OUT=$${OUT:-./gpu-check-out} bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

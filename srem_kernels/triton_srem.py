@@ -322,12 +322,6 @@ def _matmul_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.to(acc) @ b.to(acc)
 
 
-def _is_fake(t) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor) or (t is not None and t.device.type == "meta")
-
-
 class TritonKernels:
     """The Kernels contract of srem_kernels/fused.py in Triton (see the module docstring).
 
@@ -406,10 +400,6 @@ class TritonKernels:
         layout = self.saved_layout(img, txt, sim, stats_only=stats_only)
         dev = (sim if sim is not None else img).device
         out = {k: _alloc.empty(shape, dtype=dt, device=dev) for k, (shape, dt) in layout.items() if k != "S"}
-        if _is_fake(img if sim is None else sim):
-            if "S" in layout:
-                out["S"] = torch.empty(layout["S"][0], dtype=layout["S"][1], device=dev)
-            return {k: out[k] for k in layout}
         if "S" in layout:  # materialised: S once, then the passes read it
             out["S"] = _matmul_acc(img, txt.T)
             src = (None, None, out["S"])
