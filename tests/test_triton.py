@@ -57,7 +57,10 @@ def run_both(k, img, txt, params, from_sim=False):
     x, y = img.double().requires_grad_(), txt.double().requires_grad_()
     ref_kw = {k_: (v.double() if isinstance(v, torch.Tensor) else v) for k_, v in params.as_kwargs().items()}
     if from_sim:
-        sim_in = (a.float() @ b.float().T).to(img.dtype).detach().requires_grad_()
+        sim_in = (a.float() @ b.float().T).to(img.dtype).detach()
+        if from_sim == "transposed":  # a non-contiguous sim: the kernels take its strides
+            sim_in = sim_in.T.contiguous().T
+        sim_in.requires_grad_()
         out = fused.run(k, None, None, sim_in, params)
         sim_ref = sim_in.detach().double().requires_grad_()
         ref = R.srem(sim=sim_ref, **ref_kw)
@@ -112,11 +115,13 @@ def test_matches_reference(strategy, dtype, B, D, case):
     assert grads[0].dtype == img.dtype and grads[1].dtype == txt.dtype
 
 
-@pytest.mark.parametrize("dtype,B,case", [("fp32", 37, "default"), ("fp32", 130, "no-bias"), ("bf16", 37, "select-none")])
-def test_similarity_path(dtype, B, case):
+@pytest.mark.parametrize("dtype,B,case,layout", [
+    ("fp32", 37, "default", True), ("fp32", 130, "no-bias", "transposed"), ("bf16", 37, "select-none", True),
+])  # fmt: skip
+def test_similarity_path(dtype, B, case, layout):
     img, txt = embeddings(B, 24, seed=B, noise=0.7, dtype=torch.float32, device=DEVICE)
     out, ref, grads, ref_grads = run_both(kernels(None), img.to(DTYPES[dtype]), txt.to(DTYPES[dtype]),
-                                          params_for(B, case), from_sim=True)  # fmt: skip
+                                          params_for(B, case), from_sim=layout)  # fmt: skip
     check_against_reference(out, ref, grads, ref_grads, dtype)
 
 
@@ -261,6 +266,10 @@ def test_strategy_choice_and_forcing(monkeypatch):
         triton_srem.TritonKernels("fast")
 
 
-def test_registry_lists_triton_as_available_here():
+def test_registry_lists_triton_as_available_here(monkeypatch):
     status = srem_kernels.backends()["triton"]
     assert status.available, status.reason
+    if not torch.cuda.is_available():  # without the interpreter a CPU-only machine says why not
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(srem_kernels.BackendUnavailable, match="no CUDA device"):
+            registry._load_triton()
