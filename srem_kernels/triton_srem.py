@@ -55,7 +55,10 @@ if INTERPRET:
         return tl.log(x)
 
 else:  # pragma: no cover - GPU only
-    from triton.language.extra import libdevice
+    try:
+        from triton.language.extra import libdevice  # dispatching module, Triton ≥ 3.0
+    except ImportError:
+        from triton.language.extra.cuda import libdevice
 
     @triton.jit
     def _log1p(x):
