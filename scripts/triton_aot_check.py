@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("unset TRITON_INTERPRET: the interpreter does not compile")
@@ -24,7 +27,7 @@ from srem_kernels import triton_srem as T  # noqa: E402
 INT64_PTRS = ("hidx_r", "hidx_c")
 
 
-def compile_one(fn, target, dtype: str, acc: str, ds: str, constexprs: dict) -> float:
+def compile_one(fn, target, dtype: str, acc: str, ds: str, constexprs: dict) -> str:
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -42,9 +45,19 @@ def compile_one(fn, target, dtype: str, acc: str, ds: str, constexprs: dict) -> 
         else:
             sig[name] = "*" + acc
     t = time.time()
-    triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=target,
-                   options={"num_warps": T._NUM_WARPS})  # fmt: skip
-    return time.time() - t
+    is_ds = fn is T._dsim_kernel
+    constexprs = dict(constexprs, BLOCK=T._DS_BLOCK if is_ds else T._BLOCK)
+    k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=target,
+                       options={"num_warps": T._DS_NUM_WARPS if is_ds else T._NUM_WARPS})  # fmt: skip
+    usage = ""
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if cuobjdump.exists():  # registers and spill stack of the cubin
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(k.asm["cubin"])
+            f.flush()
+            res = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
+        usage = " ".join(w for w in res.split() if w.startswith(("REG:", "STACK:")))
+    return f"{time.time() - t:.1f}s {usage}"
 
 
 def main() -> None:
@@ -64,7 +77,7 @@ def main() -> None:
         for fn, extra in ((T._stats_kernel, {}), (T._coupled_kernel, {"BIAS": True, "WITH_A": True}),
                           (T._coupled_kernel, {"BIAS": False, "WITH_A": False}), (T._dsim_kernel, {"BIAS": True})):  # fmt: skip
             s = compile_one(fn, target, dtype, acc, ds, {**cx, **extra})
-            print(f"sm_{args.arch} {fn.__name__:<16} {dtype} {prec:<4} from_sim={from_sim!s:<5} {extra} ok ({s:.1f}s)", flush=True)
+            print(f"sm_{args.arch} {fn.__name__:<16} {dtype} {prec:<4} from_sim={from_sim!s:<5} {extra} ok ({s})", flush=True)
 
 
 if __name__ == "__main__":

@@ -279,11 +279,15 @@ def _dsim_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn
 
 # ---------------------------------------------------------------------------- Python side
 
-# One fixed config per mode (opt-in tuning is for a GPU session): the interpreter runs programs
-# one by one, so it gets big tiles.
-_BLOCK = 64
+# One fixed config per mode (opt-in tuning is for a GPU session). GPU: the largest tiles that
+# compile for sm_90 without register spills (cuobjdump -res-usage, Triton 3.9): the pair kernels
+# hold two tiles and their softmax terms, so 32×32 with 4 warps; the dS kernel one 64×64 tile
+# with 8 warps. Timings have not chosen these yet. The interpreter runs programs one by one: big tiles.
+_BLOCK = 64 if INTERPRET else 32
+_DS_BLOCK = 64
 _BK = 64 if INTERPRET else 32
 _NUM_WARPS = 4
+_DS_NUM_WARPS = 4 if INTERPRET else 8
 _MATERIALISE_MAX_B = 32768  # S alone is 4 GiB there; beyond it streaming wins on memory anyway
 _CPU_MEMORY = 8 << 30  # what the interpreter pretends is free
 _PANEL_BYTES = 64 << 20  # streaming backward: the dS panel (< 1 % of a 65536² fp32 matrix)
@@ -335,12 +339,13 @@ class TritonKernels:
 
     supports_stats_only = True  # forward(..., stats_only=True) skips A_r, A_c and the saved S
 
-    def __init__(self, strategy: str | None = None, *, block: int | None = None, bk: int | None = None,
-                 panel_rows: int | None = None):  # fmt: skip
+    def __init__(self, strategy: str | None = None, *, block: int | None = None, ds_block: int | None = None,
+                 bk: int | None = None, panel_rows: int | None = None):  # fmt: skip
         if strategy not in (None, "auto", *STRATEGIES):
             raise ValueError(f"strategy must be one of 'auto', {', '.join(map(repr, STRATEGIES))}; got {strategy!r}")
         self.strategy = strategy
         self.block = block or _BLOCK
+        self.ds_block = ds_block or block or _DS_BLOCK
         self.bk = bk or _BK
         self.panel_rows = panel_rows
         self._chosen: dict[tuple, str] = {}
@@ -375,7 +380,7 @@ class TritonKernels:
             out["S"] = ((B, B), acc)
         return out
 
-    def _launch_args(self, img, txt, sim):
+    def _launch_args(self, img, txt, sim, block=None, num_warps=_NUM_WARPS):
         """(source pointers and strides, B, D, constexprs) for FROM_SIM or tiles from img/txt."""
         if sim is not None:
             B, dtype = sim.shape[0], sim.dtype
@@ -391,9 +396,9 @@ class TritonKernels:
             ACC=tl.float64 if acc == torch.float64 else tl.float32,
             DOT_PREC=_dot_precision(dtype),
             UPCAST=INTERPRET and dtype in (torch.float16, torch.bfloat16),
-            BLOCK=self.block,
+            BLOCK=block or self.block,
             BK=self.bk,
-            num_warps=_NUM_WARPS,
+            num_warps=num_warps,
         )
         return B, ptrs, acc, meta
 
@@ -443,7 +448,7 @@ class TritonKernels:
             self._dsim(None, None, saved["S"], saved, tau, eps, bias, g_cbcl, k_r, k_c, ds, 0, B)
             return (ds @ txt_g).to(img.dtype), (ds.T @ img_g).to(txt.dtype)
         # streaming: dS a panel of rows at a time; the products accumulate in a fixed order
-        rows = self.panel_rows or max(self.block, (_PANEL_BYTES // (B * gd.itemsize)) // self.block * self.block)
+        rows = self.panel_rows or max(self.ds_block, (_PANEL_BYTES // (B * gd.itemsize)) // self.ds_block * self.ds_block)
         rows = min(rows, B)
         ds = _alloc.empty((rows, B), dtype=gd, device=img.device)
         d_img = _alloc.empty((B, D), dtype=img.dtype, device=img.device)
@@ -457,12 +462,12 @@ class TritonKernels:
         return d_img, d_txt.to(txt.dtype)
 
     def _dsim(self, img, txt, sim, saved, tau, eps, bias, g_cbcl, k_r, k_c, out, r0, r1):
-        B, ptrs, acc, meta = self._launch_args(img, txt, sim)
+        B, ptrs, acc, meta = self._launch_args(img, txt, sim, self.ds_block, _DS_NUM_WARPS)
         consts = torch.tensor([1.0 / tau, eps], dtype=acc, device=out.device)
         vec = [saved[k].contiguous() for k in ("m_r", "logl_r", "m_c", "logl_c", "A_r", "A_c",
                                                   "hard_i2t_index", "hard_t2i_index")]  # fmt: skip
         gk = [v.to(acc).contiguous() for v in (g_cbcl, k_r, k_c)]
-        grid = (triton.cdiv(r1 - r0, self.block), triton.cdiv(B, self.block))
+        grid = (triton.cdiv(r1 - r0, self.ds_block), triton.cdiv(B, self.ds_block))
         _dsim_kernel[grid](
             ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:], *vec, *gk, out, out.stride(0), r0, r1,
             BIAS=bool(bias), **meta,
