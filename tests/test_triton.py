@@ -224,7 +224,7 @@ def test_torch_compile_fullgraph_training_step():
     fake implementations trace; the interpreter runs them). aot_eager keeps it fast on CPU;
     both gradients match eager."""
     lin = torch.nn.Linear(8, 6).to(DEVICE)
-    k = kernels("streaming")
+    streaming, materialised = kernels("streaming"), kernels("materialised")  # the latter saves S (B×B)
     params = params_for(16, "default")
     x, y = torch.randn(16, 8, device=DEVICE), torch.randn(16, 8, device=DEVICE)
 
@@ -235,11 +235,15 @@ def test_torch_compile_fullgraph_training_step():
         out = srem_kernels.loss(*embed(), backend="reference", check_finite=False)
         return out.loss, out.stats.energy
 
-    def step_triton():
-        loss, _, stats = fused.run(k, *embed(), None, params)
+    def step_streaming():
+        loss, _, stats = fused.run(streaming, *embed(), None, params)
         return loss, stats["energy"]
 
-    for step in (step_reference, step_triton):
+    def step_materialised():
+        loss, _, stats = fused.run(materialised, *embed(), None, params)
+        return loss, stats["energy"]
+
+    for step in (step_reference, step_streaming, step_materialised):
         compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
         grads = []
         for fn in (compiled, step):
