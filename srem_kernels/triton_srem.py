@@ -333,8 +333,9 @@ class TritonKernels:
     """The Kernels contract of srem_kernels/fused.py in Triton (see the module docstring).
 
     strategy: "streaming", "materialised" or None/"auto" (then SREM_TRITON_STRATEGY, else chosen
-    from B, D and free memory). block, bk, panel_rows: tile sizes (tests use small ones to cross
-    block and panel edges).
+    from B, D and free memory; the similarity path always reads the given matrix). block (the two
+    passes), ds_block (the dS kernel), bk (D-chunk of tl.dot), panel_rows (streaming backward):
+    tile sizes; tests use small ones to cross tile and panel edges.
     """
 
     supports_stats_only = True  # forward(..., stats_only=True) skips A_r, A_c and the saved S
