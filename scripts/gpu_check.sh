@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-./gpu-check-out}"
-PY="${PY:-python}"
+PY="${PY:-$(command -v python || command -v python3)}"
 mkdir -p "$OUT"
 unset TRITON_INTERPRET
 {

@@ -21,7 +21,7 @@ triton_srem = pytest.importorskip("srem_kernels.triton_srem")
 @pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
 @pytest.mark.parametrize("dtype,B,D,case", [
     ("fp32", 4096, 256, "default"), ("fp32", 1000, 33, "no-bias"), ("bf16", 8192, 1024, "default"),
-    ("fp16", 4097, 200, "clean-given"), ("bf16", 2, 1, "select-none"),
+    ("fp16", 4097, 200, "clean-given"), ("bf16", 2, 33, "select-none"), ("fp32", 37, 1, "select-none"),
 ])  # fmt: skip
 def test_matches_reference_at_size(strategy, dtype, B, D, case):
     img, txt = embeddings(B, D, seed=B + D, noise=0.7, dtype=DTYPES[dtype], device="cuda")
