@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.srem-installed
 
-.PHONY: install demo test bench bench-full bench-micro clean
+.PHONY: install demo test bench bench-full bench-micro gpu-check clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ bench-full: $(STAMP)
 
 bench-micro: $(STAMP)
 	$(PY) -m pytest -q tests/test_bench.py -k micro --benchmark-enable
+
+# On a lent GPU machine (torch, Triton, nvcc in its image; no network): tests and a benchmark, logs in $(OUT)
+gpu-check:
+	OUT=$${OUT:-./gpu-check-out} bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

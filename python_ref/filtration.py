@@ -47,7 +47,8 @@ def gmm_filtration(energy: torch.Tensor, rounds: int = GMM_ROUNDS) -> torch.Tens
         variances = torch.where(live, spread.clamp_min(GMM_VAR_FLOOR), variances)
     r = gmm_posterior(x, weights, means, variances)
     low = torch.argmin(means)  # equal means: component 0, and both posteriors are then 1/2
-    return (r[:, low] > 0.5).to(x.dtype)
+    # gather, not r[:, low]: indexing by a tensor value is data-dependent, torch.compile(fullgraph) refuses it
+    return (r.gather(1, low.view(1, 1).expand(B, 1)).squeeze(1) > 0.5).to(x.dtype)
 
 
 def clean_weights(energy: torch.Tensor, clean: torch.Tensor | None, select: str) -> torch.Tensor:

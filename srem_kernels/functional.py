@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch
 
 from srem_kernels import registry
-from srem_kernels._validate import check_embeddings, check_params, check_similarity
+from srem_kernels._validate import _flag, check_embeddings, check_params, check_similarity
 from srem_kernels.result import SREMResult, SREMStats
+
+
+def _call(run, img, txt, sim, params, stats_only: bool):
+    if not _flag(stats_only, "stats_only"):
+        return run(img, txt, sim, params)
+    with torch.no_grad():
+        return run(img, txt, sim, params, stats_only=True)
 
 
 def _finish(name: str, out) -> SREMResult:
@@ -30,6 +37,7 @@ def loss(
     reduction: str = "mean",
     backend: str = "auto",
     check_finite: bool = True,
+    stats_only: bool = False,
 ) -> SREMResult:
     """The SREM loss (SPEC.md) of B paired embeddings img[i] ↔ txt[i], both B×D.
 
@@ -37,7 +45,8 @@ def loss(
     a (B,) tensor; `clean` optional (B,) weights in [0, 1] that replace the in-batch filtration
     chosen by `select` ("gmm" or "none"). `reduction` is "mean", "sum" or "none" (the B-vector).
     `backend` is "auto" or a name from srem_kernels.backends(). `check_finite=False` skips the
-    NaN/Inf scan of the inputs (one device sync per tensor).
+    NaN/Inf scan of the inputs (one device sync per tensor). `stats_only=True` is the forward-only
+    statistics call (scoring a training set batch by batch): no gradient work, `.loss` without grad.
     Returns an SREMResult: .loss (differentiable), .per_sample (L_i), .stats (SREMStats).
     """
     B, _ = check_embeddings(img, txt, check_finite)
@@ -46,7 +55,7 @@ def loss(
         sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction, check_finite=check_finite,
     )  # fmt: skip
     name, run = registry.resolve(backend, img.device, img.dtype)
-    return _finish(name, run(img, txt, None, params))
+    return _finish(name, _call(run, img, txt, None, params, stats_only))
 
 
 def loss_from_similarity(
@@ -64,6 +73,7 @@ def loss_from_similarity(
     reduction: str = "mean",
     backend: str = "auto",
     check_finite: bool = True,
+    stats_only: bool = False,
 ) -> SREMResult:
     """The SREM loss from a precomputed B×B similarity matrix, sim[i, j] = s(image i, text j),
     for models whose similarity is not a dot product (e.g. SGRAF). Parameters as in `loss`."""
@@ -73,4 +83,4 @@ def loss_from_similarity(
         sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction, check_finite=check_finite,
     )  # fmt: skip
     name, run = registry.resolve(backend, sim.device, sim.dtype)
-    return _finish(name, run(None, None, sim, params))
+    return _finish(name, _call(run, None, None, sim, params, stats_only))

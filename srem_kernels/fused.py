@@ -29,11 +29,23 @@ backward(img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c) -> (d_img, d
 
 tests/dense_kernels.py executes this contract densely, in the cancellation-free forms an fp32
 kernel needs to meet SPEC.md's 1e-5 (README, "Numerics").
+
+Optional parts of a Kernels object (the contract above does not change):
+  saved_layout(img, txt, sim, *, stats_only) -> {name: (shape, dtype)}, the entries forward
+      returns, in order. Kernels that have it and are registered (register_kernels, at
+      construction) run behind the torch.library custom ops
+      srem_kernels::fused_forward / fused_backward (their fake implementations come from it), so
+      torch.compile(fullgraph=True) traces a step that calls the loss without a graph break.
+      Kernels without it are called directly (eager works; compile sees the kernels themselves).
+  forward(..., stats_only=True) where `supports_stats_only` is true: skip what only the
+      backward needs (A_r, A_c, a saved S).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+import weakref
+from typing import Optional, Protocol
 
 import torch
 
@@ -52,57 +64,168 @@ class Kernels(Protocol):
     def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c): ...
 
 
+# The kernel forward's B-vectors every backend returns (fused.py's docstring).
+CONTRACT_KEYS = (
+    "lse_r", "lse_c", "pos", "ce_i2t", "ce_t2i", "entropy_i2t", "entropy_t2i", "hard_i2t", "hard_i2t_index",
+    "hard_t2i", "hard_t2i_index", "sce", "loss_cbcl", "A_r", "A_c",
+)  # fmt: skip
+# What run's autograd.Function returns besides per_sample, in this order (all constants).
+_STAT_OUTPUTS = KERNEL_STATISTICS + ("lse_r", "lse_c", "energy", "clean", "weight", "loss_hard")
+
+# ---------------------------------------------------------------- custom ops around the kernels
+
+_KERNELS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def register_kernels(kernels) -> str:
+    """Make `kernels` (which has saved_layout) callable through the custom ops; call it when the
+    kernels are constructed, not inside a compiled region (dynamo defers side effects)."""
+    key = f"{type(kernels).__qualname__}@{id(kernels):x}"
+    _KERNELS[key] = kernels
+    kernels.op_key = key
+    return key
+
+
+def _op_key(kernels) -> str | None:
+    """The name the custom ops find `kernels` under, or None: kernels are then called directly."""
+    return getattr(kernels, "op_key", None)
+
+
+def _kernel_forward(kernels, img, txt, sim, tau, eps, bias, stats_only):
+    if stats_only and getattr(kernels, "supports_stats_only", False):
+        return kernels.forward(img, txt, sim, tau=tau, eps=eps, bias=bias, stats_only=True)
+    return kernels.forward(img, txt, sim, tau=tau, eps=eps, bias=bias)
+
+
+def _device(img, sim):
+    return (sim if sim is not None else img).device
+
+
+@torch.library.custom_op("srem_kernels::fused_forward", mutates_args=())
+def fused_forward(
+    img: Optional[torch.Tensor], txt: Optional[torch.Tensor], sim: Optional[torch.Tensor],
+    kernels: str, tau: float, eps: float, bias: bool, stats_only: bool,
+) -> list[torch.Tensor]:  # fmt: skip
+    """Kernels.forward of the kernels registered as `kernels`, as the list saved_layout orders."""
+    k = _KERNELS[kernels]
+    layout = k.saved_layout(img, txt, sim, stats_only=stats_only)
+    saved = _kernel_forward(k, img, txt, sim, tau, eps, bias, stats_only)
+    if set(saved) != set(layout):
+        raise RuntimeError(f"{kernels}.forward returned {sorted(saved)}, its saved_layout says {sorted(layout)}")
+    return [saved[name] for name in layout]
+
+
+@fused_forward.register_fake
+def _(img, txt, sim, kernels, tau, eps, bias, stats_only):
+    layout = _KERNELS[kernels].saved_layout(img, txt, sim, stats_only=stats_only)
+    return [torch.empty(shape, dtype=dtype, device=_device(img, sim)) for shape, dtype in layout.values()]
+
+
+@torch.library.custom_op("srem_kernels::fused_backward", mutates_args=())
+def fused_backward(
+    img: Optional[torch.Tensor], txt: Optional[torch.Tensor], sim: Optional[torch.Tensor], saved: list[torch.Tensor],
+    kernels: str, tau: float, eps: float, bias: bool, g_cbcl: torch.Tensor, k_r: torch.Tensor, k_c: torch.Tensor,
+) -> list[torch.Tensor]:  # fmt: skip
+    """Kernels.backward: [d_img, d_txt], or [d_sim]."""
+    k = _KERNELS[kernels]
+    names = list(k.saved_layout(img, txt, sim, stats_only=False))
+    grads = k.backward(img, txt, sim, dict(zip(names, saved)), tau=tau, eps=eps, bias=bias, g_cbcl=g_cbcl, k_r=k_r, k_c=k_c)
+    return [grads.contiguous()] if sim is not None else [grads[0].contiguous(), grads[1].contiguous()]
+
+
+@fused_backward.register_fake
+def _(img, txt, sim, saved, kernels, tau, eps, bias, g_cbcl, k_r, k_c):
+    like = [sim] if sim is not None else [img, txt]
+    return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in like]
+
+
+# ---------------------------------------------------------------- the glue
+
+
+def _glue(saved, params: SREMParams, margin, clean):
+    """Everything after the kernels: energy, filtration, weights, hinge, L_i."""
+    energy = -params.tau * (saved["lse_r"] + saved["lse_c"]) / 2
+    c = clean_weights(energy, clean, params.select)
+    if clean is not None:
+        c = c.clone()  # never an alias of the caller's tensor
+    w = torch.exp(-saved["sce"]) if params.sce_weight else torch.ones_like(saved["sce"])
+    if isinstance(margin, torch.Tensor):
+        margin = margin.to(energy.dtype)
+    x_r = margin - saved["pos"] + saved["hard_i2t"]
+    x_c = margin - saved["pos"] + saved["hard_t2i"]
+    loss_hard = torch.relu(x_r) + torch.relu(x_c)
+    per_sample = params.lambda_hard * c * w * loss_hard + params.lambda_cbcl * saved["loss_cbcl"]
+    stats = dict(saved, energy=energy, clean=c, weight=w, loss_hard=loss_hard)
+    return per_sample, stats, params.lambda_hard * c * w, x_r > 0, x_c > 0
+
+
+def _forward_saved(kernels, key, img, txt, sim, params, stats_only):
+    if key is None:
+        return _kernel_forward(kernels, img, txt, sim, params.tau, params.eps, params.bias, stats_only)
+    layout = kernels.saved_layout(img, txt, sim, stats_only=stats_only)
+    out = fused_forward(img, txt, sim, key, params.tau, params.eps, params.bias, stats_only)
+    return dict(zip(layout, out))
+
+
 class _FusedSREM(torch.autograd.Function):
-    """per_sample L_i, differentiable; fills `out` with the B-vectors it came from (constants)."""
+    """per_sample L_i, differentiable, and the statistics it came from (constants)."""
 
     @staticmethod
-    def forward(ctx, img, txt, sim, kernels: Kernels, params: SREMParams, out: dict):
-        saved = kernels.forward(img, txt, sim, tau=params.tau, eps=params.eps, bias=params.bias)
-        energy = -params.tau * (saved["lse_r"] + saved["lse_c"]) / 2
-        c = clean_weights(energy, params.clean, params.select)
-        w = torch.exp(-saved["sce"]) if params.sce_weight else torch.ones_like(saved["sce"])
-        margin = params.margin.to(energy.dtype) if isinstance(params.margin, torch.Tensor) else params.margin
-        x_r = margin - saved["pos"] + saved["hard_i2t"]
-        x_c = margin - saved["pos"] + saved["hard_t2i"]
-        loss_hard = torch.relu(x_r) + torch.relu(x_c)
-        per_sample = params.lambda_hard * c * w * loss_hard + params.lambda_cbcl * saved["loss_cbcl"]
-
-        ctx.kernels, ctx.params, ctx.saved = kernels, params, saved
-        ctx.hard_weight = params.lambda_hard * c * w
-        ctx.active = (x_r > 0, x_c > 0)
-        ctx.save_for_backward(img, txt, sim)
-        out.update(saved, energy=energy, clean=c, weight=w, loss_hard=loss_hard)
-        return per_sample
+    def forward(ctx, img, txt, sim, margin, clean, kernels, key, params: SREMParams):
+        saved = _forward_saved(kernels, key, img, txt, sim, params, stats_only=False)
+        per_sample, stats, hard_weight, active_r, active_c = _glue(saved, params, margin, clean)
+        names = list(saved)
+        ctx.kernels, ctx.key, ctx.params, ctx.names = kernels, key, params, names
+        ctx.save_for_backward(img, txt, sim, hard_weight, active_r, active_c, *(saved[n] for n in names))
+        outs = tuple(stats[k] for k in _STAT_OUTPUTS)
+        ctx.mark_non_differentiable(*outs)
+        return (per_sample, *outs)
 
     @staticmethod
-    def backward(ctx, g):
-        img, txt, sim = ctx.saved_tensors
+    def backward(ctx, g, *_):
+        img, txt, sim, hard_weight, active_r, active_c, *vectors = ctx.saved_tensors
         p = ctx.params
-        g = g.to(ctx.hard_weight.dtype)
-        k = g * ctx.hard_weight
-        grads = ctx.kernels.backward(
-            img, txt, sim, ctx.saved, tau=p.tau, eps=p.eps, bias=p.bias, g_cbcl=g * p.lambda_cbcl,
-            k_r=torch.where(ctx.active[0], k, 0), k_c=torch.where(ctx.active[1], k, 0),
-        )  # fmt: skip
+        g = g.to(hard_weight.dtype)
+        k = g * hard_weight
+        g_cbcl, k_r, k_c = g * p.lambda_cbcl, torch.where(active_r, k, 0), torch.where(active_c, k, 0)
+        if ctx.key is None:
+            grads = ctx.kernels.backward(
+                img, txt, sim, dict(zip(ctx.names, vectors)), tau=p.tau, eps=p.eps, bias=p.bias,
+                g_cbcl=g_cbcl, k_r=k_r, k_c=k_c,
+            )  # fmt: skip
+            grads = [grads] if sim is not None else list(grads)
+        else:
+            grads = fused_backward(img, txt, sim, vectors, ctx.key, p.tau, p.eps, p.bias, g_cbcl, k_r, k_c)
         if sim is not None:
-            return None, None, grads, None, None, None
-        return grads[0], grads[1], None, None, None, None
+            return None, None, grads[0], None, None, None, None, None
+        return grads[0], grads[1], None, None, None, None, None, None
 
 
-def run(kernels: Kernels, img, txt, sim, params: SREMParams):
-    """A backend's `run` (see registry.py) on top of its kernels."""
-    out: dict[str, torch.Tensor] = {}
-    per_sample = _FusedSREM.apply(img, txt, sim, kernels, params, out)
+def _reduce(per_sample, reduction):
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
+
+
+def run(kernels: Kernels, img, txt, sim, params: SREMParams, *, stats_only: bool = False):
+    """A backend's `run` (see registry.py) on top of its kernels. stats_only: forward only, no
+    gradient work (nothing saved; A_r, A_c skipped where the kernels support it)."""
+    key = _op_key(kernels)
+    margin, clean = params.margin, params.clean
+    bare = dataclasses.replace(params, margin=0.0, clean=None)  # tensors travel as arguments
+    if stats_only:
+        with torch.no_grad():
+            saved = _forward_saved(kernels, key, img, txt, sim, bare, stats_only=True)
+            per_sample, out, *_ = _glue(saved, bare, margin, clean)
+    else:
+        per_sample, *outs = _FusedSREM.apply(img, txt, sim, margin, clean, kernels, key, bare)
+        out = dict(zip(_STAT_OUTPUTS, outs))
     stats = {k: out[k] for k in KERNEL_STATISTICS}
     stats.update(
         energy_i2t=-params.tau * out["lse_r"],
         energy_t2i=-params.tau * out["lse_c"],
         **{k: out[k] for k in ("energy", "clean", "weight", "loss_hard")},
     )
-    if params.reduction == "mean":
-        loss = per_sample.mean()
-    elif params.reduction == "sum":
-        loss = per_sample.sum()
-    else:
-        loss = per_sample
-    return loss, per_sample, stats
+    return _reduce(per_sample, params.reduction), per_sample, stats

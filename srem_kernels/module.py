@@ -16,6 +16,7 @@ class SREMLoss(nn.Module):
     The options are checked here, at construction. `forward(img, txt, clean=None, margin=None)`
     takes the per-batch tensors: optional (B,) clean weights, and a margin that overrides the
     constructor's (NCR's per-sample soft margin). It returns an SREMResult; train on `.loss`.
+    forward(..., stats_only=True) is the forward-only statistics call (see srem_kernels.loss).
     """
 
     def __init__(
@@ -48,9 +49,10 @@ class SREMLoss(nn.Module):
         txt: torch.Tensor,
         clean: torch.Tensor | None = None,
         margin: float | torch.Tensor | None = None,
+        stats_only: bool = False,
     ) -> SREMResult:
         return F.loss(
-            img, txt, margin=self.margin if margin is None else margin, clean=clean,
+            img, txt, margin=self.margin if margin is None else margin, clean=clean, stats_only=stats_only,
             backend=self.backend, check_finite=self.check_finite, **self.options,
         )  # fmt: skip
 

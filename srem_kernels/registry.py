@@ -3,10 +3,11 @@ which one `backend="auto"` picks.
 
 A backend's implementation is a callable
 
-    run(img, txt, sim, params: SREMParams) -> (loss, per_sample, stats: dict[str, Tensor])
+    run(img, txt, sim, params: SREMParams, *, stats_only=False) -> (loss, per_sample, stats: dict[str, Tensor])
 
 given either (img, txt) with sim=None or sim with img=txt=None, all inputs already validated.
-`loss` is differentiable; `per_sample` and `stats` may be detached. The registry lists backends
+`loss` is differentiable (without grad under stats_only, which skips all gradient work and is
+called under torch.no_grad); `per_sample` and `stats` may be detached. The registry lists backends
 fastest first: `auto` takes the first available one that runs the inputs' device and dtype.
 """
 
@@ -60,6 +61,20 @@ def _load_reference():
     return reference.run
 
 
+def _load_triton():
+    import os
+
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        raise BackendUnavailable(f"triton is not installed ({err})") from None
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise BackendUnavailable("no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors, for tests)")
+    from srem_kernels import fused, triton_srem
+
+    return functools.partial(fused.run, triton_srem.TritonKernels())
+
+
 def _not_yet(issue: str):
     def load():
         raise BackendUnavailable(f"not implemented yet ({issue})")
@@ -73,7 +88,7 @@ _FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _REGISTRY: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("triton", ("cuda",), _FAST_DTYPES, _not_yet("Triton kernels issue"), "fused Triton kernels"),
+        Backend("triton", ("cuda",), _FAST_DTYPES, _load_triton, "fused Triton kernels (streaming or materialised)"),
         Backend("cuda", ("cuda",), _FAST_DTYPES, _not_yet("csrc issue"), "fused CUDA C++ kernels (csrc/)"),
         Backend("cpu", ("cpu",), _FAST_DTYPES, _not_yet("csrc issue"), "fused multi-threaded C++ kernels (csrc/)"),
         Backend(

@@ -1,7 +1,14 @@
+import os
+
 import pytest
 import torch
 
-from srem_kernels import _alloc
+# Triton kernels run on CPU tensors through the interpreter when there is no GPU; it is read
+# when a kernel is defined, so before any kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from srem_kernels import _alloc  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

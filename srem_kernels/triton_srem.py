@@ -1,0 +1,475 @@
+"""backend="triton": the `Kernels` contract of fused.py (SPEC.md's B×B work) as Triton kernels.
+
+Three kernels, shared by both strategies and by the similarity path; each gets its S tiles from
+`_s_tile`, which either loads them from a B×B matrix (FROM_SIM) or recomputes them from img/txt
+with tl.dot over D (streaming):
+
+  _stats_kernel    pass 1. Program a owns rows a and columns a of S. Per step b it forms the tile
+                   X = S[a, b] and C = S[b, a]ᵀ (C[i, j] = S_ji), so that every column quantity of
+                   S is a row quantity of C, and one helper serves both. Online log-sum-exp in the
+                   split form (m, l1): l = 1 + l1, l1 the sum without one maximal element, so that
+                   log l = log1p(l1) stays exact for confident rows (README, "Numerics"); hardest
+                   off-diagonal negative (ties: lowest index); S_ii.
+  _coupled_kernel  pass 2, same tiling: entropies, sce (which couples (i,j) with (j,i): Pr from X
+                   times -log Pc from C, elementwise), the CBCL term and A_r, A_c.
+  _dsim_kernel     dS of fused.py's docstring for a panel of rows, one tile per program, no
+                   reduction: the two gradient products are torch.matmul on the panel.
+
+Strategies (TritonKernels(strategy=...) or SREM_TRITON_STRATEGY, else chosen by size/memory):
+  materialised  S = img·txtᵀ once (torch.matmul, fp32 out), both passes read it, backward forms dS
+                from it and uses torch.matmul for dS·txt and dSᵀ·img. Holds S (and dS) in memory.
+  streaming     never a B×B buffer: the passes recompute tiles from img/txt; backward forms dS a
+                panel of rows at a time (panel_rows × B) and accumulates the two products panel
+                by panel in a fixed order. Extra memory O(B·D + panel_rows·B).
+
+Deterministic: every output element is written by one program in a fixed loop order; no atomics.
+Accumulation in fp32 (fp64 for fp64 inputs, the ACC constexpr); fp32 dot precision follows
+torch.get_float32_matmul_precision(). Plain pointer arithmetic only (Triton 3.6 – 3.9).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from srem_kernels import _alloc, fused
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+STRATEGIES = ("streaming", "materialised")
+
+if INTERPRET:
+
+    @triton.jit
+    def _log1p(x):
+        # The interpreter has no libdevice: log1p(x) = log(u) * x / (u - 1), u = 1 + x, is exact
+        # to a few ulps (Goldberg 1991) because the rounding of u cancels in the quotient.
+        u = 1.0 + x
+        d = u - 1.0
+        return tl.where(d == 0.0, x, tl.log(u) * (x / tl.where(d == 0.0, 1.0, d)))
+
+    @triton.jit
+    def _log(x):
+        return tl.log(x)
+
+else:  # pragma: no cover - GPU only
+    try:
+        from triton.language.extra import libdevice  # dispatching module, Triton ≥ 3.0
+    except ImportError:
+        from triton.language.extra.cuda import libdevice
+
+    @triton.jit
+    def _log1p(x):
+        return libdevice.log1p(x)
+
+    @triton.jit
+    def _log(x):
+        return libdevice.log(x)
+
+
+@triton.jit
+def _log_1m_eps(p, eps):
+    """log(1 - p + eps) without losing eps: log1p(eps - p) while p is small, and for p ≥ 1/2
+    log((1 - p) + eps), where 1 - p is exact (Sterbenz) — eps - p rounds to -1 in fp32 when p
+    rounds to 1 (a confident wrong match), and log1p(-1) = -inf where the value is log(eps)."""
+    return tl.where(p < 0.5, _log1p(eps - p), _log((1.0 - p) + eps))
+
+
+@triton.jit
+def _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+            FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+    """S[rows, cols] in ACC, zeros outside [0, B)². Every kernel gets its tiles from here with the
+    same BK, so an element of S is bitwise the same whichever kernel or tile computes it: the
+    passes rely on it (m - z is exactly 0 at a row's maximum)."""
+    rmask = rows < B
+    cmask = cols < B
+    r64 = rows.to(tl.int64)
+    c64 = cols.to(tl.int64)
+    if FROM_SIM:
+        ptrs = sim + r64[:, None] * s_sm + c64[None, :] * s_sn
+        s = tl.load(ptrs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(ACC)
+    else:
+        s = tl.zeros((BM, BN), dtype=ACC)
+        ks0 = tl.arange(0, BK)
+        for k0 in range(0, D, BK):
+            ks = k0 + ks0
+            kmask = ks < D
+            a = tl.load(img + r64[:, None] * s_im + ks[None, :] * s_ik, mask=rmask[:, None] & kmask[None, :], other=0.0)
+            b = tl.load(txt + c64[None, :] * s_tm + ks[:, None] * s_tk, mask=kmask[:, None] & cmask[None, :], other=0.0)
+            if UPCAST:  # the interpreter's dot on 16-bit operands is wrong; products are exact in fp32
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            s = tl.dot(a, b, s, input_precision=DOT_PREC, out_dtype=ACC)
+    return s
+
+
+@triton.jit
+def _lse_hard_update(m, l1, hard, hidx, s, z, rows, cols, valid, B):
+    """One tile's step of the online row statistics: (m, l1) of the split log-sum-exp of z and
+    the hardest off-diagonal s with its lowest index."""
+    zm = tl.where(valid, z, float("-inf"))
+    tm = tl.max(zm, axis=1)
+    first = tl.min(tl.where(zm == tm[:, None], cols[None, :], B), axis=1)
+    ts = tl.sum(tl.where(cols[None, :] == first[:, None], 0.0, tl.exp(zm - tm[:, None])), axis=1)
+    up = tm > m
+    l1 = tl.where(up, ts + (1.0 + l1) * tl.exp(m - tm), l1 + (1.0 + ts) * tl.exp(tm - m))
+    m = tl.maximum(m, tm)
+    sm = tl.where(valid & (rows[:, None] != cols[None, :]), s, float("-inf"))
+    th = tl.max(sm, axis=1)
+    tidx = tl.min(tl.where(sm == th[:, None], cols[None, :], B), axis=1)
+    better = th > hard  # strict: earlier tiles hold lower indices
+    hidx = tl.where(better, tidx, hidx)
+    hard = tl.where(better, th, hard)
+    return m, l1, hard, hidx
+
+
+@triton.jit
+def _stats_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+                  m_r, logl_r, m_c, logl_c, lse_r, lse_c, pos, ce_r, ce_c, hard_r, hidx_r, hard_c, hidx_c,
+                  FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+                  BLOCK: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rmask = rows < B
+    inv_tau = tl.load(consts)
+    mr = tl.full((BLOCK,), float("-inf"), ACC)
+    mc = tl.full((BLOCK,), float("-inf"), ACC)
+    lr = tl.zeros((BLOCK,), ACC)
+    lc = tl.zeros((BLOCK,), ACC)
+    hr = tl.full((BLOCK,), float("-inf"), ACC)
+    hc = tl.full((BLOCK,), float("-inf"), ACC)
+    ir = tl.zeros((BLOCK,), tl.int32)
+    ic = tl.zeros((BLOCK,), tl.int32)
+    p = tl.zeros((BLOCK,), ACC)
+    for b0 in range(0, B, BLOCK):
+        cols = b0 + tl.arange(0, BLOCK)
+        valid = rmask[:, None] & (cols < B)[None, :]
+        x = _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+                    FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK)  # fmt: skip
+        c = tl.trans(_s_tile(img, txt, sim, cols, rows, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+                             FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK))  # fmt: skip
+        mr, lr, hr, ir = _lse_hard_update(mr, lr, hr, ir, x, x * inv_tau, rows, cols, valid, B)
+        mc, lc, hc, ic = _lse_hard_update(mc, lc, hc, ic, c, c * inv_tau, rows, cols, valid, B)
+        p += tl.sum(tl.where(rows[:, None] == cols[None, :], x, 0.0), axis=1)
+    lgr = _log1p(lr)
+    lgc = _log1p(lc)
+    zd = p * inv_tau  # bitwise the z_ii of the tiles
+    tl.store(m_r + rows, mr, mask=rmask)
+    tl.store(m_c + rows, mc, mask=rmask)
+    tl.store(logl_r + rows, lgr, mask=rmask)
+    tl.store(logl_c + rows, lgc, mask=rmask)
+    tl.store(lse_r + rows, mr + lgr, mask=rmask)
+    tl.store(lse_c + rows, mc + lgc, mask=rmask)
+    tl.store(pos + rows, p, mask=rmask)
+    tl.store(ce_r + rows, (mr - zd) + lgr, mask=rmask)
+    tl.store(ce_c + rows, (mc - zd) + lgc, mask=rmask)
+    tl.store(hard_r + rows, hr, mask=rmask)
+    tl.store(hard_c + rows, hc, mask=rmask)
+    tl.store(hidx_r + rows, ir.to(tl.int64), mask=rmask)
+    tl.store(hidx_c + rows, ic.to(tl.int64), mask=rmask)
+
+
+@triton.jit
+def _coupled_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+                    m_r, logl_r, m_c, logl_c, ent_r, ent_c, sce, cbcl, A_r, A_c,
+                    BIAS: tl.constexpr, WITH_A: tl.constexpr,
+                    FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+                    BLOCK: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rmask = rows < B
+    inv_tau = tl.load(consts)
+    eps = tl.load(consts + 1)
+    # own statistics: rows a of Pr and columns a of Pc
+    mr_a = tl.load(m_r + rows, mask=rmask, other=0.0)[:, None]
+    lr_a = tl.load(logl_r + rows, mask=rmask, other=0.0)[:, None]
+    mc_a = tl.load(m_c + rows, mask=rmask, other=0.0)[:, None]
+    lc_a = tl.load(logl_c + rows, mask=rmask, other=0.0)[:, None]
+    er = tl.zeros((BLOCK,), ACC)
+    ec = tl.zeros((BLOCK,), ACC)
+    sw = tl.zeros((BLOCK,), ACC)
+    cb = tl.zeros((BLOCK,), ACC)
+    ar = tl.zeros((BLOCK,), ACC)
+    ac = tl.zeros((BLOCK,), ACC)
+    for b0 in range(0, B, BLOCK):
+        cols = b0 + tl.arange(0, BLOCK)
+        cmask = cols < B
+        valid = rmask[:, None] & cmask[None, :]
+        off = valid & (rows[:, None] != cols[None, :])
+        zx = inv_tau * _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+                               FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK)  # fmt: skip
+        zc = inv_tau * tl.trans(_s_tile(img, txt, sim, cols, rows, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+                                        FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK))  # fmt: skip
+        nx = (mr_a - zx) + lr_a  # -log Pr_ij: (m - z) + log l, no cancellation
+        nc = (mc_a - zc) + lc_a  # -log Pc_ji
+        px = tl.exp(-nx)
+        pc = tl.exp(-nc)
+        er += tl.sum(tl.where(valid, px * nx, 0.0), axis=1)
+        ec += tl.sum(tl.where(valid, pc * nc, 0.0), axis=1)
+        sw += tl.sum(tl.where(valid, px * nc + pc * nx, 0.0), axis=1)
+        if BIAS:
+            mr_b = tl.load(m_r + cols, mask=cmask, other=0.0)[None, :]
+            lr_b = tl.load(logl_r + cols, mask=cmask, other=0.0)[None, :]
+            mc_b = tl.load(m_c + cols, mask=cmask, other=0.0)[None, :]
+            lc_b = tl.load(logl_c + cols, mask=cmask, other=0.0)[None, :]
+            bx = 1.0 - tl.exp(-((mc_b - zx) + lc_b))  # 1 - Pc_ij
+            bc = 1.0 - tl.exp(-((mr_b - zc) + lr_b))  # 1 - Pr_ji
+            cb -= tl.sum(tl.where(off, bx * _log_1m_eps(px, eps) + bc * _log_1m_eps(pc, eps), 0.0), axis=1)
+            if WITH_A:
+                ar += tl.sum(tl.where(off, bx * px / (1.0 - px + eps), 0.0), axis=1)
+                ac += tl.sum(tl.where(off, bc * pc / (1.0 - pc + eps), 0.0), axis=1)
+        else:
+            cb -= tl.sum(tl.where(off, _log_1m_eps(px, eps) + _log_1m_eps(pc, eps), 0.0), axis=1)
+            if WITH_A:
+                ar += tl.sum(tl.where(off, px / (1.0 - px + eps), 0.0), axis=1)
+                ac += tl.sum(tl.where(off, pc / (1.0 - pc + eps), 0.0), axis=1)
+    tl.store(ent_r + rows, er, mask=rmask)
+    tl.store(ent_c + rows, ec, mask=rmask)
+    tl.store(sce + rows, sw * 0.5, mask=rmask)
+    tl.store(cbcl + rows, cb, mask=rmask)
+    if WITH_A:
+        tl.store(A_r + rows, ar, mask=rmask)
+        tl.store(A_c + rows, ac, mask=rmask)
+
+
+@triton.jit
+def _dsim_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+                 m_r, logl_r, m_c, logl_c, A_r, A_c, hidx_r, hidx_c, g, k_r, k_c,
+                 ds, ld_ds, r0, r1,
+                 BIAS: tl.constexpr,
+                 FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+                 BLOCK: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+    """dS[r0:r1, :] (fused.py's docstring), row i of the panel at ds + (i - r0) * ld_ds."""
+    rows = r0 + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    rmask = rows < r1
+    cmask = cols < B
+    inv_tau = tl.load(consts)
+    eps = tl.load(consts + 1)
+    z = inv_tau * _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+                          FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK)  # fmt: skip
+    nr = (tl.load(m_r + rows, mask=rmask, other=0.0)[:, None] - z) + tl.load(logl_r + rows, mask=rmask, other=0.0)[:, None]
+    nc = (tl.load(m_c + cols, mask=cmask, other=0.0)[None, :] - z) + tl.load(logl_c + cols, mask=cmask, other=0.0)[None, :]
+    pr = tl.exp(-nr)
+    pc = tl.exp(-nc)
+    diag = rows[:, None] == cols[None, :]
+    if BIAS:
+        er = tl.where(diag, 0.0, (1.0 - pc) * pr / (1.0 - pr + eps))
+        ec = tl.where(diag, 0.0, (1.0 - pr) * pc / (1.0 - pc + eps))
+    else:
+        er = tl.where(diag, 0.0, pr / (1.0 - pr + eps))
+        ec = tl.where(diag, 0.0, pc / (1.0 - pc + eps))
+    g_i = tl.load(g + rows, mask=rmask, other=0.0).to(ACC)[:, None]
+    g_j = tl.load(g + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+    a_i = tl.load(A_r + rows, mask=rmask, other=0.0)[:, None]
+    a_j = tl.load(A_c + cols, mask=cmask, other=0.0)[None, :]
+    d = (g_i * (er - pr * a_i) + g_j * (ec - pc * a_j)) * inv_tau
+    kr_i = tl.load(k_r + rows, mask=rmask, other=0.0).to(ACC)[:, None]
+    kc_i = tl.load(k_c + rows, mask=rmask, other=0.0).to(ACC)[:, None]
+    kc_j = tl.load(k_c + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+    h_i = tl.load(hidx_r + rows, mask=rmask, other=-1)[:, None]
+    h_j = tl.load(hidx_c + cols, mask=cmask, other=-1)[None, :]
+    d = d - tl.where(diag, kr_i + kc_i, 0.0)
+    d = d + tl.where(cols[None, :] == h_i, kr_i, 0.0)
+    d = d + tl.where(rows[:, None] == h_j, kc_j, 0.0)
+    ptrs = ds + (rows - r0).to(tl.int64)[:, None] * ld_ds + cols[None, :]
+    tl.store(ptrs, d.to(ds.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+
+# ---------------------------------------------------------------------------- Python side
+
+# One fixed config per mode (opt-in tuning is for a GPU session). GPU: the largest tiles that
+# compile for sm_90 without register spills (cuobjdump -res-usage, Triton 3.9): the pair kernels
+# hold two tiles and their softmax terms, so 32×32 with 4 warps; the dS kernel one 64×64 tile
+# with 8 warps. Timings have not chosen these yet. The interpreter runs programs one by one: big tiles.
+_BLOCK = 64 if INTERPRET else 32
+_DS_BLOCK = 64
+_BK = 64 if INTERPRET else 32
+_NUM_WARPS = 4
+_DS_NUM_WARPS = 4 if INTERPRET else 8
+_MATERIALISE_MAX_B = 32768  # S alone is 4 GiB there; beyond it streaming wins on memory anyway
+_CPU_MEMORY = 8 << 30  # what the interpreter pretends is free
+_PANEL_BYTES = 64 << 20  # streaming backward: the dS panel (< 1 % of a 65536² fp32 matrix)
+
+# The forward's entries besides the Kernels contract: the split log-sum-exp, for the backward.
+SPLIT_KEYS = ("m_r", "logl_r", "m_c", "logl_c")
+CONTRACT_KEYS = (
+    "lse_r", "lse_c", "pos", "ce_i2t", "ce_t2i", "entropy_i2t", "entropy_t2i", "hard_i2t", "hard_i2t_index",
+    "hard_t2i", "hard_t2i_index", "sce", "loss_cbcl", "A_r", "A_c",
+)  # fmt: skip
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of dS for the two gradient matmuls: bf16 keeps the tensor-core path (its range is
+    fp32's); fp16 would underflow dS (g/B/tau), so it goes through fp32."""
+    return dtype if dtype in (torch.bfloat16, torch.float32, torch.float64) else torch.float32
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float64:
+        return "ieee"
+    if dtype == torch.float32:
+        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    return "tf32"  # 16-bit operands: the tensor-core default; precision is not a choice there
+
+
+def _matmul_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with a result in the accumulation dtype (fp32 for 16-bit inputs)."""
+    acc = _acc_dtype(a.dtype)
+    if a.dtype != acc and a.is_cuda:
+        try:
+            return torch.mm(a, b, out_dtype=acc)  # tensor cores, fp32 out (torch ≥ 2.8)
+        except (TypeError, RuntimeError):
+            pass
+    return a.to(acc) @ b.to(acc)
+
+
+class TritonKernels:
+    """The Kernels contract of srem_kernels/fused.py in Triton (see the module docstring).
+
+    strategy: "streaming", "materialised" or None/"auto" (then SREM_TRITON_STRATEGY, else chosen
+    from B, D and free memory; the similarity path always reads the given matrix). block (the two
+    passes), ds_block (the dS kernel), bk (D-chunk of tl.dot), panel_rows (streaming backward):
+    tile sizes; tests use small ones to cross tile and panel edges.
+    """
+
+    supports_stats_only = True  # forward(..., stats_only=True) skips A_r, A_c and the saved S
+
+    def __init__(self, strategy: str | None = None, *, block: int | None = None, ds_block: int | None = None,
+                 bk: int | None = None, panel_rows: int | None = None):  # fmt: skip
+        if strategy not in (None, "auto", *STRATEGIES):
+            raise ValueError(f"strategy must be one of 'auto', {', '.join(map(repr, STRATEGIES))}; got {strategy!r}")
+        self.strategy = strategy
+        self.block = block or _BLOCK
+        self.ds_block = ds_block or block or _DS_BLOCK
+        self.bk = bk or _BK
+        self.panel_rows = panel_rows
+        self._chosen: dict[tuple, str] = {}
+        fused.register_kernels(self)
+
+    # ------------------------------------------------------------------ planning
+
+    def strategy_for(self, B: int, D: int, dtype: torch.dtype, device: torch.device) -> str:
+        """The strategy of an (img, txt) call; fixed per shape once chosen, so that a traced
+        (fake) call and the real one agree."""
+        forced = self.strategy or os.environ.get("SREM_TRITON_STRATEGY") or "auto"
+        if forced != "auto":
+            if forced not in STRATEGIES:
+                raise ValueError(f"SREM_TRITON_STRATEGY must be 'auto' or one of {STRATEGIES}; got {forced!r}")
+            return forced
+        key = (B, D, dtype, device)
+        if key not in self._chosen:
+            need = B * B * (_acc_dtype(dtype).itemsize + _grad_dtype(dtype).itemsize)
+            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _CPU_MEMORY
+            fits = B <= _MATERIALISE_MAX_B and need <= free // 2
+            self._chosen[key] = "materialised" if fits else "streaming"
+        return self._chosen[key]
+
+    def saved_layout(self, img, txt, sim, *, stats_only: bool = False) -> dict[str, tuple[tuple, torch.dtype]]:
+        """name -> (shape, dtype) of what forward returns, in order (fused.py's custom op uses it
+        for its fake implementation)."""
+        x = sim if sim is not None else img
+        B, acc = x.shape[0], _acc_dtype(x.dtype)
+        keys = [k for k in CONTRACT_KEYS if not (stats_only and k in ("A_r", "A_c"))] + list(SPLIT_KEYS)
+        out = {k: ((B,), torch.int64 if k.endswith("_index") else acc) for k in keys}
+        if sim is None and not stats_only and self.strategy_for(B, img.shape[1], img.dtype, img.device) == "materialised":
+            out["S"] = ((B, B), acc)
+        return out
+
+    def _launch_args(self, img, txt, sim, block=None, num_warps=_NUM_WARPS):
+        """(source pointers and strides, B, D, constexprs) for FROM_SIM or tiles from img/txt."""
+        if sim is not None:
+            B, dtype = sim.shape[0], sim.dtype
+            ptrs = (sim, sim, sim, 1, 0, 0, 0, 0, sim.stride(0), sim.stride(1))
+            from_sim = True
+        else:
+            B, dtype = img.shape[0], img.dtype
+            ptrs = (img, txt, img, img.shape[1], img.stride(0), img.stride(1), txt.stride(0), txt.stride(1), 0, 0)
+            from_sim = False
+        acc = _acc_dtype(dtype)
+        meta = dict(
+            FROM_SIM=from_sim,
+            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            DOT_PREC=_dot_precision(dtype),
+            UPCAST=INTERPRET and dtype in (torch.float16, torch.bfloat16),
+            BLOCK=block or self.block,
+            BK=self.bk,
+            num_warps=num_warps,
+        )
+        return B, ptrs, acc, meta
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, img, txt, sim, *, tau, eps, bias, stats_only: bool = False):
+        layout = self.saved_layout(img, txt, sim, stats_only=stats_only)
+        dev = (sim if sim is not None else img).device
+        out = {k: _alloc.empty(shape, dtype=dt, device=dev) for k, (shape, dt) in layout.items() if k != "S"}
+        if "S" in layout:  # materialised: S once, then the passes read it
+            out["S"] = _matmul_acc(img, txt.T)
+            src = (None, None, out["S"])
+        elif sim is None and self.strategy_for(img.shape[0], img.shape[1], img.dtype, dev) == "materialised":
+            src = (None, None, _matmul_acc(img, txt.T))  # stats only: S lives for the call
+        else:
+            src = (img, txt, sim)
+        B, ptrs, acc, meta = self._launch_args(*src)
+        consts = torch.tensor([1.0 / tau, eps], dtype=acc, device=dev)
+        grid = (triton.cdiv(B, self.block),)
+        _stats_kernel[grid](
+            ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:],
+            out["m_r"], out["logl_r"], out["m_c"], out["logl_c"], out["lse_r"], out["lse_c"], out["pos"],
+            out["ce_i2t"], out["ce_t2i"], out["hard_i2t"], out["hard_i2t_index"], out["hard_t2i"],
+            out["hard_t2i_index"], **meta,
+        )  # fmt: skip
+        a_r = out.get("A_r", out["sce"])  # placeholders when WITH_A is off: never written
+        a_c = out.get("A_c", out["sce"])
+        _coupled_kernel[grid](
+            ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:],
+            out["m_r"], out["logl_r"], out["m_c"], out["logl_c"], out["entropy_i2t"], out["entropy_t2i"],
+            out["sce"], out["loss_cbcl"], a_r, a_c, BIAS=bool(bias), WITH_A=not stats_only, **meta,
+        )  # fmt: skip
+        return {k: out[k] for k in layout}
+
+    # ------------------------------------------------------------------ backward
+
+    def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
+        if sim is not None:
+            d_sim = _alloc.empty(sim.shape, dtype=sim.dtype, device=sim.device)
+            self._dsim(None, None, sim, saved, tau, eps, bias, g_cbcl, k_r, k_c, d_sim, 0, sim.shape[0])
+            return d_sim
+        B, D = img.shape
+        gd = _grad_dtype(img.dtype)
+        txt_g, img_g = txt.to(gd), img.to(gd)
+        if "S" in saved:  # materialised
+            ds = _alloc.empty((B, B), dtype=gd, device=img.device)
+            self._dsim(None, None, saved["S"], saved, tau, eps, bias, g_cbcl, k_r, k_c, ds, 0, B)
+            return (ds @ txt_g).to(img.dtype), (ds.T @ img_g).to(txt.dtype)
+        # streaming: dS a panel of rows at a time; the products accumulate in a fixed order
+        rows = self.panel_rows or max(self.ds_block, (_PANEL_BYTES // (B * gd.itemsize)) // self.ds_block * self.ds_block)
+        rows = min(rows, B)
+        ds = _alloc.empty((rows, B), dtype=gd, device=img.device)
+        d_img = _alloc.empty((B, D), dtype=img.dtype, device=img.device)
+        d_txt = torch.zeros((B, D), dtype=_acc_dtype(img.dtype), device=img.device)
+        for r0 in range(0, B, rows):
+            r1 = min(r0 + rows, B)
+            p = ds[: r1 - r0]
+            self._dsim(img, txt, None, saved, tau, eps, bias, g_cbcl, k_r, k_c, p, r0, r1)
+            d_img[r0:r1] = p @ txt_g
+            d_txt += (p.T @ img_g[r0:r1]).to(d_txt.dtype)
+        return d_img, d_txt.to(txt.dtype)
+
+    def _dsim(self, img, txt, sim, saved, tau, eps, bias, g_cbcl, k_r, k_c, out, r0, r1):
+        B, ptrs, acc, meta = self._launch_args(img, txt, sim, self.ds_block, _DS_NUM_WARPS)
+        consts = torch.tensor([1.0 / tau, eps], dtype=acc, device=out.device)
+        vec = [saved[k].contiguous() for k in ("m_r", "logl_r", "m_c", "logl_c", "A_r", "A_c",
+                                                  "hard_i2t_index", "hard_t2i_index")]  # fmt: skip
+        gk = [v.to(acc).contiguous() for v in (g_cbcl, k_r, k_c)]
+        grid = (triton.cdiv(r1 - r0, self.ds_block), triton.cdiv(B, self.ds_block))
+        _dsim_kernel[grid](
+            ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:], *vec, *gk, out, out.stride(0), r0, r1,
+            BIAS=bool(bias), **meta,
+        )  # fmt: skip

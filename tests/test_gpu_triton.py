@@ -1,0 +1,72 @@
+"""backend="triton" on a real GPU at real sizes (pytest -m gpu; scripts/gpu_check.sh runs it).
+
+The checks of tests/test_triton.py without the interpreter: against the fp64 reference up to
+B=8192 (the reference materialises a dozen fp64 B×B matrices); at B=32768 the two strategies
+against each other (both exact against the reference at smaller B) and run-to-run determinism.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from srem_kernels import fused
+from tests.helpers import TOLERANCES, assert_rel_close, embeddings
+from tests.test_triton import DTYPES, check_against_reference, params_for, run_both
+
+pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+triton_srem = pytest.importorskip("srem_kernels.triton_srem")
+
+
+@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+@pytest.mark.parametrize("dtype,B,D,case", [
+    ("fp32", 4096, 256, "default"), ("fp32", 1000, 33, "no-bias"), ("bf16", 8192, 1024, "default"),
+    ("fp16", 4097, 200, "clean-given"), ("bf16", 2, 33, "select-none"), ("fp32", 37, 1, "select-none"),
+])  # fmt: skip
+def test_matches_reference_at_size(strategy, dtype, B, D, case):
+    img, txt = embeddings(B, D, seed=B + D, noise=0.7, dtype=DTYPES[dtype], device="cuda")
+    k = triton_srem.TritonKernels(strategy)
+    out, ref, grads, ref_grads = run_both(k, img, txt, params_for(B, case, seed=B))
+    check_against_reference(out, ref, grads, ref_grads, dtype)
+
+
+def test_tf32_follows_matmul_precision():
+    img, txt = embeddings(2048, 256, seed=1, noise=0.7, dtype=torch.float32, device="cuda")
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        out, ref, grads, ref_grads = run_both(triton_srem.TritonKernels("streaming"), img, txt, params_for(2048, "default"))
+    finally:
+        torch.set_float32_matmul_precision(old)
+    check_against_reference(out, ref, grads, ref_grads, "tf32")
+
+
+def test_similarity_path_at_size():
+    img, txt = embeddings(4096, 128, seed=3, noise=0.7, dtype=torch.float32, device="cuda")
+    out, ref, grads, ref_grads = run_both(triton_srem.TritonKernels(), img, txt, params_for(4096, "default"), from_sim=True)
+    check_against_reference(out, ref, grads, ref_grads, "fp32")
+
+
+def _run(k, img, txt, params):
+    a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
+    loss, per, stats = fused.run(k, a, b, None, params)
+    loss.backward()
+    return [loss.detach(), per, *stats.values(), a.grad, b.grad]
+
+
+def test_strategies_agree_and_are_deterministic_at_32768():
+    B, D = 32768, 256
+    img, txt = embeddings(B, D, seed=7, noise=0.7, dtype=torch.bfloat16, device="cuda")
+    params = params_for(B, "default")
+    results = {}
+    for strategy in triton_srem.STRATEGIES:
+        k = triton_srem.TritonKernels(strategy)
+        first, second = _run(k, img, txt, params), _run(k, img, txt, params)
+        for x, y in zip(first, second):
+            assert torch.equal(x, y), strategy
+        results[strategy] = first
+    tol = TOLERANCES["bf16"][0]
+    for x, y in zip(results["streaming"], results["materialised"]):
+        if x.is_floating_point():
+            assert torch.isfinite(x).all()
+            assert_rel_close(x, y, tol, "streaming vs materialised")

@@ -1,0 +1,279 @@
+"""backend="triton" (srem_kernels/triton_srem.py) against the fp64 reference, within SPEC.md's
+tolerances: every statistic, the loss and both gradients, both strategies, every dtype, odd
+shapes, the similarity path, non-contiguous inputs, determinism, stats_only and torch.compile.
+
+Without a GPU the kernels run on CPU tensors through Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1): shapes stay small, and small tiles (block=32) and dS panels (panel_rows=48)
+make B=37 and B=130 cross tile and panel edges. tests/test_gpu_triton.py repeats this at real sizes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import python_ref as R
+import srem_kernels
+from srem_kernels import fused, registry
+from srem_kernels._validate import check_params
+from tests.dense_kernels import DenseKernels
+from tests.helpers import TOLERANCES, assert_rel_close, embeddings
+
+triton_srem = pytest.importorskip("srem_kernels.triton_srem")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# masked lanes of edge tiles compute -inf - -inf and the like, which numpy reports; they are never stored
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+OPTIONS = {
+    "default": {},
+    "no-bias": {"bias": False, "reduction": "sum"},
+    "clean-given": {"clean": "random", "reduction": "none", "tau": 0.1},
+    "select-none": {"select": "none", "lambda_hard": 0.5, "lambda_cbcl": 2.0, "margin": "vector", "sce_weight": False},
+}
+
+
+def kernels(strategy, **kw):
+    kw.setdefault("block", 32)
+    kw.setdefault("panel_rows", 48)
+    return triton_srem.TritonKernels(strategy, **kw)
+
+
+def params_for(B, case, seed=0):
+    kw = dict(tau=0.05, margin=0.2, lambda_hard=1.0, lambda_cbcl=1.0, bias=True, sce_weight=True, clean=None,
+              select="gmm", eps=1e-10, reduction="mean")  # fmt: skip
+    kw.update(OPTIONS[case])
+    g = torch.Generator().manual_seed(seed)
+    if kw["clean"] == "random":
+        kw["clean"] = torch.rand(B, generator=g).to(DEVICE)
+    if kw["margin"] == "vector":
+        kw["margin"] = (0.1 + 0.2 * torch.rand(B, generator=g)).to(DEVICE)
+    return check_params(B, torch.device(DEVICE), check_finite=True, **kw)
+
+
+def run_both(k, img, txt, params, from_sim=False):
+    """(triton result, fp64 reference result, grads of each) on the same rounded inputs."""
+    a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
+    x, y = img.double().requires_grad_(), txt.double().requires_grad_()
+    ref_kw = {k_: (v.double() if isinstance(v, torch.Tensor) else v) for k_, v in params.as_kwargs().items()}
+    if from_sim:
+        sim_in = (a.float() @ b.float().T).to(img.dtype).detach()
+        if from_sim == "transposed":  # a non-contiguous sim: the kernels take its strides
+            sim_in = sim_in.T.contiguous().T
+        sim_in.requires_grad_()
+        out = fused.run(k, None, None, sim_in, params)
+        sim_ref = sim_in.detach().double().requires_grad_()
+        ref = R.srem(sim=sim_ref, **ref_kw)
+        leaves, ref_leaves = (sim_in,), (sim_ref,)
+    else:
+        out = fused.run(k, a, b, None, params)
+        ref = R.srem(x, y, **ref_kw)
+        leaves, ref_leaves = (a, b), (x, y)
+    g = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(DEVICE)
+    (out[0] * g.to(out[0].dtype)).sum().backward()
+    (ref[0] * g).sum().backward()
+    return out, ref, [t.grad for t in leaves], [t.grad for t in ref_leaves]
+
+
+def check_against_reference(out, ref, grads, ref_grads, tol_name):
+    tol, gtol = TOLERANCES[tol_name]
+    assert_rel_close(out[0], ref[0], tol, "loss")
+    assert_rel_close(out[1], ref[1], tol, "per_sample")
+    assert set(out[2]) == set(R.STATISTICS)
+    for name in R.STATISTICS:
+        if name.endswith("_index") or name == "clean":
+            assert torch.equal(out[2][name].cpu(), ref[2][name].to(out[2][name].dtype).cpu()), name
+        else:
+            assert_rel_close(out[2][name], ref[2][name], tol, name)
+    for i, (gr, rg) in enumerate(zip(grads, ref_grads)):
+        assert gr.dtype == rg.dtype or gr.shape == rg.shape
+        assert_rel_close(gr, rg, gtol, f"grad {i}")
+
+
+# (strategy, dtype, B, D, options): odd B and D around the tile (32) and panel (48) sizes, every
+# dtype with each strategy, every option set at least once; not the full product (interpreter).
+CASES = [
+    ("streaming", "fp32", 37, 33, "default"),
+    ("streaming", "fp32", 2, 33, "default"),
+    ("streaming", "fp32", 37, 1, "select-none"),
+    ("streaming", "fp32", 130, 200, "clean-given"),
+    ("streaming", "fp16", 37, 200, "no-bias"),
+    ("streaming", "bf16", 130, 33, "default"),
+    ("materialised", "fp32", 37, 33, "select-none"),
+    ("materialised", "fp32", 130, 1, "default"),
+    ("materialised", "fp32", 2, 200, "no-bias"),
+    ("materialised", "fp16", 130, 33, "default"),
+    ("materialised", "bf16", 37, 1, "clean-given"),
+]
+
+
+@pytest.mark.parametrize("strategy,dtype,B,D,case", CASES)
+def test_matches_reference(strategy, dtype, B, D, case):
+    img, txt = embeddings(B, D, seed=B * 7 + D, noise=0.7, dtype=DTYPES[dtype], device=DEVICE)
+    out, ref, grads, ref_grads = run_both(kernels(strategy), img, txt, params_for(B, case, seed=B))
+    check_against_reference(out, ref, grads, ref_grads, dtype)
+    assert grads[0].dtype == img.dtype and grads[1].dtype == txt.dtype
+
+
+@pytest.mark.parametrize("dtype,B,case,layout", [
+    ("fp32", 37, "default", True), ("fp32", 130, "no-bias", "transposed"), ("bf16", 37, "select-none", True),
+])  # fmt: skip
+def test_similarity_path(dtype, B, case, layout):
+    img, txt = embeddings(B, 24, seed=B, noise=0.7, dtype=torch.float32, device=DEVICE)
+    out, ref, grads, ref_grads = run_both(kernels(None), img.to(DTYPES[dtype]), txt.to(DTYPES[dtype]),
+                                          params_for(B, case), from_sim=layout)  # fmt: skip
+    check_against_reference(out, ref, grads, ref_grads, dtype)
+
+
+@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+def test_non_contiguous_inputs(strategy):
+    img, txt = embeddings(2 * 37, 40, seed=5, noise=0.7, dtype=torch.float32, device=DEVICE)
+    a, b = img[::2, 1:-6], txt.T.contiguous().T[1::2, 3:-4]  # row-strided and column-major
+    assert not a.is_contiguous() and not b.is_contiguous()
+    out, ref, grads, ref_grads = run_both(kernels(strategy), a, b, params_for(37, "default"))
+    check_against_reference(out, ref, grads, ref_grads, "fp32")
+
+
+@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+def test_intermediates_match_the_dense_contract(strategy):
+    """lse, A_r, A_c and the split forms against tests/dense_kernels.py in fp64."""
+    img, txt = embeddings(37, 33, seed=2, noise=0.7, dtype=torch.float32, device=DEVICE)
+    for bias in (True, False):
+        out = kernels(strategy).forward(img, txt, None, tau=0.05, eps=1e-10, bias=bias)
+        ref = DenseKernels().forward(img.double().cpu(), txt.double().cpu(), None, tau=0.05, eps=1e-10, bias=bias)
+        for name in triton_srem.CONTRACT_KEYS + triton_srem.SPLIT_KEYS:
+            if name.endswith("_index"):
+                assert torch.equal(out[name].cpu(), ref[name]), name
+            else:
+                assert_rel_close(out[name], ref[name], TOLERANCES["fp32"][0], name)
+
+
+def test_fp64_gradcheck():
+    """The accumulator follows fp64 inputs (ACC constexpr), exact enough for gradcheck. Options
+    where SPEC's constants (w, bias weights, c) do not move with the inputs, so the numerical
+    gradient is the analytic one."""
+    B, D = 5, 3
+    img, txt = (t.requires_grad_() for t in embeddings(B, D, seed=4, noise=1.0, device=DEVICE))
+    params = check_params(B, img.device, check_finite=True, tau=0.5, margin=0.3, lambda_hard=1.0, lambda_cbcl=1.0,
+                          bias=False, sce_weight=False, clean=None, select="none", eps=1e-10, reduction="sum")  # fmt: skip
+    for strategy in triton_srem.STRATEGIES:
+        k = kernels(strategy, block=4 if triton_srem.INTERPRET else 16, panel_rows=4)
+        assert torch.autograd.gradcheck(lambda a, b: fused.run(k, a, b, None, params)[0], (img, txt))
+
+
+@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+def test_deterministic(strategy):
+    img, txt = embeddings(130, 33, seed=9, noise=0.7, dtype=torch.float32, device=DEVICE)
+    k = kernels(strategy)
+    params = params_for(130, "default")
+    runs = []
+    for _ in range(2):
+        a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
+        loss, per, stats = fused.run(k, a, b, None, params)
+        loss.backward()
+        runs.append([loss, per, *stats.values(), a.grad, b.grad])
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+
+
+@pytest.fixture
+def triton_on_this_device(monkeypatch):
+    """The registry's triton entry also taking this device's tensors (CPU ones under the interpreter)."""
+    entry = registry._REGISTRY["triton"]
+    monkeypatch.setitem(registry._REGISTRY, "triton", registry.Backend(
+        "triton", (DEVICE,), entry.dtypes, entry.loader, entry.summary))  # fmt: skip
+    registry._load.cache_clear()
+    yield
+    monkeypatch.undo()
+    registry._load.cache_clear()
+
+
+@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+def test_stats_only(strategy, monkeypatch, triton_on_this_device):
+    monkeypatch.setenv("SREM_TRITON_STRATEGY", strategy)
+    img, txt = embeddings(37, 33, seed=3, noise=0.7, dtype=torch.float32, device=DEVICE)
+    a = img.clone().requires_grad_()
+    full = srem_kernels.loss(a, txt, backend="triton")
+    only = srem_kernels.loss(a, txt, backend="triton", stats_only=True)
+    assert only.backend == "triton" and not only.loss.requires_grad and full.loss.requires_grad
+    assert torch.equal(only.loss, full.loss.detach()) and torch.equal(only.per_sample, full.per_sample)
+    for name, value in only.stats.as_dict().items():
+        assert torch.equal(value, getattr(full.stats, name)), name
+    # no gradient work: A_r, A_c are neither computed nor returned, nothing saved
+    layout = triton_srem.TritonKernels().saved_layout(img, txt, None, stats_only=True)
+    assert "A_r" not in layout and "S" not in layout
+    sim_only = srem_kernels.loss_from_similarity(img @ txt.T, backend="triton", stats_only=True)
+    assert_rel_close(sim_only.loss, full.loss, TOLERANCES["fp32"][0], "loss from sim")
+
+
+def test_stats_only_on_the_reference_and_bad_flag():
+    img, txt = embeddings(6, 5, seed=0, dtype=torch.float32)
+    a = img.clone().requires_grad_()
+    out = srem_kernels.loss(a, txt, stats_only=True)
+    assert out.backend == "reference" and not out.loss.requires_grad
+    assert torch.equal(out.loss, srem_kernels.loss(img, txt).loss)
+    out = srem_kernels.SREMLoss()(a, txt, stats_only=True)
+    assert not out.loss.requires_grad
+    with pytest.raises(TypeError, match="stats_only"):
+        srem_kernels.loss(img, txt, stats_only=1)
+
+
+def test_torch_compile_fullgraph_training_step():
+    """A step that calls the loss compiles with fullgraph=True (no graph break): the reference
+    backend through the public API, and the triton kernels behind fused.py's custom ops (their
+    fake implementations trace; the interpreter runs them). aot_eager keeps it fast on CPU;
+    both gradients match eager."""
+    lin = torch.nn.Linear(8, 6).to(DEVICE)
+    streaming, materialised = kernels("streaming"), kernels("materialised")  # the latter saves S (B×B)
+    params = params_for(16, "default")
+    x, y = torch.randn(16, 8, device=DEVICE), torch.randn(16, 8, device=DEVICE)
+
+    def embed():
+        return torch.nn.functional.normalize(lin(x), dim=1), torch.nn.functional.normalize(lin(y), dim=1)
+
+    def step_reference():
+        out = srem_kernels.loss(*embed(), backend="reference", check_finite=False)
+        return out.loss, out.stats.energy
+
+    def step_streaming():
+        loss, _, stats = fused.run(streaming, *embed(), None, params)
+        return loss, stats["energy"]
+
+    def step_materialised():
+        loss, _, stats = fused.run(materialised, *embed(), None, params)
+        return loss, stats["energy"]
+
+    for step in (step_reference, step_streaming, step_materialised):
+        compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+        grads = []
+        for fn in (compiled, step):
+            lin.zero_grad()
+            loss, energy = fn()
+            loss.backward()
+            grads.append((loss.detach(), energy, lin.weight.grad.clone()))
+        for a, b in zip(*grads):
+            assert_rel_close(a, b, 1e-6, step.__name__)
+
+
+def test_strategy_choice_and_forcing(monkeypatch):
+    k = triton_srem.TritonKernels()
+    monkeypatch.delenv("SREM_TRITON_STRATEGY", raising=False)
+    assert k.strategy_for(1024, 64, torch.float32, torch.device(DEVICE)) == "materialised"
+    assert k.strategy_for(1 << 17, 64, torch.bfloat16, torch.device(DEVICE)) == "streaming"
+    monkeypatch.setenv("SREM_TRITON_STRATEGY", "streaming")
+    assert k.strategy_for(1024, 64, torch.float32, torch.device(DEVICE)) == "streaming"
+    assert triton_srem.TritonKernels("materialised").strategy_for(1 << 17, 64, torch.float32, torch.device("cpu")) == "materialised"
+    monkeypatch.setenv("SREM_TRITON_STRATEGY", "fast")
+    with pytest.raises(ValueError, match="SREM_TRITON_STRATEGY"):
+        triton_srem.TritonKernels().strategy_for(64, 8, torch.float32, torch.device("cpu"))
+    with pytest.raises(ValueError, match="strategy"):
+        triton_srem.TritonKernels("fast")
+
+
+def test_registry_lists_triton_as_available_here(monkeypatch):
+    status = srem_kernels.backends()["triton"]
+    assert status.available, status.reason
+    if not torch.cuda.is_available():  # without the interpreter a CPU-only machine says why not
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(srem_kernels.BackendUnavailable, match="no CUDA device"):
+            registry._load_triton()
