@@ -82,9 +82,20 @@ def _compiled_reference(img, txt):
     return loss_phases(fn, img, txt)
 
 
-def _backend(name: str) -> Contender:
+def _backend(name: str) -> list[Contender]:
+    """The backend through the public API, and for triton each strategy forced."""
     fn = lambda a, b: srem_kernels.loss(a, b, backend=name, check_finite=False).loss  # noqa: E731
-    return Contender(f"srem:{name}", lambda i, t: loss_phases(fn, i, t), "srem", name == "reference")
+    out = [Contender(f"srem:{name}", lambda i, t: loss_phases(fn, i, t), "srem", name == "reference")]
+    if name == "triton":
+        from srem_kernels import fused
+        from srem_kernels._validate import SREMParams
+        from srem_kernels.triton_srem import STRATEGIES, TritonKernels
+
+        for strategy in STRATEGIES:
+            kernels = TritonKernels(strategy=strategy)
+            run = lambda a, b, k=kernels: fused.run(k, a, b, None, SREMParams())[0]  # noqa: E731
+            out.append(Contender(f"srem:triton:{strategy}", lambda i, t, r=run: loss_phases(r, i, t), "srem", strategy == "materialised"))
+    return out
 
 
 def contenders(device: torch.device) -> tuple[list[Contender], list[str]]:
@@ -97,7 +108,7 @@ def contenders(device: torch.device) -> tuple[list[Contender], list[str]]:
         elif device.type not in status.devices:
             skipped.append(f"srem:{status.name}: runs on {'/'.join(status.devices)}, not {device.type}")
         else:
-            out.append(_backend(status.name))
+            out += _backend(status.name)
     out.append(Contender("srem:compiled-reference", _compiled_reference, "srem", True, "torch.compile(python_ref.srem)"))
     out.append(Contender("infonce:clip-loss", lambda i, t: loss_phases(clip_loss, i, t), "infonce", True, "open_clip formulation"))
     if device.type == "cuda":

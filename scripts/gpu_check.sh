@@ -17,10 +17,11 @@ unset TRITON_INTERPRET
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 "$PY" -m pip install --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 || { echo "install failed, see $OUT/install.log"; tail -20 "$OUT/install.log"; }
-"$PY" -m pytest -q -ra -p no:cacheprovider -m gpu tests/test_gpu_triton.py 2>&1 | tee "$OUT/pytest_gpu.log"
+"$PY" -m pytest -q -ra -p no:cacheprovider -m gpu 2>&1 | tee "$OUT/pytest_gpu.log"
 rc=${PIPESTATUS[0]}
 "$PY" -m pytest -q -ra -p no:cacheprovider tests/test_triton.py 2>&1 | tee "$OUT/pytest_triton_on_cuda.log"
 rc2=${PIPESTATUS[0]}
-"$PY" bench/gpu_quick.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
+# a short sweep of the benchmark (bench/): every backend and strategy vs the matmul floor, bf16, D=1024
+"$PY" -m bench --batch ${BENCH_BATCH:-4096 16384 65536} --dim 1024 --dtype bf16 --repeats 5 --out "$OUT" 2>&1 | tee "$OUT/bench.log"
 echo "gpu tests rc=$rc, triton suite on cuda rc=$rc2; logs in $OUT"
 exit $(( rc != 0 ? rc : rc2 ))
