@@ -46,15 +46,25 @@ def _neg_log_probs(Z, saved):
     return nlp_r, nlp_c
 
 
+def _log_complement(P, one_minus_P, eps):
+    """log(1 - P + eps) without losing eps or P: log1p(eps - P) while P < 1/2, and
+    log((1 - P) + eps) with 1 - P = -expm1(-nlp) exact above (log1p(eps - P) is -inf in fp32 once
+    P rounds to 1, eps being below fp32's resolution there)."""
+    return torch.where(P < 0.5, torch.log1p(eps - P), torch.log(one_minus_P + eps))
+
+
 def _bias_parts(Z, saved, eps, bias):
     nlp_r, nlp_c = _neg_log_probs(Z, saved)
     Pr, Pc = torch.exp(-nlp_r), torch.exp(-nlp_c)
+    qr, qc = -torch.expm1(-nlp_r), -torch.expm1(-nlp_c)  # 1 - Pr, 1 - Pc, exact near P = 1
     off = ~torch.eye(Z.shape[0], dtype=torch.bool)
-    b_r = (1 - Pc) if bias else torch.ones_like(Pc)
-    b_c = (1 - Pr) if bias else torch.ones_like(Pr)
-    E_r = torch.where(off, b_r * Pr / (1 - Pr + eps), 0)
-    E_c = torch.where(off, b_c * Pc / (1 - Pc + eps), 0)
-    return off, nlp_r, nlp_c, Pr, Pc, b_r, b_c, E_r, E_c
+    b_r = qc if bias else torch.ones_like(Pc)
+    b_c = qr if bias else torch.ones_like(Pr)
+    E_r = torch.where(off, b_r * Pr / (qr + eps), 0)
+    E_c = torch.where(off, b_c * Pc / (qc + eps), 0)
+    log_r = torch.where(off, _log_complement(Pr, qr, eps), 0)
+    log_c = torch.where(off, _log_complement(Pc, qc, eps), 0)
+    return off, nlp_r, nlp_c, Pr, Pc, b_r, b_c, E_r, E_c, log_r, log_c
 
 
 class DenseKernels:
@@ -64,14 +74,12 @@ class DenseKernels:
         m_r, logl_r = _softmax_stats(Z)
         m_c, logl_c = _softmax_stats(Z.T)
         saved = {"m_r": m_r, "logl_r": logl_r, "m_c": m_c, "logl_c": logl_c}
-        off, nlp_r, nlp_c, Pr, Pc, b_r, b_c, E_r, E_c = _bias_parts(Z, saved, eps, bias)
+        off, nlp_r, nlp_c, Pr, Pc, b_r, b_c, E_r, E_c, log_r, log_c = _bias_parts(Z, saved, eps, bias)
         hard_r, idx_r = _hardest(S)
         hard_c, idx_c = _hardest(S.T)
         # sce_i = ( sum_j Pr_ij (-log Pc_ji) + sum_j Pc_ji (-log Pr_ij) ) / 2: non-negative terms
         sce = ((Pr * nlp_c.T).sum(1) + (Pc.T * nlp_r).sum(1)) / 2
-        cbcl = -torch.where(off, b_r * torch.log1p(eps - Pr), 0).sum(1) - torch.where(
-            off, b_c * torch.log1p(eps - Pc), 0
-        ).sum(0)
+        cbcl = -(b_r * log_r).sum(1) - (b_c * log_c).sum(0)
         return saved | {
             "lse_r": m_r + logl_r,
             "lse_c": m_c + logl_c,
@@ -94,7 +102,7 @@ class DenseKernels:
         S = _similarity(img, txt, sim)
         Z = S / tau
         B = S.shape[0]
-        _, _, _, Pr, Pc, _, _, E_r, E_c = _bias_parts(Z, saved, eps, bias)
+        _, _, _, Pr, Pc, _, _, E_r, E_c, _, _ = _bias_parts(Z, saved, eps, bias)
         dS = (g_cbcl[:, None] * (E_r - Pr * saved["A_r"][:, None]) + g_cbcl[None, :] * (E_c - Pc * saved["A_c"][None, :])) / tau
         rows = torch.arange(B)
         dS[rows, rows] -= k_r + k_c

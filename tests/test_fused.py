@@ -84,3 +84,13 @@ def test_kernel_buffers_are_poisoned_in_tests():
 
     assert torch.isnan(_alloc.empty((3,), dtype=torch.float32, device="cpu")).all()
     assert (_alloc.empty((3,), dtype=torch.int64, device="cpu") == -1).all()
+
+
+def test_confident_wrong_match_keeps_the_loss_finite():
+    """An off-diagonal probability that rounds to 1 in fp32 (B=2, D=1, both texts closer to the
+    other image): the complementary term must stay finite and match the fp64 reference."""
+    img = torch.tensor([[-1.0], [1.0]])
+    txt = torch.tensor([[1.0], [1.0]])
+    out, ref, _, _ = _run_both(img, txt, _params(2, "default", 0), False)
+    assert torch.isfinite(out[0]) and ref[0] > 1
+    assert_rel_close(out[0], ref[0], TOLERANCES["fp32"][0], "loss")
