@@ -20,13 +20,19 @@ from pathlib import Path
 import torch
 
 from srem_kernels.train.methods import METHODS
+from srem_kernels.train.synthetic import SIZES
 from srem_kernels.train.trainer import RESULTS, TrainConfig, train
 
 NOISES = (0.0, 0.2, 0.4, 0.6, 0.8)
 SEEDS = (0, 1, 2)
 BASELINES = ("vsepp", "infonce", "rcl")
 ORDER = ("vsepp", "infonce", "rcl", "srem", "srem-nobias", "srem-nosce", "srem-inbatch")
-SWEEP_SIZE = "small"  # 3000 training pairs instead of 6000; the protocol is unchanged
+SWEEP_SIZE = "default"  # the demo's size: 6000 training pairs, 1000 test pairs
+
+
+def _pairs(size: str) -> str:
+    n_train, _, n_test = SIZES[size]
+    return f"{n_train} training pairs, {n_test} test pairs"
 
 
 def run_dir(root: Path, method: str, noise: float, seed: int) -> Path:
@@ -101,7 +107,7 @@ def report(root: Path, command: str) -> None:
         f"Produced by `{command}` on {platform.processor() or platform.machine()} CPU "
         f"({torch.get_num_threads()} thread), torch {torch.__version__}, commit {commit}, "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        f"Synthetic benchmark, size `{cfg['synthetic_size']}` (3000 training pairs, 1000 test pairs), NCR noise "
+        f"Synthetic benchmark, size `{cfg['synthetic_size']}` ({_pairs(cfg['synthetic_size'])}), NCR noise "
         f"(the given fraction of training captions shuffled), {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
         f"lr {cfg['lr']}, tau {cfg['tau']}, margin {cfg['margin']}, SREM warm-up {cfg['warmup_epochs']} epochs; "
         "test recall of the best-on-validation epoch. Mean ± std over seeds "
