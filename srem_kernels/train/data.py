@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 DATASETS = ("synthetic", "digits", "f30k", "coco", "cc152k")
@@ -23,7 +24,7 @@ class Split:
     cap_key[c] == img_key[i] (the instance, or the class for digits).
     `noisy`: ground-truth flags of the training pairs (None when unknown); never used to train."""
 
-    images: torch.Tensor
+    images: torch.Tensor | np.ndarray
     captions: torch.Tensor | list[torch.Tensor]
     cap2img: torch.Tensor
     img_key: torch.Tensor
@@ -37,16 +38,18 @@ class Split:
     def tokenized(self) -> bool:
         return isinstance(self.captions, list)
 
+    def image_batch(self, img_idx: torch.Tensor) -> torch.Tensor:
+        """Images by index; memory-mapped numpy features (the precomputed layout) are read here."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images[img_idx]
+        return torch.from_numpy(np.ascontiguousarray(self.images[img_idx.numpy()], dtype=np.float32))
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         """The images and captions of pairs `idx` (tokens padded with 0, with their lengths)."""
-        img = self.images[self.cap2img[idx]]
-        if not self.tokenized:
-            return img, self.captions[idx]
-        caps = [self.captions[i] for i in idx.tolist()]
-        lengths = torch.tensor([len(c) for c in caps])
-        return img, (torch.nn.utils.rnn.pad_sequence(caps, batch_first=True), lengths)
+        return self.image_batch(self.cap2img[idx]), self.caption_batch(idx)
 
     def caption_batch(self, idx: torch.Tensor):
+        """Captions by index: features, or (token ids padded with 0, lengths)."""
         if not self.tokenized:
             return self.captions[idx]
         caps = [self.captions[i] for i in idx.tolist()]

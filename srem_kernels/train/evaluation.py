@@ -16,7 +16,9 @@ def encode(model, split: Split, batch_size: int = 512) -> tuple[torch.Tensor, to
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    imgs = [model.encode_images(split.images[i : i + batch_size].to(device)) for i in range(0, len(split.images), batch_size)]
+    n_img = len(split.images)
+    imgs = [model.encode_images(split.image_batch(torch.arange(i, min(i + batch_size, n_img))).to(device))
+            for i in range(0, n_img, batch_size)]
     n_cap = len(split.cap_key)
     caps = []
     for i in range(0, n_cap, batch_size):

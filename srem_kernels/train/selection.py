@@ -24,7 +24,8 @@ def scoring_batches(n: int, batch_size: int, generator: torch.Generator) -> list
     order = torch.randperm(n, generator=generator)
     chunks = list(order.split(batch_size))
     if len(chunks) > 1 and len(chunks[-1]) < 2:
-        chunks[-2] = torch.cat([chunks[-2], chunks.pop()])
+        last = chunks.pop()
+        chunks[-1] = torch.cat([chunks[-1], last])
     return chunks
 
 
