@@ -94,6 +94,9 @@ def test_resume_after_interrupt_gives_bitwise_the_same_weights(tmp_path, monkeyp
     def interrupted(state, output):
         save(state, output)
         if state["epoch"] == 1:
+            # as if killed after epoch 2 was logged but before its checkpoint was written
+            with open(output / trainer.LOG, "a") as f:
+                f.write(json.dumps({"epoch": 2, "loss": -1.0}) + "\n")
             raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "save_checkpoint", interrupted)

@@ -133,6 +133,12 @@ class Logger:
         with open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
+    def keep_until(self, epoch: int) -> None:
+        """Drop entries of epochs after `epoch` (logged, but interrupted before their checkpoint)."""
+        if self.path.exists():
+            lines = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["epoch"] <= epoch]
+            self.path.write_text("".join(ln + "\n" for ln in lines))
+
     def say(self, line: str) -> None:
         if not self.quiet:
             print(line, flush=True)
@@ -170,8 +176,9 @@ def train(cfg: TrainConfig) -> dict:
         sched.load_state_dict(ck["scheduler"])
         start, best, clean = ck["epoch"] + 1, ck["best"], ck["clean"]
         _set_rng_state(ck["rng"])
+        log.keep_until(ck["epoch"])
         log.say(f"resumed from {ckpt_path} after epoch {ck['epoch']}")
-    elif not cfg.resume and (output / LOG).exists():
+    elif (output / LOG).exists():
         (output / LOG).unlink()  # a fresh run starts a fresh log
 
     n_clean = None if train_split.noisy is None else int((~train_split.noisy).sum())
