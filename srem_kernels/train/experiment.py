@@ -39,8 +39,15 @@ def run_dir(root: Path, method: str, noise: float, seed: int) -> Path:
     return root / "runs" / f"{method}_noise{int(round(noise * 100)):02d}_seed{seed}"
 
 
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+
+
 def sweep(root: Path, methods, noises, seeds, epochs: int | None) -> None:
     todo = [(m, n, s) for n in noises for m in methods for s in seeds]
+    (root / "runs").mkdir(parents=True, exist_ok=True)
+    with open(root / "runs" / "SWEEP_COMMITS", "a") as f:  # the code the runs were trained with
+        f.write(f"{_commit()} {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n")
     for k, (m, n, s) in enumerate(todo):
         out = run_dir(root, m, n, s)
         if (out / RESULTS).exists():
@@ -99,14 +106,15 @@ def report(root: Path, command: str) -> None:
         raise SystemExit(f"no finished runs under {root / 'runs'}")
     noises = sorted({n for _, n in runs})
     methods = [m for m in ORDER if any((m, n) in runs for n in noises)]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    stamps = root / "runs" / "SWEEP_COMMITS"
+    trained = ", ".join(dict.fromkeys(line.split()[0] for line in stamps.read_text().splitlines())) if stamps.exists() else "unknown"
     cfg = next(iter(runs.values()))[0]["config"]
     lines = [
         "# SREM under noisy correspondence: the synthetic benchmark",
         "",
         f"Produced by `{command}` on {platform.processor() or platform.machine()} CPU "
-        f"({torch.get_num_threads()} thread), torch {torch.__version__}, commit {commit}, "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"({torch.get_num_threads()} thread), torch {torch.__version__}; runs trained at commit {trained}, "
+        f"report written at commit {_commit()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
         f"Synthetic benchmark, size `{cfg['synthetic_size']}` ({_pairs(cfg['synthetic_size'])}), NCR noise "
         f"(the given fraction of training captions shuffled), {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
         f"lr {cfg['lr']}, tau {cfg['tau']}, margin {cfg['margin']}, SREM warm-up {cfg['warmup_epochs']} epochs; "
