@@ -21,7 +21,7 @@ import torch
 
 from srem_kernels.train.methods import METHODS
 from srem_kernels.train.synthetic import SIZES
-from srem_kernels.train.trainer import RESULTS, TrainConfig, train
+from srem_kernels.train.trainer import CHECKPOINT, RESULTS, TrainConfig, train
 
 NOISES = (0.0, 0.2, 0.4, 0.6, 0.8)
 SEEDS = (0, 1, 2)
@@ -55,6 +55,7 @@ def sweep(root: Path, methods, noises, seeds, epochs: int | None) -> None:
         t0 = time.time()
         res = train(TrainConfig(dataset="synthetic", noise=n, method=m, seed=s, output=str(out), epochs=epochs,
                                 synthetic_size=SWEEP_SIZE, progress=False, quiet=True))
+        (out / CHECKPOINT).unlink()  # 5 MB a run; the log and results stay
         print(f"[{k + 1}/{len(todo)}] {m:<13} noise {n:.0%} seed {s}: test rSum {res['test']['rsum']:.1f} "
               f"({time.time() - t0:.0f}s)", flush=True)
 
@@ -132,6 +133,18 @@ def report(root: Path, command: str) -> None:
               "| method | " + " | ".join(f"{n:.0%} noise" for n in noises) + " |", "|---|" + "---|" * len(noises)]
     for m in methods:
         lines.append(f"| {m} | " + " | ".join(_ms([_r1(r) for r in runs.get((m, n), [])]) for n in noises) + " |")
+    by_seed = {k: {r["config"]["seed"]: r["test"]["rsum"] for r in rs} for k, rs in runs.items()}
+    if any(("srem", n) in runs for n in noises):
+        lines += ["", "## SREM's rSum minus each method's, paired by seed (same data, same noise draw)", "",
+                  "| vs | " + " | ".join(f"{n:.0%} noise" for n in noises) + " |", "|---|" + "---|" * len(noises)]
+        for m in methods:
+            if m == "srem":
+                continue
+            cells = []
+            for n in noises:
+                a, b = by_seed.get(("srem", n), {}), by_seed.get((m, n), {})
+                cells.append(_ms([a[s] - b[s] for s in sorted(set(a) & set(b))]))
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Methods: " + "; ".join(f"`{m}` = {METHODS[m].describe()}" for m in methods) + ".", ""]
     for m in ("srem", "srem-inbatch"):
         sel = _selection_by_epoch(root, m, 0.4)
