@@ -30,6 +30,16 @@ def test_bad_arguments_one_line(argv, message, capsys, tmp_path):
     assert err == message + "\n"
 
 
+def test_an_unavailable_backend_one_line(capsys, tmp_path):
+    import srem_kernels
+
+    missing = [s for s in srem_kernels.backends().values() if not s.available]
+    if not missing:
+        pytest.skip("every backend runs here")
+    assert cli.main(["--loss-backend", missing[0].name, "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"srem-train: error: --loss-backend {missing[0].name} is not available here: {missing[0].reason}\n"
+
+
 @pytest.mark.parametrize("argv, message", [(["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
                                            (["--bogus"], "unrecognized arguments: --bogus")])
 def test_parse_errors_one_line(argv, message):
@@ -44,8 +54,9 @@ def test_console_entry_prints_one_line_and_exit_code_2():
     assert p.stderr.strip().splitlines() == ["srem-train: error: --noise must be in [0, 1); got 2.0"]
 
 
-def test_run_ends_with_the_test_line(tmp_path, capsys):
-    argv = ["--synthetic-size", "tiny", "--noise", "0.4", "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "32",
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_run_ends_with_the_test_line(tmp_path, capsys, backend):
+    argv = ["--loss-backend", backend, "--synthetic-size", "tiny", "--noise", "0.4", "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "32",
             "--embed-dim", "16", "--no-progress", "--output", str(tmp_path)]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out.strip().splitlines()

@@ -53,15 +53,19 @@ def config(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config(argv)
+    import srem_kernels
+
     try:
         cfg.resolved()  # argument errors before any work
-        import srem_kernels
 
-        if cfg.loss_backend != "auto" and cfg.loss_backend not in srem_kernels.backends():
-            raise ValueError(f"--loss-backend must be 'auto' or one of {', '.join(srem_kernels.backends())}; "
-                             f"got {cfg.loss_backend!r}")
+        status = srem_kernels.backends()
+        if cfg.loss_backend != "auto":
+            if cfg.loss_backend not in status:
+                raise ValueError(f"--loss-backend must be 'auto' or one of {', '.join(status)}; got {cfg.loss_backend!r}")
+            if not status[cfg.loss_backend].available:
+                raise ValueError(f"--loss-backend {cfg.loss_backend} is not available here: {status[cfg.loss_backend].reason}")
         train(cfg)
-    except DataError as err:
+    except (DataError, srem_kernels.BackendUnavailable) as err:
         print(f"srem-train: error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:
