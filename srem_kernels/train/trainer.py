@@ -125,6 +125,16 @@ def _epoch_seed(seed: int, epoch: int, salt: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + salt) % (2**63)
 
 
+def epoch_batches(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """One epoch's batches of pair indices: a permutation drawn from `seed` alone (so a resumed run
+    replays it without generator state), the last partial batch dropped as the NCR family does.
+    A global batch of a future multi-process run is one of these, split across the ranks."""
+    batches = list(torch.randperm(n, generator=torch.Generator().manual_seed(seed)).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
 class Logger:
     def __init__(self, output: Path, quiet: bool):
         self.path, self.quiet = output / LOG, quiet
@@ -199,10 +209,7 @@ def train(cfg: TrainConfig) -> dict:
                 entry["energy_auc"] = selection.separation_auc(energy, train_split.noisy)
 
         model.train()
-        g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, 0))
-        batches = list(torch.randperm(len(train_split), generator=g).split(cfg.batch_size))
-        if len(batches[-1]) < cfg.batch_size and len(batches) > 1:
-            batches.pop()  # drop_last, as the NCR family does
+        batches = epoch_batches(len(train_split), cfg.batch_size, _epoch_seed(cfg.seed, epoch, 0))
         inbatch_clean = torch.zeros(len(train_split)) if method.selection == "inbatch" and not warming_up else None
         total, bar = 0.0, _progress(batches, cfg, epoch)
         for step, idx in enumerate(bar):
