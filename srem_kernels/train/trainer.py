@@ -282,13 +282,13 @@ def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Pa
     _atomic_save_json(results, output / RESULTS)
     if sel:
         log.say(f"selection precision by epoch: " + " ".join(f"{e['epoch']}:{e['sel_precision']:.3f}" for e in sel))
-    header = f"{'split':<10}{'i2t R@1':>9}{'R@5':>7}{'R@10':>7}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'rSum':>8}"
+    header = f"{'split':<15}{'i2t R@1':>9}{'R@5':>7}{'R@10':>7}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'rSum':>8}"
     rows = [("test 5-fold 1K", {k[5:]: v for k, v in test.items() if k.startswith("fold_")})] if dataset.eval_folds > 1 else []
     rows.append(("test", test))
     log.say(f"\nbest validation rSum {best['rsum']:.1f} at epoch {best['epoch']}; test split ({cfg.method}, noise {cfg.noise:.0%}, seed {cfg.seed}):")
     log.say(header)
     for name, m in rows:
-        log.say(f"{name:<10}{m['i2t_r1']:>9.1f}{m['i2t_r5']:>7.1f}{m['i2t_r10']:>7.1f}{m['t2i_r1']:>9.1f}"
+        log.say(f"{name:<15}{m['i2t_r1']:>9.1f}{m['i2t_r5']:>7.1f}{m['i2t_r10']:>7.1f}{m['t2i_r1']:>9.1f}"
                 f"{m['t2i_r5']:>7.1f}{m['t2i_r10']:>7.1f}{m['rsum']:>8.1f}")
     log.say("test: " + evaluation.format_row(test))
     return results
