@@ -1,0 +1,3 @@
+from srem_kernels.train.cli import main
+
+raise SystemExit(main())

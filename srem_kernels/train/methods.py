@@ -1,0 +1,60 @@
+"""The training objectives: SREM, its ablations and the baselines, one name each. Every method but
+InfoNCE is a special case of SPEC.md's loss and goes through srem_kernels.loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+import srem_kernels
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    options: dict = field(default_factory=dict)  # srem_kernels.loss keyword arguments
+    selection: str = "none"  # "dataset": a GMM over the whole training set; "inbatch": SPEC's select="gmm"
+    warmup: bool = False  # SREM's warm-up: the complementary term alone for the first epochs
+    infonce: bool = False
+
+    def describe(self) -> str:
+        if self.infonce:
+            return "symmetric InfoNCE"
+        return f"srem_kernels.loss({', '.join(f'{k}={v!r}' for k, v in self.options.items())}), selection={self.selection}"
+
+
+METHODS = {
+    "srem": Method("srem", {}, selection="dataset", warmup=True),
+    "vsepp": Method("vsepp", {"lambda_cbcl": 0.0, "select": "none", "sce_weight": False}),
+    "infonce": Method("infonce", infonce=True),
+    "rcl": Method("rcl", {"bias": False, "lambda_hard": 0.0, "select": "none"}),
+    "srem-nobias": Method("srem-nobias", {"bias": False}, selection="dataset", warmup=True),
+    "srem-nosce": Method("srem-nosce", {"sce_weight": False}, selection="dataset", warmup=True),
+    "srem-inbatch": Method("srem-inbatch", {"select": "gmm"}, selection="inbatch", warmup=True),
+}
+
+
+def infonce(img: torch.Tensor, txt: torch.Tensor, tau: float) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP): cross-entropy of the diagonal over rows and over columns."""
+    logits = img @ txt.T / tau
+    target = torch.arange(len(img), device=img.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def batch_loss(method: Method, img, txt, *, tau: float, margin: float, clean: torch.Tensor | None,
+               warming_up: bool, backend: str):
+    """(loss, SREMResult or None) of one batch. `clean`: dataset-level weights of the batch's pairs."""
+    if method.infonce:
+        return infonce(img, txt, tau), None
+    opts = dict(method.options)
+    if method.warmup and warming_up:
+        opts.update(lambda_hard=0.0, select="none")
+        clean = None
+    elif method.selection == "dataset":
+        opts.pop("select", None)
+    else:
+        clean = None
+    out = srem_kernels.loss(img, txt, tau=tau, margin=margin, clean=clean, backend=backend, **opts)
+    return out.loss, out

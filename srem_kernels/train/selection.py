@@ -1,0 +1,80 @@
+"""Dataset-level clean-sample selection (SPEC.md's filtration over the whole training set) and
+its precision/recall against the ground-truth noise flags."""
+
+from __future__ import annotations
+
+import torch
+
+import srem_kernels
+from python_ref.filtration import gmm_filtration
+from srem_kernels.result import SREMStats
+from srem_kernels.train.data import Split
+
+
+def batch_statistics(img: torch.Tensor, txt: torch.Tensor, *, tau: float, backend: str) -> SREMStats:
+    """SPEC.md's per-sample statistics of one batch, forward only. The one place that calls the
+    statistics: switches to srem_kernels.loss(..., stats_only=True) once that exists."""
+    with torch.no_grad():
+        return srem_kernels.loss(img, txt, tau=tau, select="none", backend=backend, check_finite=False).stats
+
+
+def scoring_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A fixed random partition of the n pairs into batches of batch_size (a last batch of one pair
+    joins the one before: the statistics need B >= 2)."""
+    order = torch.randperm(n, generator=generator)
+    chunks = list(order.split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) < 2:
+        last = chunks.pop()
+        chunks[-1] = torch.cat([chunks[-1], last])
+    return chunks
+
+
+@torch.no_grad()
+def pair_energies(model, split: Split, *, batch_size: int, tau: float, backend: str, seed: int) -> torch.Tensor:
+    """The energy (SPEC.md) of every training pair, each scored in a batch of batch_size pairs as
+    in training, with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    energy = torch.empty(len(split), dtype=torch.float64)
+    for idx in scoring_batches(len(split), batch_size, torch.Generator().manual_seed(seed)):
+        images, captions = split.batch(idx)
+        captions = tuple(t.to(device) for t in captions) if isinstance(captions, tuple) else captions.to(device)
+        img, txt = model(images.to(device), captions)
+        energy[idx] = batch_statistics(img, txt, tau=tau, backend=backend).energy.double().cpu()
+    model.train(was_training)
+    return energy
+
+
+def select_clean(energy: torch.Tensor) -> torch.Tensor:
+    """Clean flags (0/1) of SPEC.md's two-component GMM fitted to the energies of all pairs."""
+    return gmm_filtration(energy.double())
+
+
+def selection_metrics(clean: torch.Tensor, noisy: torch.Tensor | None) -> dict[str, float]:
+    """Fraction selected; with ground truth, precision (selected pairs that are clean) and recall
+    (clean pairs that are selected)."""
+    picked = clean.bool()
+    out = {"selected": picked.double().mean().item()}
+    if noisy is not None:
+        true_clean = ~noisy.bool()
+        hit = (picked & true_clean).sum().item()
+        out["precision"] = hit / max(int(picked.sum()), 1)
+        out["recall"] = hit / max(int(true_clean.sum()), 1)
+    return out
+
+
+def separation_auc(energy: torch.Tensor, noisy: torch.Tensor) -> float:
+    """Probability that a random noisy pair has a higher energy than a random clean pair (ties
+    count one half): how well the energy separates them, whatever the GMM's threshold."""
+    noisy = noisy.bool()
+    n_noisy, n_clean = int(noisy.sum()), int((~noisy).sum())
+    if n_noisy == 0 or n_clean == 0:
+        return float("nan")
+    order = torch.argsort(energy.double(), stable=True)
+    ranks = torch.empty(len(energy), dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(energy) + 1, dtype=torch.float64)
+    # average ranks over ties
+    uniq, inv = torch.unique(energy.double(), return_inverse=True)
+    ranks = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, ranks)[inv] / torch.bincount(inv)[inv]
+    return ((ranks[noisy].sum() - n_noisy * (n_noisy + 1) / 2) / (n_noisy * n_clean)).item()

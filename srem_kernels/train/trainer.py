@@ -1,0 +1,300 @@
+"""The training loop: SREM's schedule (warm-up on the complementary term, then dataset-level
+energy filtration every epoch), the baselines, per-epoch evaluation, logging, atomic checkpoints
+and exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from srem_kernels.train import data as data_mod
+from srem_kernels.train import evaluation, model as model_mod, selection
+from srem_kernels.train.methods import METHODS, batch_loss
+
+# Defaults per dataset (None in TrainConfig means "from here"). The NCR family's: lr 2e-4, clip
+# 2.0, batch 128, margin 0.2, tau 0.05; the synthetic ones make a run take minutes on a CPU.
+DATASET_DEFAULTS = {
+    "synthetic": dict(epochs=12, warmup_epochs=2, lr=1e-3, lr_update=8, embed_dim=256),
+    "digits": dict(epochs=12, warmup_epochs=2, lr=1e-3, lr_update=8, embed_dim=256),
+    "f30k": dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024),
+    "coco": dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024),
+    "cc152k": dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024),
+}
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+RESULTS = "results.json"
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "synthetic"
+    noise: float = 0.0
+    method: str = "srem"
+    seed: int = 0
+    output: str = "runs/srem"
+    epochs: int | None = None
+    warmup_epochs: int | None = None
+    batch_size: int = 128
+    lr: float | None = None
+    lr_update: int | None = None  # epochs between 10x learning-rate decays
+    grad_clip: float = 2.0
+    margin: float = 0.2
+    tau: float = 0.05
+    embed_dim: int | None = None
+    loss_backend: str = "auto"
+    data_path: str | None = None
+    noise_file: str | None = None
+    synthetic_size: str = "default"
+    device: str = "auto"
+    resume: bool = False
+    progress: bool = True
+    quiet: bool = False
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every None filled from DATASET_DEFAULTS, after checking the arguments."""
+        check_config(self)
+        out = TrainConfig(**asdict(self))
+        for k, v in DATASET_DEFAULTS[self.dataset].items():
+            if getattr(out, k) is None:
+                setattr(out, k, v)
+        if out.warmup_epochs > out.epochs:
+            raise ValueError(f"warmup_epochs ({out.warmup_epochs}) must not exceed epochs ({out.epochs})")
+        return out
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """One clear ValueError naming the bad argument."""
+    if cfg.dataset not in data_mod.DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(data_mod.DATASETS)}; got {cfg.dataset!r}")
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
+    if not 0.0 <= cfg.noise < 1.0:
+        raise ValueError(f"noise must be in [0, 1); got {cfg.noise}")
+    if cfg.batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2 (the loss needs B >= 2); got {cfg.batch_size}")
+    for name in ("epochs", "lr_update", "embed_dim"):
+        v = getattr(cfg, name)
+        if v is not None and v < 1:
+            raise ValueError(f"{name} must be at least 1; got {v}")
+    if cfg.warmup_epochs is not None and cfg.warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0; got {cfg.warmup_epochs}")
+    for name in ("lr", "tau"):
+        v = getattr(cfg, name)
+        if v is not None and not v > 0:
+            raise ValueError(f"{name} must be > 0; got {v}")
+    if cfg.grad_clip < 0 or cfg.margin < 0:
+        raise ValueError(f"grad_clip and margin must be >= 0; got {cfg.grad_clip}, {cfg.margin}")
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(state: dict, output: Path) -> None:
+    """The per-epoch checkpoint, written to a temporary file and renamed over the old one."""
+    _atomic_save(state, output / CHECKPOINT)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _to(x, device):
+    return tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
+
+
+def _epoch_seed(seed: int, epoch: int, salt: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + salt) % (2**63)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """One epoch's batches of pair indices: a permutation drawn from `seed` alone (so a resumed run
+    replays it without generator state), the last partial batch dropped as the NCR family does.
+    A global batch of a future multi-process run is one of these, split across the ranks."""
+    batches = list(torch.randperm(n, generator=torch.Generator().manual_seed(seed)).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+class Logger:
+    def __init__(self, output: Path, quiet: bool):
+        self.path, self.quiet = output / LOG, quiet
+
+    def record(self, entry: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def keep_until(self, epoch: int) -> None:
+        """Drop entries of epochs after `epoch` (logged, but interrupted before their checkpoint)."""
+        if self.path.exists():
+            lines = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["epoch"] <= epoch]
+            self.path.write_text("".join(ln + "\n" for ln in lines))
+
+    def say(self, line: str) -> None:
+        if not self.quiet:
+            print(line, flush=True)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train as `cfg` says; returns the final results (also written to OUTPUT/results.json)."""
+    cfg = cfg.resolved()
+    method = METHODS[cfg.method]
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    log = Logger(output, cfg.quiet)
+
+    dataset = data_mod.load(cfg.dataset, noise=cfg.noise, seed=cfg.seed, data_path=cfg.data_path,
+                            noise_file=cfg.noise_file, size=cfg.synthetic_size)
+    train_split = dataset.train
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    random.seed(cfg.seed)
+    model = model_mod.build(dataset, cfg.embed_dim).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_update, gamma=0.1)
+    start, best, clean = 0, {"rsum": -1.0, "epoch": -1, "state": None}, None
+
+    ckpt_path = output / CHECKPOINT
+    if cfg.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        for key in ("dataset", "noise", "method", "seed", "batch_size", "synthetic_size"):
+            if ck["config"][key] != getattr(cfg, key):
+                raise ValueError(f"--resume: {ckpt_path} was written with {key}={ck['config'][key]!r}, "
+                                 f"not {getattr(cfg, key)!r}")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start, best, clean = ck["epoch"] + 1, ck["best"], ck["clean"]
+        _set_rng_state(ck["rng"])
+        log.keep_until(ck["epoch"])
+        log.say(f"resumed from {ckpt_path} after epoch {ck['epoch']}")
+    elif (output / LOG).exists():
+        (output / LOG).unlink()  # a fresh run starts a fresh log
+
+    n_clean = None if train_split.noisy is None else int((~train_split.noisy).sum())
+    log.say(f"{cfg.dataset}: {len(train_split)} training pairs ({cfg.noise:.0%} noise"
+            + ("" if n_clean is None else f", {len(train_split) - n_clean} mismatched") + f"), method {cfg.method}: "
+            f"{method.describe()}, device {device}")
+
+    for epoch in range(start, cfg.epochs):
+        t0 = time.time()
+        warming_up = method.warmup and epoch < cfg.warmup_epochs
+        entry = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "warmup": warming_up}
+        if method.selection == "dataset" and not warming_up:
+            energy = selection.pair_energies(model, train_split, batch_size=cfg.batch_size, tau=cfg.tau,
+                                             backend=cfg.loss_backend, seed=_epoch_seed(cfg.seed, epoch, 1))
+            clean = selection.select_clean(energy).float()
+            entry.update({f"sel_{k}": v for k, v in selection.selection_metrics(clean, train_split.noisy).items()})
+            if train_split.noisy is not None:
+                entry["energy_auc"] = selection.separation_auc(energy, train_split.noisy)
+
+        model.train()
+        batches = epoch_batches(len(train_split), cfg.batch_size, _epoch_seed(cfg.seed, epoch, 0))
+        inbatch_clean = torch.zeros(len(train_split)) if method.selection == "inbatch" and not warming_up else None
+        total, bar = 0.0, _progress(batches, cfg, epoch)
+        for step, idx in enumerate(bar):
+            images, captions = train_split.batch(idx)
+            img, txt = model(images.to(device), _to(captions, device))
+            c = None if clean is None else clean[idx].to(device)
+            loss, out = batch_loss(method, img, txt, tau=cfg.tau, margin=cfg.margin, clean=c,
+                                   warming_up=warming_up, backend=cfg.loss_backend)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            total += loss.item()
+            if inbatch_clean is not None:
+                inbatch_clean[idx] = out.stats.clean.float().cpu()
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+        sched.step()
+        entry["loss"] = total / len(batches)
+        if inbatch_clean is not None:
+            seen = torch.zeros(len(train_split), dtype=torch.bool)
+            seen[torch.cat(batches)] = True
+            m = selection.selection_metrics(inbatch_clean[seen], None if train_split.noisy is None else train_split.noisy[seen])
+            entry.update({f"sel_{k}": v for k, v in m.items()})
+
+        val = evaluation.evaluate(model, dataset.val)
+        entry.update({"val_rsum": val["rsum"], "val_r1": (val["i2t_r1"] + val["t2i_r1"]) / 2, "seconds": time.time() - t0})
+        if val["rsum"] > best["rsum"]:
+            best = {"rsum": val["rsum"], "epoch": epoch, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        log.record(entry)
+        log.say(_epoch_line(entry))
+        save_checkpoint({"epoch": epoch, "config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "best": best, "clean": clean, "rng": _rng_state()}, output)
+
+    return finish(cfg, model, dataset, best, log, output)
+
+
+def _progress(batches, cfg: TrainConfig, epoch: int):
+    if not cfg.progress or cfg.quiet:
+        return batches
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return batches
+    return tqdm(batches, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+
+
+def _epoch_line(e: dict) -> str:
+    line = f"epoch {e['epoch']:>3}  loss {e['loss']:.4f}  val rSum {e['val_rsum']:.1f}"
+    if "sel_selected" in e:
+        line += f"  selected {e['sel_selected']:.1%}"
+    if "sel_precision" in e:
+        line += f"  selection precision {e['sel_precision']:.3f} recall {e['sel_recall']:.3f}"
+    if "energy_auc" in e:
+        line += f"  energy AUC {e['energy_auc']:.3f}"
+    return line + ("  (warm-up)" if e["warmup"] else "") + f"  [{e['seconds']:.1f}s]"
+
+
+def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Path) -> dict:
+    """Evaluate the best-on-validation weights on the test split; print the table and write results.json."""
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    test = evaluation.evaluate(model, dataset.test, folds=dataset.eval_folds)
+    results = {"config": asdict(cfg), "best_epoch": best["epoch"], "val_rsum": best["rsum"], "test": test}
+    entries = [json.loads(line) for line in open(output / LOG)] if (output / LOG).exists() else []
+    sel = [e for e in entries if "sel_precision" in e]
+    if sel:
+        results["selection"] = [{k: e[k] for k in ("epoch", "sel_selected", "sel_precision", "sel_recall") if k in e} for e in sel]
+    _atomic_save_json(results, output / RESULTS)
+    if sel:
+        log.say(f"selection precision by epoch: " + " ".join(f"{e['epoch']}:{e['sel_precision']:.3f}" for e in sel))
+    header = f"{'split':<15}{'i2t R@1':>9}{'R@5':>7}{'R@10':>7}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'rSum':>8}"
+    rows = [("test 5-fold 1K", {k[5:]: v for k, v in test.items() if k.startswith("fold_")})] if dataset.eval_folds > 1 else []
+    rows.append(("test", test))
+    log.say(f"\nbest validation rSum {best['rsum']:.1f} at epoch {best['epoch']}; test split ({cfg.method}, noise {cfg.noise:.0%}, seed {cfg.seed}):")
+    log.say(header)
+    for name, m in rows:
+        log.say(f"{name:<15}{m['i2t_r1']:>9.1f}{m['i2t_r5']:>7.1f}{m['i2t_r10']:>7.1f}{m['t2i_r1']:>9.1f}"
+                f"{m['t2i_r5']:>7.1f}{m['t2i_r10']:>7.1f}{m['rsum']:>8.1f}")
+    log.say("test: " + evaluation.format_row(test))
+    return results
+
+
+def _atomic_save_json(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
