@@ -12,10 +12,8 @@ from srem_kernels.train.data import Split
 
 
 def batch_statistics(img: torch.Tensor, txt: torch.Tensor, *, tau: float, backend: str) -> SREMStats:
-    """SPEC.md's per-sample statistics of one batch, forward only. The one place that calls the
-    statistics: switches to srem_kernels.loss(..., stats_only=True) once that exists."""
-    with torch.no_grad():
-        return srem_kernels.loss(img, txt, tau=tau, select="none", backend=backend, check_finite=False).stats
+    """SPEC.md's per-sample statistics of one batch: the forward-only statistics call."""
+    return srem_kernels.loss(img, txt, tau=tau, select="none", backend=backend, check_finite=False, stats_only=True).stats
 
 
 def scoring_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
