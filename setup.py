@@ -60,7 +60,7 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xcompiler", "-f
 
 def compile_cuda(nvcc, sources, include_dirs, build_dir):
     """nvcc each .cu to an object, through ninja when it is there (parallel), else one by one."""
-    build_dir = Path(build_dir)
+    build_dir = Path(build_dir).resolve()  # ninja runs in build_dir: absolute paths throughout
     build_dir.mkdir(parents=True, exist_ok=True)
     flags = NVCC_FLAGS + cuda_archs() + [f"-I{d}" for d in include_dirs]
     objects = [str(build_dir / (Path(s).stem + ".o")) for s in sources]

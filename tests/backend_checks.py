@@ -18,6 +18,7 @@ def run_both(run, img, txt, kw, from_sim):
     """(backend result, reference result, backend grads, reference grads); img, txt in the
     backend's dtype and device, the reference in fp64 on the CPU from the same rounded values."""
     B = img.shape[0]
+    kw = {k: (v.to(img.device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
     params = check_params(B, img.device, check_finite=True, **kw)
     ref_kw = {k: (v.double().cpu() if isinstance(v, torch.Tensor) else v) for k, v in params.as_kwargs().items()}
     x, y = img.detach().double().cpu().requires_grad_(), txt.detach().double().cpu().requires_grad_()
