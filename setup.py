@@ -3,8 +3,9 @@
 Compiled modules (csrc/) are optional: one that cannot build on this machine is skipped with a
 one-line notice, and its backend reports itself unavailable in srem_kernels.backends().
 
-- srem_kernels._srem_cpu  (csrc/cpu/): C++17, built everywhere. SREM_CPU_ARCH sets -march
-  (default "native": the kernels are built for the machine that installs them).
+- srem_kernels._srem_cpu  (csrc/cpu/): C++17 with OpenMP (at run time it shares the libgomp that
+  torch loads), built everywhere. SREM_CPU_ARCH sets -march (default "native": the kernels are
+  built for the machine that installs them).
 - srem_kernels._srem_cuda (csrc/cuda/): built wherever nvcc is found (on PATH, or CUDA_HOME/bin).
   The .cu files are compiled by nvcc through ninja (in parallel) for the architectures in
   SREM_CUDA_ARCHS (default "80;90"), then linked with the pybind11 binding against the CUDA
@@ -133,9 +134,9 @@ def ext_modules():
         sources=["csrc/cpu/srem_cpu.cpp"],
         include_dirs=[inc],
         language="c++",
-        extra_compile_args=["-std=c++17", "-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", f"-march={march}",
+        extra_compile_args=["-std=c++17", "-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", f"-march={march}",
                             "-fvisibility=hidden", "-pthread"],  # fmt: skip
-        extra_link_args=["-pthread"],
+        extra_link_args=["-pthread", "-fopenmp"],
     )
     mods = [cpu]
     if find_nvcc() is not None:

@@ -7,8 +7,9 @@ with the rows) comes from torch's GEMM — fp32 IEEE dot products, fp16/bf16 inp
 fp32 once (O(B·D)) — and the C++ kernels do everything else over the panel in one sweep:
 pass 1 the row and column max / log l / hardest negatives, pass 2 the statistics that need both
 softmaxes, backward dS panel by panel, followed by the GEMMs dS·T and dSᵀ·I. Extra memory is
-O(B·(D + panel rows)). Each thread owns the rows (columns) it writes and panels run in a fixed
-order, so results are bitwise reproducible.
+O(B·(D + panel rows)). The kernels run on torch.get_num_threads() OpenMP threads — torch's own
+pool, so they do not spin against its GEMMs — each owning the rows (columns) it writes, and the
+panels run in a fixed order, so results are bitwise reproducible.
 """
 
 from __future__ import annotations

@@ -134,6 +134,15 @@ void parallel_for(int64_t n, int threads, F body) {
     return;
   }
   const int64_t chunk = (n + t - 1) / t;
+#ifdef _OPENMP
+  // torch's own libgomp (same SONAME, already loaded): one thread pool with torch's GEMMs, not two
+  // pools spinning against each other on few cores.
+#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(t))
+  for (int64_t k = 0; k < t; ++k) {
+    const int64_t lo = k * chunk, hi = std::min(n, lo + chunk);
+    if (lo < hi) f(lo, hi);
+  }
+#else
   std::vector<std::thread> pool;
   for (int64_t k = 1; k < t; ++k) {
     const int64_t lo = k * chunk, hi = std::min(n, lo + chunk);
@@ -141,6 +150,7 @@ void parallel_for(int64_t n, int threads, F body) {
   }
   f(int64_t{0}, std::min(n, chunk));
   for (auto& th : pool) th.join();
+#endif
 }
 
 // NaN-propagating max with the lowest index on ties (SPEC: hardest negative; a NaN row points
