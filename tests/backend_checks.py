@@ -9,7 +9,6 @@ import torch
 import python_ref as R
 from srem_kernels._validate import check_params
 from tests.helpers import TOLERANCES, assert_rel_close
-from tests.test_fused import _params
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
