@@ -113,7 +113,7 @@ def in_child(name, B, D, threads):
 def git_commit():
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"], cwd=ROOT, capture_output=True,
                                text=True).stdout.strip()  # fmt: skip
         return sha.strip() + ("+dirty" if dirty else "")
     except OSError:
