@@ -12,7 +12,7 @@ STAMP := $(VENV)/.srem-installed
 
 install: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*/*)  # csrc/: the compiled modules
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet setuptools wheel pybind11 ninja numpy

@@ -26,7 +26,7 @@ def _latest_run(rows: list[dict]) -> list[dict]:
 def _read(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    return _latest_run(rows) if rows else []
+    return _latest_run(rows) if rows and "run" in rows[0] else []
 
 
 def _cell(r: dict) -> str:
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--results", type=Path, default=HERE / "results")
     ap.add_argument("--output", type=Path, default=RESULTS_MD)
     args = ap.parse_args(argv)
-    logs = sorted(p for p in args.results.glob("*.csv") if not p.name.endswith(".train-step.csv"))
+    # sweep logs of bench/run.py only (other scripts keep their own CSVs beside them)
+    logs = sorted(p for p in args.results.glob("*.csv") if not p.name.endswith(".train-step.csv") and _read(p))
     lines = [
         "# Benchmark results",
         "",

@@ -75,6 +75,18 @@ def _load_triton():
     return functools.partial(fused.run, triton_srem.TritonKernels())
 
 
+def _load_cpu():
+    from srem_kernels import cpu_srem  # raises BackendUnavailable when the module was not built
+
+    return cpu_srem.run
+
+
+def _load_cuda():
+    from srem_kernels import cuda_srem  # raises BackendUnavailable without the module or a device
+
+    return cuda_srem.run
+
+
 def _not_yet(issue: str):
     def load():
         raise BackendUnavailable(f"not implemented yet ({issue})")
@@ -89,8 +101,8 @@ _REGISTRY: dict[str, Backend] = {
     b.name: b
     for b in (
         Backend("triton", ("cuda",), _FAST_DTYPES, _load_triton, "fused Triton kernels (streaming or materialised)"),
-        Backend("cuda", ("cuda",), _FAST_DTYPES, _not_yet("csrc issue"), "fused CUDA C++ kernels (csrc/)"),
-        Backend("cpu", ("cpu",), _FAST_DTYPES, _not_yet("csrc issue"), "fused multi-threaded C++ kernels (csrc/)"),
+        Backend("cuda", ("cuda",), _FAST_DTYPES, _load_cuda, "fused CUDA C++ kernels (csrc/)"),
+        Backend("cpu", ("cpu",), _FAST_DTYPES, _load_cpu, "fused multi-threaded C++ kernels (csrc/)"),
         Backend(
             "reference",
             ("cpu", "cuda"),

@@ -34,7 +34,7 @@ def no_backend_runs(monkeypatch):
 
 def test_loss_matches_reference_and_has_every_statistic(pair):
     img, txt = (t.clone().requires_grad_() for t in pair)
-    out = srem_kernels.loss(img, txt)
+    out = srem_kernels.loss(img, txt, backend="reference")
     assert isinstance(out, srem_kernels.SREMResult) and out.backend == "reference"
     loss, per, stats = R.srem(*pair)
     assert_rel_close(out.loss, loss, 0, "loss")
@@ -121,7 +121,8 @@ def test_backends_report_availability_and_reasons():
 
 
 def test_auto_picks_the_first_available_backend_for_the_device(pair, monkeypatch):
-    assert srem_kernels.loss(*pair).backend == "reference"
+    first = next(n for n, s in srem_kernels.backends().items() if s.available and "cpu" in s.devices)
+    assert srem_kernels.loss(*pair).backend == first
     # a faster CPU backend that becomes available is preferred
     fast = registry.Backend("cpu", ("cpu",), (torch.float32,), lambda: R_run, "test double")
 
@@ -139,9 +140,18 @@ def test_auto_picks_the_first_available_backend_for_the_device(pair, monkeypatch
         registry._load.cache_clear()
 
 
-def test_unavailable_backend_says_why(pair):
-    with pytest.raises(RuntimeError, match="backend='cpu' is not available: not implemented yet"):
-        srem_kernels.loss(*pair, backend="cpu")
+def test_unavailable_backend_says_why(pair, monkeypatch):
+    def missing():
+        raise registry.BackendUnavailable("not built here")
+
+    monkeypatch.setitem(registry._REGISTRY, "cpu", registry.Backend("cpu", ("cpu",), (torch.float32,), missing, "x"))
+    registry._load.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="backend='cpu' is not available: not built here"):
+            srem_kernels.loss(*pair, backend="cpu")
+    finally:
+        monkeypatch.undo()
+        registry._load.cache_clear()
 
 
 def test_backend_for_another_device_is_refused(pair):

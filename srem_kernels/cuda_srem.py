@@ -1,0 +1,165 @@
+"""The `cuda` backend: CUDA C++ kernels (csrc/cuda/srem_cuda.cu) behind fused.py's `Kernels`
+contract.
+
+The same streaming as the cpu backend (srem_kernels/cpu_srem.py): S is walked in row panels of
+`_panel_rows(B)` rows, never held whole. Every panel is formed by the module's own tiled
+similarity kernel (tensor cores via WMMA for fp16/bf16, IEEE fp32 FMAs for fp32; inputs read in
+their dtype and strides, no copies), reduced by the panel kernels, and in backward turned into dS,
+then dS·T and dSᵀ·I by the module's GEMM kernel. The module links the CUDA runtime only: all
+pointers, strides and the current stream cross its C ABI as integers. Extra memory:
+two R×B fp32 panels plus O(B·D). No atomics: results are bitwise reproducible.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from srem_kernels import _alloc, fused
+from srem_kernels.registry import BackendUnavailable
+
+try:
+    from srem_kernels import _srem_cuda as _C
+except ImportError as err:  # built by setup.py only where nvcc is found
+    raise BackendUnavailable(f"compiled module srem_kernels._srem_cuda is missing ({err}); install with nvcc on PATH") from err
+if not torch.cuda.is_available():
+    raise BackendUnavailable("no CUDA device (torch.cuda.is_available() is False)")
+
+_F32 = torch.float32
+_CODES = {torch.float32: _C.F32, torch.float16: _C.F16, torch.bfloat16: _C.BF16}
+
+
+def _panel_rows(B: int) -> int:
+    """Rows per panel: 128 MiB of fp32 per panel (B=16384: 2048 rows), between 64 and 4096 rows.
+    SREM_CUDA_PANEL_ROWS overrides it."""
+    rows = int(os.environ.get("SREM_CUDA_PANEL_ROWS", "0")) or max(64, min(4096, (1 << 25) // B))
+    return min(rows, B)
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+class _Launch:
+    """Device, stream and the panel forming of one call."""
+
+    def __init__(self, ref: torch.Tensor, img, txt, sim):
+        self.dev = ref.device.index if ref.device.index is not None else torch.cuda.current_device()
+        self.stream = torch.cuda.current_stream(ref.device).cuda_stream
+        self.img, self.txt, self.sim = img, txt, sim
+        self.B = ref.shape[0]
+
+    def vec(self, dtype=_F32):
+        return _alloc.empty((self.B,), dtype=dtype, device=torch.device("cuda", self.dev))
+
+    def _sim(self, X, Y, r0, r1, buf):
+        p = buf[: r1 - r0]
+        x = X[r0:r1]
+        _C.similarity(_ptr(x), x.stride(0), x.stride(1), _ptr(Y), Y.stride(0), Y.stride(1), _CODES[X.dtype], r1 - r0,
+                      self.B, X.shape[1], _ptr(p), p.stride(0), self.dev, self.stream)  # fmt: skip
+        return p
+
+    def rows(self, r0, r1, buf):
+        """S[r0:r1, :] as an fp32 panel with unit column stride."""
+        if self.sim is None:
+            return self._sim(self.img, self.txt, r0, r1, buf)
+        p = self.sim[r0:r1]
+        if p.dtype != _F32 or p.stride(1) != 1:
+            p = buf[: r1 - r0].copy_(p)
+        return p
+
+    def cols(self, r0, r1, buf):
+        """S[:, r0:r1]ᵀ: row a holds column r0 + a of S."""
+        if self.sim is None:
+            return self._sim(self.txt, self.img, r0, r1, buf)
+        return buf[: r1 - r0].copy_(self.sim[:, r0:r1].T)
+
+
+class CUDAKernels:
+    def forward(self, img, txt, sim, *, tau, eps, bias):
+        ref = sim if sim is not None else img
+        L = _Launch(ref, img, txt, sim)
+        B = L.B
+        rows = _panel_rows(B)
+        buf = torch.empty(rows, B, dtype=_F32, device=ref.device)
+        qbuf = torch.empty(rows, B, dtype=_F32, device=ref.device)
+        names = ("m_r", "logl_r", "m_c", "pos", "hard_i2t", "hard_t2i", "ce_i2t", "ce_t2i", "entropy_i2t",
+                 "entropy_t2i", "sce", "loss_cbcl", "A_r", "A_c", "A_r_rest", "A_c_rest")  # fmt: skip
+        o = {k: L.vec() for k in names}
+        for k in ("hard_i2t_index", "hard_t2i_index", "at_r", "at_c"):
+            o[k] = L.vec(torch.int64)
+        rest_c = L.vec()  # running state of pass 1, started by its first panel
+        inv_tau = 1.0 / tau
+        for r0 in range(0, B, rows):
+            r1 = min(B, r0 + rows)
+            p = L.rows(r0, r1, buf)
+            _C.stats_panel(
+                _ptr(p), p.stride(0), r1 - r0, B, r0, inv_tau, _ptr(o["m_r"]), _ptr(o["logl_r"]), _ptr(o["at_r"]),
+                _ptr(o["pos"]), _ptr(o["hard_i2t"]), _ptr(o["hard_i2t_index"]), _ptr(o["m_c"]), _ptr(rest_c),
+                _ptr(o["at_c"]), _ptr(o["hard_t2i"]), _ptr(o["hard_t2i_index"]), r0 == 0, L.dev, L.stream,
+            )  # fmt: skip
+        o["logl_c"] = torch.log1p(rest_c)
+        for r0 in range(0, B, rows):
+            r1 = min(B, r0 + rows)
+            p = L.rows(r0, r1, buf)
+            q = L.cols(r0, r1, qbuf)
+            _C.forward_panel(
+                _ptr(p), p.stride(0), _ptr(q), q.stride(0), r1 - r0, B, r0, inv_tau, eps, bias, _ptr(o["m_r"]),
+                _ptr(o["logl_r"]), _ptr(o["m_c"]), _ptr(o["logl_c"]), _ptr(o["at_r"]), _ptr(o["at_c"]),
+                _ptr(o["ce_i2t"]), _ptr(o["ce_t2i"]), _ptr(o["entropy_i2t"]), _ptr(o["entropy_t2i"]), _ptr(o["sce"]),
+                _ptr(o["loss_cbcl"]), _ptr(o["A_r"]), _ptr(o["A_c"]), _ptr(o["A_r_rest"]), _ptr(o["A_c_rest"]),
+                L.dev, L.stream,
+            )  # fmt: skip
+        o["lse_r"] = o["m_r"] + o["logl_r"]
+        o["lse_c"] = o["m_c"] + o["logl_c"]
+        return o
+
+    def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
+        ref = sim if sim is not None else img
+        L = _Launch(ref, img, txt, sim)
+        B = L.B
+        rows = _panel_rows(B)
+        buf = torch.empty(rows, B, dtype=_F32, device=ref.device)
+        g, k_r, k_c = (t.to(_F32).contiguous() for t in (g_cbcl, k_r, k_c))
+        s = saved
+        if sim is None:
+            D = img.shape[1]
+            d_img = _alloc.empty((B, D), dtype=_F32, device=ref.device)
+            d_txt = _alloc.empty((B, D), dtype=_F32, device=ref.device)
+            code = _CODES[img.dtype]
+        else:
+            d_sim = _alloc.empty((B, B), dtype=sim.dtype, device=ref.device)
+        for r0 in range(0, B, rows):
+            r1 = min(B, r0 + rows)
+            p = L.rows(r0, r1, buf)
+            d = buf[: r1 - r0]  # dS overwrites the panel it is formed from
+            _C.backward_panel(
+                _ptr(p), p.stride(0), _ptr(d), d.stride(0), r1 - r0, B, r0, 1.0 / tau, eps, bias, _ptr(s["m_r"]),
+                _ptr(s["logl_r"]), _ptr(s["m_c"]), _ptr(s["logl_c"]), _ptr(s["at_r"]), _ptr(s["at_c"]), _ptr(s["A_r"]),
+                _ptr(s["A_c"]), _ptr(s["A_r_rest"]), _ptr(s["A_c_rest"]), _ptr(g), _ptr(k_r), _ptr(k_c),
+                _ptr(s["hard_i2t_index"]), _ptr(s["hard_t2i_index"]), L.dev, L.stream,
+            )  # fmt: skip
+            if sim is not None:
+                d_sim[r0:r1].copy_(d)
+                continue
+            out = d_img[r0:r1]  # dS[I, :] · T
+            _C.gemm(_ptr(d), d.stride(0), 1, _ptr(txt), txt.stride(0), txt.stride(1), code, _ptr(out), out.stride(0),
+                    r1 - r0, D, B, False, L.dev, L.stream)  # fmt: skip
+            x = img[r0:r1]  # d_txt += dS[I, :]ᵀ · I[I]
+            _C.gemm(_ptr(d), 1, d.stride(0), _ptr(x), x.stride(0), x.stride(1), code, _ptr(d_txt), d_txt.stride(0),
+                    B, D, r1 - r0, r0 > 0, L.dev, L.stream)  # fmt: skip
+        if sim is not None:
+            return d_sim
+        return d_img.to(img.dtype), d_txt.to(txt.dtype)
+
+
+def synchronize(device: torch.device | None = None) -> None:
+    """Wait for the current stream and raise any CUDA error of the work queued on it."""
+    device = device or torch.device("cuda", torch.cuda.current_device())
+    _C.sync(device.index if device.index is not None else torch.cuda.current_device(),
+            torch.cuda.current_stream(device).cuda_stream)  # fmt: skip
+
+
+run = functools.partial(fused.run, CUDAKernels())

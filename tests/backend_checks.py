@@ -1,0 +1,64 @@
+"""Checks shared by the fused-backend tests (test_cpu.py, test_gpu_cuda.py): a backend's `run`
+against the fp64 reference on the same rounded inputs, every statistic, the loss and both
+gradients (or d sim), with SPEC.md's tolerances."""
+
+from __future__ import annotations
+
+import torch
+
+import python_ref as R
+from srem_kernels._validate import check_params
+from tests.helpers import TOLERANCES, assert_rel_close
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def run_both(run, img, txt, kw, from_sim):
+    """(backend result, reference result, backend grads, reference grads); img, txt in the
+    backend's dtype and device, the reference in fp64 on the CPU from the same rounded values."""
+    B = img.shape[0]
+    kw = {k: (v.to(img.device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    params = check_params(B, img.device, check_finite=True, **kw)
+    ref_kw = {k: (v.double().cpu() if isinstance(v, torch.Tensor) else v) for k, v in params.as_kwargs().items()}
+    x, y = img.detach().double().cpu().requires_grad_(), txt.detach().double().cpu().requires_grad_()
+    if from_sim:
+        s = (img.float() @ txt.float().T).to(img.dtype).requires_grad_()  # the backend's input, rounded
+        out = run(None, None, s, params)
+        sx = s.detach().double().cpu().requires_grad_()
+        ref = R.srem(sim=sx, **ref_kw)
+        leaves, ref_leaves = (s,), (sx,)
+    else:
+        a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
+        out = run(a, b, None, params)
+        ref = R.srem(x, y, **ref_kw)
+        leaves, ref_leaves = (a, b), (x, y)
+    g = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (out[0] * g.to(device=out[0].device, dtype=out[0].dtype)).sum().backward()
+    (ref[0] * g).sum().backward()
+    return out, ref, [t.grad for t in leaves], [t.grad for t in ref_leaves]
+
+
+def check_against_reference(run, img, txt, kw, from_sim, tol_key):
+    out, ref, grads, ref_grads = run_both(run, img, txt, kw, from_sim)
+    tol, gtol = TOLERANCES[tol_key]
+    assert_rel_close(out[0], ref[0], tol, "loss")
+    assert_rel_close(out[1], ref[1], tol, "per_sample")
+    assert set(out[2]) == set(R.STATISTICS)
+    S = img.double().cpu() @ txt.double().cpu().T  # for sim inputs the values differ by the rounding of sim only
+    for k in R.STATISTICS:
+        o, r = out[2][k].cpu(), ref[2][k]
+        if k == "clean":
+            assert torch.equal(o, r.to(o.dtype)), k
+        elif k.endswith("_index"):
+            if tol_key == "fp32":
+                assert torch.equal(o, r.to(o.dtype)), k
+            else:  # 16-bit: near-ties may round either way; the index must attain the maximum
+                value = ref[2][k.removesuffix("_index")]
+                M = S if k == "hard_i2t_index" else S.T
+                assert_rel_close(M.gather(1, o[:, None].long()).squeeze(1), value, tol, k)
+        else:
+            assert_rel_close(o, r, tol, k)
+    for name, gr, rg in zip(("d img", "d txt") if not from_sim else ("d sim",), grads, ref_grads):
+        assert gr.dtype == (img.dtype), name
+        assert_rel_close(gr, rg, gtol, name)
+    return out
