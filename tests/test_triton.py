@@ -206,13 +206,17 @@ def test_stats_only(strategy, monkeypatch, triton_on_this_device):
     assert_rel_close(sim_only.loss, full.loss, TOLERANCES["fp32"][0], "loss from sim")
 
 
-def test_stats_only_on_the_reference_and_bad_flag():
+@pytest.mark.parametrize("backend", [n for n, s in srem_kernels.backends().items() if s.available and "cpu" in s.devices])
+def test_stats_only_on_cpu_backends_and_bad_flag(backend):
     img, txt = embeddings(6, 5, seed=0, dtype=torch.float32)
     a = img.clone().requires_grad_()
-    out = srem_kernels.loss(a, txt, stats_only=True)
-    assert out.backend == "reference" and not out.loss.requires_grad
-    assert torch.equal(out.loss, srem_kernels.loss(img, txt).loss)
-    out = srem_kernels.SREMLoss()(a, txt, stats_only=True)
+    out = srem_kernels.loss(a, txt, stats_only=True, backend=backend)
+    assert out.backend == backend and not out.loss.requires_grad
+    full = srem_kernels.loss(img, txt, backend=backend)
+    assert torch.equal(out.loss, full.loss)
+    for name, value in out.stats.as_dict().items():
+        assert torch.equal(value, full.stats.as_dict()[name]), name
+    out = srem_kernels.SREMLoss(backend=backend)(a, txt, stats_only=True)
     assert not out.loss.requires_grad
     with pytest.raises(TypeError, match="stats_only"):
         srem_kernels.loss(img, txt, stats_only=1)
