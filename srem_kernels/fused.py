@@ -27,6 +27,12 @@ backward(img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c) -> (d_img, d
   g_cbcl, k_r, k_c are B-vectors: the upstream gradient of L_i times lambda_cbcl, and times
   lambda_hard c_i w_i where the i2t / t2i hinge of sample i is active (else 0).
 
+Numerics the backward needs: E_r - Pr·A_r cancels at a row's maximal element when that
+probability is near 1 (both ~1/(1 - P)); form it there as E·(1 - P) - P·A_rest, with A_rest the
+sum without that element (dense_kernels.py returns at_r/A_r_rest, at_c/A_c_rest for it), and
+1 - P as -expm1(log P). Compile the arithmetic without contracting (m - Z) + log l into one
+fused multiply-add (Z must round as m did), or the row maximum's -log P is no longer log l.
+
 tests/dense_kernels.py executes this contract densely, in the cancellation-free forms an fp32
 kernel needs to meet SPEC.md's 1e-5 (README, "Numerics").
 

@@ -67,6 +67,24 @@ def _bias_parts(Z, saved, eps, bias):
     return off, nlp_r, nlp_c, Pr, Pc, b_r, b_c, E_r, E_c, log_r, log_c
 
 
+def _split_A(E, P, side):
+    """The row's maximal element (`at`, the first; the one log l leaves out) and A without it
+    (`A_rest`, summed, not subtracted): the backward needs them when an off-diagonal P is near 1,
+    and that P is then the row's maximum. (At the diagonal E is 0 and A_rest = A.)"""
+    at = P.argmax(dim=1)
+    rest = E.scatter(1, at[:, None], 0.0).sum(dim=1)
+    return {f"at_{side}": at, f"A_{side}_rest": rest}
+
+
+def _dE(E, P, one_minus_P, A, at, A_rest):
+    """d(row term)/dZ = E - P·A per element, except at `at`, where both are ~1/(1 - P) when P is
+    near 1 and cancel: there it is E·(1 - P) - P·A_rest, the same value without the cancellation."""
+    out = E - P * A[:, None]
+    k = at[:, None]
+    fixed = E.gather(1, k) * one_minus_P.gather(1, k) - P.gather(1, k) * A_rest[:, None]
+    return out.scatter(1, k, fixed)
+
+
 class DenseKernels:
     def forward(self, img, txt, sim, *, tau, eps, bias):
         S = _similarity(img, txt, sim)
@@ -96,14 +114,18 @@ class DenseKernels:
             "loss_cbcl": cbcl,
             "A_r": E_r.sum(1),
             "A_c": E_c.sum(0),
+            **_split_A(E_r, Pr, "r"),
+            **_split_A(E_c.T, Pc.T, "c"),
         }
 
     def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
         S = _similarity(img, txt, sim)
         Z = S / tau
         B = S.shape[0]
-        _, _, _, Pr, Pc, _, _, E_r, E_c, _, _ = _bias_parts(Z, saved, eps, bias)
-        dS = (g_cbcl[:, None] * (E_r - Pr * saved["A_r"][:, None]) + g_cbcl[None, :] * (E_c - Pc * saved["A_c"][None, :])) / tau
+        _, nlp_r, nlp_c, Pr, Pc, _, _, E_r, E_c, _, _ = _bias_parts(Z, saved, eps, bias)
+        row = _dE(E_r, Pr, -torch.expm1(-nlp_r), saved["A_r"], saved["at_r"], saved["A_r_rest"])
+        col = _dE(E_c.T, Pc.T, -torch.expm1(-nlp_c).T, saved["A_c"], saved["at_c"], saved["A_c_rest"]).T
+        dS = (g_cbcl[:, None] * row + g_cbcl[None, :] * col) / tau
         rows = torch.arange(B)
         dS[rows, rows] -= k_r + k_c
         dS[rows, saved["hard_i2t_index"]] += k_r
