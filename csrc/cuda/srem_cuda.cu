@@ -114,6 +114,23 @@ __device__ void block_argmax(float& v, int64_t& j, float* sv, int64_t* sj) {
 
 constexpr int TM = 64, TN = 64, TK = 16;
 
+// The SIMT micro-tile shared by similarity_simt and gemm_simt: each of 256 threads owns a 4×4
+// block of the 64×64 tile (rows ty + 16u, columns tx + 16v) and adds the TK-slice in shared
+// memory to it, fp32 FMAs in k order (IEEE, deterministic).
+__device__ __forceinline__ void simt_tile_fma(const float (&xs)[TK][TM + 4], const float (&ys)[TK][TN + 4], int ty,
+                                              int tx, float (&acc)[4][4]) {
+#pragma unroll
+  for (int k = 0; k < TK; ++k) {
+    float a[4], b[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) a[u] = xs[k][ty + 16 * u], b[u] = ys[k][tx + 16 * u];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) acc[u][v] = fmaf(a[u], b[v], acc[u][v]);
+  }
+}
+
 // P[a, j] = <X_a, Y_j>, fp32 FMAs in k order (IEEE, deterministic); any input type.
 template <class T>
 __global__ void __launch_bounds__(256) similarity_simt(const T* __restrict__ X, int64_t sx0, int64_t sx1,
@@ -133,16 +150,7 @@ __global__ void __launch_bounds__(256) similarity_simt(const T* __restrict__ X, 
       ys[k][r] = (gn < n && gk < D) ? to_f(Y[gn * sy0 + gk * sy1]) : 0.0f;
     }
     __syncthreads();
-#pragma unroll
-    for (int k = 0; k < TK; ++k) {
-      float a[4], b[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) a[u] = xs[k][ty + 16 * u], b[u] = ys[k][tx + 16 * u];
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-#pragma unroll
-        for (int v = 0; v < 4; ++v) acc[u][v] = fmaf(a[u], b[v], acc[u][v]);
-    }
+    simt_tile_fma(xs, ys, ty, tx, acc);
     __syncthreads();
   }
 #pragma unroll
@@ -394,16 +402,7 @@ __global__ void __launch_bounds__(256) gemm_simt(const float* __restrict__ A, in
       bs[kb][c] = (gn < N && gkb < K) ? to_f(Bm[gkb * sb0 + gn * sb1]) : 0.0f;
     }
     __syncthreads();
-#pragma unroll
-    for (int k = 0; k < TK; ++k) {
-      float x[4], y[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) x[u] = as[k][ty + 16 * u], y[u] = bs[k][tx + 16 * u];
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-#pragma unroll
-        for (int v = 0; v < 4; ++v) acc[u][v] = fmaf(x[u], y[v], acc[u][v]);
-    }
+    simt_tile_fma(as, bs, ty, tx, acc);
     __syncthreads();
   }
 #pragma unroll
