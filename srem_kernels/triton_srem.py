@@ -342,10 +342,13 @@ def _dsim_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn
 
 # ---------------------------------------------------------------------------- Python side
 
-# One fixed config per mode (opt-in tuning is for a GPU session). GPU: the largest tiles that
-# compile for sm_90 without register spills (cuobjdump -res-usage, Triton 3.9): the pair kernels
-# hold two tiles and their softmax terms, so 32×32 with 4 warps; the dS kernel one 64×64 tile
-# with 8 warps. Timings have not chosen these yet. The interpreter runs programs one by one: big tiles.
+# One fixed config per mode (opt-in tuning is for a GPU session). GPU: the pair kernels hold two
+# tiles and their softmax terms, so 32×32 with 4 warps; the dS kernel one 64×64 tile with 8 warps.
+# cuobjdump -res-usage (scripts/triton_aot_check.py, Triton 3.9, sm_90) for bf16 streaming and
+# from a matrix: the coupled kernel with bias and A sums spills 96-104 B per thread (since expm1
+# and A_rest; 0 before), the others ≤ 8 B; fp32/fp64 streaming (FMA dots) spill more (fp32 IEEE:
+# stats 88 B, coupled 416 B). Timings have not chosen these yet. The interpreter runs programs one
+# by one: big tiles.
 _BLOCK = 64 if INTERPRET else 32
 _DS_BLOCK = 64
 _BK = 64 if INTERPRET else 32
