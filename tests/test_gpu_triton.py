@@ -32,7 +32,7 @@ def test_matches_reference_at_size(strategy, dtype, B, D, case):
 
 
 @pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
-@pytest.mark.parametrize("B,D,seed", [(37, 1, 0), (64, 2, 3), (4096, 4, 5)])
+@pytest.mark.parametrize("B,D,seed", [(37, 1, 0), (64, 2, 3), (1000, 4, 5)])  # top-2 gaps ≥ 6e-5: indices exact
 def test_confident_unnormalised_inputs_at_size(strategy, B, D, seed):
     """Off-diagonal probabilities within an ulp of 1 (tests/test_triton.py) on the GPU, where the
     dS kernel's tiles (64×64, 8 warps) are not the passes' (32×32)."""
