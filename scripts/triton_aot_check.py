@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from srem_kernels import triton_srem as T  # noqa: E402
 
-INT64_PTRS = ("hidx_r", "hidx_c")
+INT64_PTRS = ("hidx_r", "hidx_c", "at_r", "at_c")
 
 
 def compile_one(fn, target, dtype: str, acc: str, ds: str, constexprs: dict) -> str:
@@ -48,7 +48,7 @@ def compile_one(fn, target, dtype: str, acc: str, ds: str, constexprs: dict) -> 
     is_ds = fn is T._dsim_kernel
     constexprs = dict(constexprs, BLOCK=T._DS_BLOCK if is_ds else T._BLOCK)
     k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=target,
-                       options={"num_warps": T._DS_NUM_WARPS if is_ds else T._NUM_WARPS})  # fmt: skip
+                       options={"num_warps": T._DS_NUM_WARPS if is_ds else T._NUM_WARPS, **T._COMPILE_OPTIONS})  # fmt: skip
     usage = ""
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     if cuobjdump.exists():  # registers and spill stack of the cubin

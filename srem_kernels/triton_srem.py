@@ -51,6 +51,16 @@ if INTERPRET:
         return tl.where(d == 0.0, x, tl.log(u) * (x / tl.where(d == 0.0, 1.0, d)))
 
     @triton.jit
+    def _expm1(x):
+        # Kahan's expm1: (u - 1) * x / log(u), u = exp(x), exact to a few ulps for the same reason;
+        # u - 1 == 0 (|x| below fp's resolution at 1) gives x, u - 1 == -1 gives -1, u = inf gives inf.
+        u = tl.exp(x)
+        d = u - 1.0
+        special = (d == 0.0) | (d == -1.0) | (u == float("inf"))
+        r = d * (x / tl.log(tl.where(special, 2.0, u)))
+        return tl.where(d == 0.0, x, tl.where(special, d, r))
+
+    @triton.jit
     def _log(x):
         return tl.log(x)
 
@@ -65,16 +75,36 @@ else:  # pragma: no cover - GPU only
         return libdevice.log1p(x)
 
     @triton.jit
+    def _expm1(x):
+        return libdevice.expm1(x)
+
+    @triton.jit
     def _log(x):
         return libdevice.log(x)
 
 
 @triton.jit
-def _log_1m_eps(p, eps):
-    """log(1 - p + eps) without losing eps: log1p(eps - p) while p is small, and for p ≥ 1/2
-    log((1 - p) + eps), where 1 - p is exact (Sterbenz) — eps - p rounds to -1 in fp32 when p
-    rounds to 1 (a confident wrong match), and log1p(-1) = -inf where the value is log(eps)."""
-    return tl.where(p < 0.5, _log1p(eps - p), _log((1.0 - p) + eps))
+def _nlp(m, z, logl, is_at):
+    """-log P = (m - z) + log l (no cancellation), and exactly log l at the element log l leaves
+    out: m - z is 0 there only if this kernel's z has the bits of the tile m was taken from, and
+    one ulp of z (|z| ~ 80) is far more than 1 - P on a confident row. Tiles recomputed from
+    img/txt at other tile shapes or offsets (the dS kernel's, the interpreter's BLAS) need not."""
+    return tl.where(is_at, logl, (m - z) + logl)
+
+
+@triton.jit
+def _one_minus_p(nlp):
+    """1 - P for P = exp(-nlp), nlp = -log P ≥ 0: -expm1(-nlp), exact also where P is within an
+    ulp of 1 (a confident off-diagonal), where 1 - exp(-nlp) is 0 or one ulp."""
+    return -_expm1(-nlp)
+
+
+@triton.jit
+def _log_1m_eps(p, q, eps):
+    """log(1 - p + eps), q = 1 - p from _one_minus_p: log1p(eps - p) while p is small (keeps eps
+    and p), log(q + eps) for p ≥ 1/2 (eps - p rounds to -1 in fp32 once p rounds to 1, and
+    log1p(-1) = -inf where the value is log(q + eps))."""
+    return tl.where(p < 0.5, _log1p(eps - p), _log(q + eps))
 
 
 @triton.jit
@@ -107,15 +137,17 @@ def _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
 
 
 @triton.jit
-def _lse_hard_update(m, l1, hard, hidx, s, z, rows, cols, valid, B):
-    """One tile's step of the online row statistics: (m, l1) of the split log-sum-exp of z and
-    the hardest off-diagonal s with its lowest index."""
+def _lse_hard_update(m, l1, at, hard, hidx, s, z, rows, cols, valid, B):
+    """One tile's step of the online row statistics: (m, l1) of the split log-sum-exp of z, `at`
+    the maximal element l1 leaves out (the row's first), and the hardest off-diagonal s with its
+    lowest index."""
     zm = tl.where(valid, z, float("-inf"))
     tm = tl.max(zm, axis=1)
     first = tl.min(tl.where(zm == tm[:, None], cols[None, :], B), axis=1)
     ts = tl.sum(tl.where(cols[None, :] == first[:, None], 0.0, tl.exp(zm - tm[:, None])), axis=1)
-    up = tm > m
+    up = tm > m  # strict: on a tie the earlier maximum stays the one left out
     l1 = tl.where(up, ts + (1.0 + l1) * tl.exp(m - tm), l1 + (1.0 + ts) * tl.exp(tm - m))
+    at = tl.where(up, first, at)
     m = tl.maximum(m, tm)
     sm = tl.where(valid & (rows[:, None] != cols[None, :]), s, float("-inf"))
     th = tl.max(sm, axis=1)
@@ -123,13 +155,13 @@ def _lse_hard_update(m, l1, hard, hidx, s, z, rows, cols, valid, B):
     better = th > hard  # strict: earlier tiles hold lower indices
     hidx = tl.where(better, tidx, hidx)
     hard = tl.where(better, th, hard)
-    return m, l1, hard, hidx
+    return m, l1, at, hard, hidx
 
 
 @triton.jit
 def _stats_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
-                  m_r, logl_r, m_c, logl_c, lse_r, lse_c, pos, ce_r, ce_c, hard_r, hidx_r, hard_c, hidx_c,
-                  FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+                  m_r, logl_r, at_r, m_c, logl_c, at_c, lse_r, lse_c, pos, ce_r, ce_c,
+                  hard_r, hidx_r, hard_c, hidx_c, FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
                   BLOCK: tl.constexpr, BK: tl.constexpr):  # fmt: skip
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     rmask = rows < B
@@ -142,6 +174,8 @@ def _stats_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_s
     hc = tl.full((BLOCK,), float("-inf"), ACC)
     ir = tl.zeros((BLOCK,), tl.int32)
     ic = tl.zeros((BLOCK,), tl.int32)
+    ar = tl.zeros((BLOCK,), tl.int32)
+    ac = tl.zeros((BLOCK,), tl.int32)
     p = tl.zeros((BLOCK,), ACC)
     for b0 in range(0, B, BLOCK):
         cols = b0 + tl.arange(0, BLOCK)
@@ -150,8 +184,8 @@ def _stats_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_s
                     FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK)  # fmt: skip
         c = tl.trans(_s_tile(img, txt, sim, cols, rows, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                              FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK))  # fmt: skip
-        mr, lr, hr, ir = _lse_hard_update(mr, lr, hr, ir, x, x * inv_tau, rows, cols, valid, B)
-        mc, lc, hc, ic = _lse_hard_update(mc, lc, hc, ic, c, c * inv_tau, rows, cols, valid, B)
+        mr, lr, ar, hr, ir = _lse_hard_update(mr, lr, ar, hr, ir, x, x * inv_tau, rows, cols, valid, B)
+        mc, lc, ac, hc, ic = _lse_hard_update(mc, lc, ac, hc, ic, c, c * inv_tau, rows, cols, valid, B)
         p += tl.sum(tl.where(rows[:, None] == cols[None, :], x, 0.0), axis=1)
     lgr = _log1p(lr)
     lgc = _log1p(lc)
@@ -160,6 +194,8 @@ def _stats_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_s
     tl.store(m_c + rows, mc, mask=rmask)
     tl.store(logl_r + rows, lgr, mask=rmask)
     tl.store(logl_c + rows, lgc, mask=rmask)
+    tl.store(at_r + rows, ar.to(tl.int64), mask=rmask)
+    tl.store(at_c + rows, ac.to(tl.int64), mask=rmask)
     tl.store(lse_r + rows, mr + lgr, mask=rmask)
     tl.store(lse_c + rows, mc + lgc, mask=rmask)
     tl.store(pos + rows, p, mask=rmask)
@@ -173,7 +209,7 @@ def _stats_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_s
 
 @triton.jit
 def _coupled_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
-                    m_r, logl_r, m_c, logl_c, ent_r, ent_c, sce, cbcl, A_r, A_c,
+                    m_r, logl_r, at_r, m_c, logl_c, at_c, ent_r, ent_c, sce, cbcl, A_r, A_c, A_r_rest, A_c_rest,
                     BIAS: tl.constexpr, WITH_A: tl.constexpr,
                     FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
                     BLOCK: tl.constexpr, BK: tl.constexpr):  # fmt: skip
@@ -186,12 +222,16 @@ def _coupled_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s
     lr_a = tl.load(logl_r + rows, mask=rmask, other=0.0)[:, None]
     mc_a = tl.load(m_c + rows, mask=rmask, other=0.0)[:, None]
     lc_a = tl.load(logl_c + rows, mask=rmask, other=0.0)[:, None]
+    at_ra = tl.load(at_r + rows, mask=rmask, other=-1)[:, None]
+    at_ca = tl.load(at_c + rows, mask=rmask, other=-1)[:, None]
     er = tl.zeros((BLOCK,), ACC)
     ec = tl.zeros((BLOCK,), ACC)
     sw = tl.zeros((BLOCK,), ACC)
     cb = tl.zeros((BLOCK,), ACC)
     ar = tl.zeros((BLOCK,), ACC)
     ac = tl.zeros((BLOCK,), ACC)
+    ar_rest = tl.zeros((BLOCK,), ACC)
+    ac_rest = tl.zeros((BLOCK,), ACC)
     for b0 in range(0, B, BLOCK):
         cols = b0 + tl.arange(0, BLOCK)
         cmask = cols < B
@@ -201,29 +241,36 @@ def _coupled_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s
                                FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK)  # fmt: skip
         zc = inv_tau * tl.trans(_s_tile(img, txt, sim, cols, rows, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                                         FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK))  # fmt: skip
-        nx = (mr_a - zx) + lr_a  # -log Pr_ij: (m - z) + log l, no cancellation
-        nc = (mc_a - zc) + lc_a  # -log Pc_ji
+        nx = _nlp(mr_a, zx, lr_a, cols[None, :] == at_ra)  # -log Pr_ij
+        nc = _nlp(mc_a, zc, lc_a, cols[None, :] == at_ca)  # -log Pc_ji
         px = tl.exp(-nx)
         pc = tl.exp(-nc)
         er += tl.sum(tl.where(valid, px * nx, 0.0), axis=1)
         ec += tl.sum(tl.where(valid, pc * nc, 0.0), axis=1)
         sw += tl.sum(tl.where(valid, px * nc + pc * nx, 0.0), axis=1)
+        qx = _one_minus_p(nx)  # 1 - Pr_ij
+        qc = _one_minus_p(nc)  # 1 - Pc_ji
         if BIAS:
             mr_b = tl.load(m_r + cols, mask=cmask, other=0.0)[None, :]
             lr_b = tl.load(logl_r + cols, mask=cmask, other=0.0)[None, :]
             mc_b = tl.load(m_c + cols, mask=cmask, other=0.0)[None, :]
             lc_b = tl.load(logl_c + cols, mask=cmask, other=0.0)[None, :]
-            bx = 1.0 - tl.exp(-((mc_b - zx) + lc_b))  # 1 - Pc_ij
-            bc = 1.0 - tl.exp(-((mr_b - zc) + lr_b))  # 1 - Pr_ji
-            cb -= tl.sum(tl.where(off, bx * _log_1m_eps(px, eps) + bc * _log_1m_eps(pc, eps), 0.0), axis=1)
-            if WITH_A:
-                ar += tl.sum(tl.where(off, bx * px / (1.0 - px + eps), 0.0), axis=1)
-                ac += tl.sum(tl.where(off, bc * pc / (1.0 - pc + eps), 0.0), axis=1)
+            at_cb = tl.load(at_c + cols, mask=cmask, other=-1)[None, :]
+            at_rb = tl.load(at_r + cols, mask=cmask, other=-1)[None, :]
+            bx = _one_minus_p(_nlp(mc_b, zx, lc_b, rows[:, None] == at_cb))  # 1 - Pc_ij
+            bc = _one_minus_p(_nlp(mr_b, zc, lr_b, rows[:, None] == at_rb))  # 1 - Pr_ji
         else:
-            cb -= tl.sum(tl.where(off, _log_1m_eps(px, eps) + _log_1m_eps(pc, eps), 0.0), axis=1)
-            if WITH_A:
-                ar += tl.sum(tl.where(off, px / (1.0 - px + eps), 0.0), axis=1)
-                ac += tl.sum(tl.where(off, pc / (1.0 - pc + eps), 0.0), axis=1)
+            bx = 1.0
+            bc = 1.0
+        cb -= tl.sum(tl.where(off, bx * _log_1m_eps(px, qx, eps) + bc * _log_1m_eps(pc, qc, eps), 0.0), axis=1)
+        if WITH_A:
+            ex = tl.where(off, bx * px / (qx + eps), 0.0)  # E_r[a, b]
+            ecc = tl.where(off, bc * pc / (qc + eps), 0.0)  # E_c[b, a]
+            ar += tl.sum(ex, axis=1)
+            ac += tl.sum(ecc, axis=1)
+            # without the maximal element, summed (A - E_at cancels where E_at is most of A)
+            ar_rest += tl.sum(tl.where(cols[None, :] == at_ra, 0.0, ex), axis=1)
+            ac_rest += tl.sum(tl.where(cols[None, :] == at_ca, 0.0, ecc), axis=1)
     tl.store(ent_r + rows, er, mask=rmask)
     tl.store(ent_c + rows, ec, mask=rmask)
     tl.store(sce + rows, sw * 0.5, mask=rmask)
@@ -231,11 +278,13 @@ def _coupled_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s
     if WITH_A:
         tl.store(A_r + rows, ar, mask=rmask)
         tl.store(A_c + rows, ac, mask=rmask)
+        tl.store(A_r_rest + rows, ar_rest, mask=rmask)
+        tl.store(A_c_rest + rows, ac_rest, mask=rmask)
 
 
 @triton.jit
 def _dsim_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
-                 m_r, logl_r, m_c, logl_c, A_r, A_c, hidx_r, hidx_c, g, k_r, k_c,
+                 m_r, logl_r, m_c, logl_c, A_r, A_c, A_r_rest, A_c_rest, at_r, at_c, hidx_r, hidx_c, g, k_r, k_c,
                  ds, ld_ds, r0, r1,
                  BIAS: tl.constexpr,
                  FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -249,22 +298,36 @@ def _dsim_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn
     eps = tl.load(consts + 1)
     z = inv_tau * _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                           FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK)  # fmt: skip
-    nr = (tl.load(m_r + rows, mask=rmask, other=0.0)[:, None] - z) + tl.load(logl_r + rows, mask=rmask, other=0.0)[:, None]
-    nc = (tl.load(m_c + cols, mask=cmask, other=0.0)[None, :] - z) + tl.load(logl_c + cols, mask=cmask, other=0.0)[None, :]
+    at_i = tl.load(at_r + rows, mask=rmask, other=-1)[:, None]
+    at_j = tl.load(at_c + cols, mask=cmask, other=-1)[None, :]
+    is_at_r = cols[None, :] == at_i
+    is_at_c = rows[:, None] == at_j
+    nr = _nlp(tl.load(m_r + rows, mask=rmask, other=0.0)[:, None], z, tl.load(logl_r + rows, mask=rmask, other=0.0)[:, None], is_at_r)
+    nc = _nlp(tl.load(m_c + cols, mask=cmask, other=0.0)[None, :], z, tl.load(logl_c + cols, mask=cmask, other=0.0)[None, :], is_at_c)
     pr = tl.exp(-nr)
     pc = tl.exp(-nc)
+    qr = _one_minus_p(nr)
+    qc = _one_minus_p(nc)
     diag = rows[:, None] == cols[None, :]
     if BIAS:
-        er = tl.where(diag, 0.0, (1.0 - pc) * pr / (1.0 - pr + eps))
-        ec = tl.where(diag, 0.0, (1.0 - pr) * pc / (1.0 - pc + eps))
+        br = qc  # b_ij = 1 - Pc_ij, b'_ij = 1 - Pr_ij: the same element
+        bc = qr
     else:
-        er = tl.where(diag, 0.0, pr / (1.0 - pr + eps))
-        ec = tl.where(diag, 0.0, pc / (1.0 - pc + eps))
+        br = 1.0
+        bc = 1.0
+    er = tl.where(diag, 0.0, br * pr / (qr + eps))
+    ec = tl.where(diag, 0.0, bc * pc / (qc + eps))
     g_i = tl.load(g + rows, mask=rmask, other=0.0).to(ACC)[:, None]
     g_j = tl.load(g + cols, mask=cmask, other=0.0).to(ACC)[None, :]
     a_i = tl.load(A_r + rows, mask=rmask, other=0.0)[:, None]
     a_j = tl.load(A_c + cols, mask=cmask, other=0.0)[None, :]
-    d = (g_i * (er - pr * a_i) + g_j * (ec - pc * a_j)) * inv_tau
+    a_rest_i = tl.load(A_r_rest + rows, mask=rmask, other=0.0)[:, None]
+    a_rest_j = tl.load(A_c_rest + cols, mask=cmask, other=0.0)[None, :]
+    # E - P·A cancels at the row's (column's) maximal element when its P is near 1 (both are
+    # ~1/(1 - P)): there the same value as E·(1 - P) - P·A_rest
+    row = tl.where(is_at_r, er * qr - pr * a_rest_i, er - pr * a_i)
+    col = tl.where(is_at_c, ec * qc - pc * a_rest_j, ec - pc * a_j)
+    d = (g_i * row + g_j * col) * inv_tau
     kr_i = tl.load(k_r + rows, mask=rmask, other=0.0).to(ACC)[:, None]
     kc_i = tl.load(k_c + rows, mask=rmask, other=0.0).to(ACC)[:, None]
     kc_j = tl.load(k_c + cols, mask=cmask, other=0.0).to(ACC)[None, :]
@@ -279,10 +342,13 @@ def _dsim_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn
 
 # ---------------------------------------------------------------------------- Python side
 
-# One fixed config per mode (opt-in tuning is for a GPU session). GPU: the largest tiles that
-# compile for sm_90 without register spills (cuobjdump -res-usage, Triton 3.9): the pair kernels
-# hold two tiles and their softmax terms, so 32×32 with 4 warps; the dS kernel one 64×64 tile
-# with 8 warps. Timings have not chosen these yet. The interpreter runs programs one by one: big tiles.
+# One fixed config per mode (opt-in tuning is for a GPU session). GPU: the pair kernels hold two
+# tiles and their softmax terms, so 32×32 with 4 warps; the dS kernel one 64×64 tile with 8 warps.
+# cuobjdump -res-usage (scripts/triton_aot_check.py, Triton 3.9, sm_90) for bf16 streaming and
+# from a matrix: the coupled kernel with bias and A sums spills 96-104 B per thread (since expm1
+# and A_rest; 0 before), the others ≤ 8 B; fp32/fp64 streaming (FMA dots) spill more (fp32 IEEE:
+# stats 88 B, coupled 416 B). Timings have not chosen these yet. The interpreter runs programs one
+# by one: big tiles.
 _BLOCK = 64 if INTERPRET else 32
 _DS_BLOCK = 64
 _BK = 64 if INTERPRET else 32
@@ -292,8 +358,16 @@ _MATERIALISE_MAX_B = 32768  # S alone is 4 GiB there; beyond it streaming wins o
 _CPU_MEMORY = 8 << 30  # what the interpreter pretends is free
 _PANEL_BYTES = 64 << 20  # streaming backward: the dS panel (< 1 % of a 65536² fp32 matrix)
 
-# The forward's entries besides the Kernels contract: the split log-sum-exp, for the backward.
-SPLIT_KEYS = ("m_r", "logl_r", "m_c", "logl_c")
+# The forward's entries besides the Kernels contract, for the backward (names as in
+# tests/dense_kernels.py): the split log-sum-exp; each row's (column's) maximal element `at`, the
+# one log l leaves out; A without it. REST_KEYS only where the backward will run (not stats_only).
+SPLIT_KEYS = ("m_r", "logl_r", "at_r", "m_c", "logl_c", "at_c")
+REST_KEYS = ("A_r_rest", "A_c_rest")
+# Compile options of every launch. No mul/add contraction into FMA (LLVM and ptxas; the default
+# is on through Triton 3.9): z = s·(1/tau) must round as it did when the row maximum m was taken,
+# else (m - z) + log l at the maximum is log l plus z's rounding error, not log l, and 1 - P there
+# (~1e-7 on confident rows) is lost. The interpreter never contracts; this makes the GPU agree.
+_COMPILE_OPTIONS = {"enable_fp_fusion": False}
 CONTRACT_KEYS = (
     "lse_r", "lse_c", "pos", "ce_i2t", "ce_t2i", "entropy_i2t", "entropy_t2i", "hard_i2t", "hard_i2t_index",
     "hard_t2i", "hard_t2i_index", "sce", "loss_cbcl", "A_r", "A_c",
@@ -375,8 +449,10 @@ class TritonKernels:
         for its fake implementation)."""
         x = sim if sim is not None else img
         B, acc = x.shape[0], _acc_dtype(x.dtype)
-        keys = [k for k in CONTRACT_KEYS if not (stats_only and k in ("A_r", "A_c"))] + list(SPLIT_KEYS)
-        out = {k: ((B,), torch.int64 if k.endswith("_index") else acc) for k in keys}
+        keys = list(CONTRACT_KEYS) + list(SPLIT_KEYS) + list(REST_KEYS)
+        if stats_only:
+            keys = [k for k in keys if k not in ("A_r", "A_c", *REST_KEYS)]
+        out = {k: ((B,), torch.int64 if k.endswith("_index") or k.startswith("at_") else acc) for k in keys}
         if sim is None and not stats_only and self.strategy_for(B, img.shape[1], img.dtype, img.device) == "materialised":
             out["S"] = ((B, B), acc)
         return out
@@ -400,6 +476,7 @@ class TritonKernels:
             BLOCK=block or self.block,
             BK=self.bk,
             num_warps=num_warps,
+            **_COMPILE_OPTIONS,
         )
         return B, ptrs, acc, meta
 
@@ -421,16 +498,15 @@ class TritonKernels:
         grid = (triton.cdiv(B, self.block),)
         _stats_kernel[grid](
             ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:],
-            out["m_r"], out["logl_r"], out["m_c"], out["logl_c"], out["lse_r"], out["lse_c"], out["pos"],
-            out["ce_i2t"], out["ce_t2i"], out["hard_i2t"], out["hard_i2t_index"], out["hard_t2i"],
-            out["hard_t2i_index"], **meta,
+            out["m_r"], out["logl_r"], out["at_r"], out["m_c"], out["logl_c"], out["at_c"], out["lse_r"],
+            out["lse_c"], out["pos"], out["ce_i2t"], out["ce_t2i"], out["hard_i2t"], out["hard_i2t_index"],
+            out["hard_t2i"], out["hard_t2i_index"], **meta,
         )  # fmt: skip
-        a_r = out.get("A_r", out["sce"])  # placeholders when WITH_A is off: never written
-        a_c = out.get("A_c", out["sce"])
+        a = [out.get(k, out["sce"]) for k in ("A_r", "A_c", *REST_KEYS)]  # placeholders without WITH_A: never written
         _coupled_kernel[grid](
             ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:],
-            out["m_r"], out["logl_r"], out["m_c"], out["logl_c"], out["entropy_i2t"], out["entropy_t2i"],
-            out["sce"], out["loss_cbcl"], a_r, a_c, BIAS=bool(bias), WITH_A=not stats_only, **meta,
+            out["m_r"], out["logl_r"], out["at_r"], out["m_c"], out["logl_c"], out["at_c"], out["entropy_i2t"],
+            out["entropy_t2i"], out["sce"], out["loss_cbcl"], *a, BIAS=bool(bias), WITH_A=not stats_only, **meta,
         )  # fmt: skip
         return {k: out[k] for k in layout}
 
@@ -465,8 +541,8 @@ class TritonKernels:
     def _dsim(self, img, txt, sim, saved, tau, eps, bias, g_cbcl, k_r, k_c, out, r0, r1):
         B, ptrs, acc, meta = self._launch_args(img, txt, sim, self.ds_block, _DS_NUM_WARPS)
         consts = torch.tensor([1.0 / tau, eps], dtype=acc, device=out.device)
-        vec = [saved[k].contiguous() for k in ("m_r", "logl_r", "m_c", "logl_c", "A_r", "A_c",
-                                                  "hard_i2t_index", "hard_t2i_index")]  # fmt: skip
+        vec = [saved[k].contiguous() for k in ("m_r", "logl_r", "m_c", "logl_c", "A_r", "A_c", "A_r_rest", "A_c_rest",
+                                                  "at_r", "at_c", "hard_i2t_index", "hard_t2i_index")]  # fmt: skip
         gk = [v.to(acc).contiguous() for v in (g_cbcl, k_r, k_c)]
         grid = (triton.cdiv(r1 - r0, self.ds_block), triton.cdiv(B, self.ds_block))
         _dsim_kernel[grid](

@@ -5,9 +5,12 @@ shapes, the similarity path, non-contiguous inputs, determinism, stats_only and 
 Without a GPU the kernels run on CPU tensors through Triton's interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1): shapes stay small, and small tiles (block=32) and dS panels (panel_rows=48)
 make B=37 and B=130 cross tile and panel edges. tests/test_gpu_triton.py repeats this at real sizes.
+The comparison itself is tests/backend_checks.py, shared with the other fused backends.
 """
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ import python_ref as R
 import srem_kernels
 from srem_kernels import fused, registry
 from srem_kernels._validate import check_params
+from tests.backend_checks import DTYPES, check_against_reference, run_both
 from tests.dense_kernels import DenseKernels
 from tests.helpers import TOLERANCES, assert_rel_close, embeddings
 
@@ -24,7 +28,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # masked lanes of edge tiles compute -inf - -inf and the like, which numpy reports; they are never stored
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OPTIONS = {
     "default": {},
     "no-bias": {"bias": False, "reduction": "sum"},
@@ -40,6 +43,7 @@ def kernels(strategy, **kw):
 
 
 def params_for(B, case, seed=0):
+    """The loss's keyword arguments for an OPTIONS case (tensors on DEVICE)."""
     kw = dict(tau=0.05, margin=0.2, lambda_hard=1.0, lambda_cbcl=1.0, bias=True, sce_weight=True, clean=None,
               select="gmm", eps=1e-10, reduction="mean")  # fmt: skip
     kw.update(OPTIONS[case])
@@ -48,46 +52,15 @@ def params_for(B, case, seed=0):
         kw["clean"] = torch.rand(B, generator=g).to(DEVICE)
     if kw["margin"] == "vector":
         kw["margin"] = (0.1 + 0.2 * torch.rand(B, generator=g)).to(DEVICE)
-    return check_params(B, torch.device(DEVICE), check_finite=True, **kw)
+    return kw
 
 
-def run_both(k, img, txt, params, from_sim=False):
-    """(triton result, fp64 reference result, grads of each) on the same rounded inputs."""
-    a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
-    x, y = img.double().requires_grad_(), txt.double().requires_grad_()
-    ref_kw = {k_: (v.double() if isinstance(v, torch.Tensor) else v) for k_, v in params.as_kwargs().items()}
-    if from_sim:
-        sim_in = (a.float() @ b.float().T).to(img.dtype).detach()
-        if from_sim == "transposed":  # a non-contiguous sim: the kernels take its strides
-            sim_in = sim_in.T.contiguous().T
-        sim_in.requires_grad_()
-        out = fused.run(k, None, None, sim_in, params)
-        sim_ref = sim_in.detach().double().requires_grad_()
-        ref = R.srem(sim=sim_ref, **ref_kw)
-        leaves, ref_leaves = (sim_in,), (sim_ref,)
-    else:
-        out = fused.run(k, a, b, None, params)
-        ref = R.srem(x, y, **ref_kw)
-        leaves, ref_leaves = (a, b), (x, y)
-    g = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(DEVICE)
-    (out[0] * g.to(out[0].dtype)).sum().backward()
-    (ref[0] * g).sum().backward()
-    return out, ref, [t.grad for t in leaves], [t.grad for t in ref_leaves]
-
-
-def check_against_reference(out, ref, grads, ref_grads, tol_name):
-    tol, gtol = TOLERANCES[tol_name]
-    assert_rel_close(out[0], ref[0], tol, "loss")
-    assert_rel_close(out[1], ref[1], tol, "per_sample")
-    assert set(out[2]) == set(R.STATISTICS)
-    for name in R.STATISTICS:
-        if name.endswith("_index") or name == "clean":
-            assert torch.equal(out[2][name].cpu(), ref[2][name].to(out[2][name].dtype).cpu()), name
-        else:
-            assert_rel_close(out[2][name], ref[2][name], tol, name)
-    for i, (gr, rg) in enumerate(zip(grads, ref_grads)):
-        assert gr.dtype == rg.dtype or gr.shape == rg.shape
-        assert_rel_close(gr, rg, gtol, f"grad {i}")
+def run_with(k, sim_layout=None):
+    """The backend `run` of kernels k, as backend_checks calls it; sim_layout="transposed" hands
+    the kernels a column-major sim (they take its strides; the gradient still reaches sim)."""
+    if sim_layout == "transposed":
+        return lambda a, b, s, params: fused.run(k, a, b, s.T.contiguous().T, params)
+    return functools.partial(fused.run, k)
 
 
 # (strategy, dtype, B, D, options): odd B and D around the tile (32) and panel (48) sizes, every
@@ -110,9 +83,35 @@ CASES = [
 @pytest.mark.parametrize("strategy,dtype,B,D,case", CASES)
 def test_matches_reference(strategy, dtype, B, D, case):
     img, txt = embeddings(B, D, seed=B * 7 + D, noise=0.7, dtype=DTYPES[dtype], device=DEVICE)
-    out, ref, grads, ref_grads = run_both(kernels(strategy), img, txt, params_for(B, case, seed=B))
-    check_against_reference(out, ref, grads, ref_grads, dtype)
-    assert grads[0].dtype == img.dtype and grads[1].dtype == txt.dtype
+    check_against_reference(run_with(kernels(strategy)), img, txt, params_for(B, case, seed=B), False, dtype)
+
+
+@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+@pytest.mark.parametrize("B,D,seed", [(37, 1, 0), (37, 1, 1), (64, 2, 3)])
+def test_confident_unnormalised_inputs(strategy, B, D, seed):
+    """|Z| up to ~80: off-diagonal probabilities within an ulp of 1 and diagonal ones of 1e-30.
+    Needs 1 - P as -expm1(-log P), the backward's E - P·A at a row's maximum as
+    E·(1 - P) - P·A_rest, and -log P = log l exactly there even where the dS kernel's tile of S
+    differs from the forward's in the last bit (B=64 streaming: the 48-row panels put S at other
+    tile offsets, and the interpreter's BLAS rounds by offset)."""
+    img, txt = embeddings(B, D, seed=seed, noise=0.7, normalize=False, dtype=torch.float32, device=DEVICE)
+    check_against_reference(run_with(kernels(strategy)), img, txt, params_for(B, "default"), False, "fp32")
+
+
+@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+def test_confident_wrong_match_b2(strategy):
+    """B=2, D=1: both texts closer to image 1, an off-diagonal Pc that rounds to 1 in fp32. The
+    loss stays finite and exact. (Not d img: it is 1e-7 here, the difference of two terms of 3.3,
+    so fp32's rounding is all of it; ties make the indices arbitrary.)"""
+    img = torch.tensor([[-1.0], [1.0]], device=DEVICE)
+    txt = torch.tensor([[1.0], [1.0]], device=DEVICE)
+    out, ref, grads, ref_grads = run_both(run_with(kernels(strategy)), img, txt, params_for(2, "default"), False)
+    assert torch.isfinite(out[0]) and ref[0] > 1
+    tol, gtol = TOLERANCES["fp32"]
+    for name, o, r in [("loss", out[0], ref[0]), ("per_sample", out[1], ref[1]), ("loss_cbcl", out[2]["loss_cbcl"],
+                       ref[2]["loss_cbcl"]), ("sce", out[2]["sce"], ref[2]["sce"])]:  # fmt: skip
+        assert_rel_close(o, r, tol, name)
+    assert_rel_close(grads[1], ref_grads[1], gtol, "d txt")
 
 
 @pytest.mark.parametrize("dtype,B,case,layout", [
@@ -120,9 +119,8 @@ def test_matches_reference(strategy, dtype, B, D, case):
 ])  # fmt: skip
 def test_similarity_path(dtype, B, case, layout):
     img, txt = embeddings(B, 24, seed=B, noise=0.7, dtype=torch.float32, device=DEVICE)
-    out, ref, grads, ref_grads = run_both(kernels(None), img.to(DTYPES[dtype]), txt.to(DTYPES[dtype]),
-                                          params_for(B, case), from_sim=layout)  # fmt: skip
-    check_against_reference(out, ref, grads, ref_grads, dtype)
+    check_against_reference(run_with(kernels(None), layout), img.to(DTYPES[dtype]), txt.to(DTYPES[dtype]),
+                            params_for(B, case), True, dtype)  # fmt: skip
 
 
 @pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
@@ -130,19 +128,21 @@ def test_non_contiguous_inputs(strategy):
     img, txt = embeddings(2 * 37, 40, seed=5, noise=0.7, dtype=torch.float32, device=DEVICE)
     a, b = img[::2, 1:-6], txt.T.contiguous().T[1::2, 3:-4]  # row-strided and column-major
     assert not a.is_contiguous() and not b.is_contiguous()
-    out, ref, grads, ref_grads = run_both(kernels(strategy), a, b, params_for(37, "default"))
-    check_against_reference(out, ref, grads, ref_grads, "fp32")
+    check_against_reference(run_with(kernels(strategy)), a, b, params_for(37, "default"), False, "fp32")
 
 
 @pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
 def test_intermediates_match_the_dense_contract(strategy):
-    """lse, A_r, A_c and the split forms against tests/dense_kernels.py in fp64."""
+    """lse, A_r, A_c and the backward's split forms (m, log l, at, A_rest) against
+    tests/dense_kernels.py in fp64."""
     img, txt = embeddings(37, 33, seed=2, noise=0.7, dtype=torch.float32, device=DEVICE)
     for bias in (True, False):
         out = kernels(strategy).forward(img, txt, None, tau=0.05, eps=1e-10, bias=bias)
         ref = DenseKernels().forward(img.double().cpu(), txt.double().cpu(), None, tau=0.05, eps=1e-10, bias=bias)
-        for name in triton_srem.CONTRACT_KEYS + triton_srem.SPLIT_KEYS:
-            if name.endswith("_index"):
+        names = triton_srem.CONTRACT_KEYS + triton_srem.SPLIT_KEYS + triton_srem.REST_KEYS
+        assert set(out) - {"S"} == set(names)
+        for name in names:
+            if name.endswith("_index") or name.startswith("at_"):
                 assert torch.equal(out[name].cpu(), ref[name]), name
             else:
                 assert_rel_close(out[name], ref[name], TOLERANCES["fp32"][0], name)
@@ -165,7 +165,7 @@ def test_fp64_gradcheck():
 def test_deterministic(strategy):
     img, txt = embeddings(130, 33, seed=9, noise=0.7, dtype=torch.float32, device=DEVICE)
     k = kernels(strategy)
-    params = params_for(130, "default")
+    params = check_params(130, torch.device(DEVICE), check_finite=True, **params_for(130, "default"))
     runs = []
     for _ in range(2):
         a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
@@ -229,7 +229,7 @@ def test_torch_compile_fullgraph_training_step():
     both gradients match eager."""
     lin = torch.nn.Linear(8, 6).to(DEVICE)
     streaming, materialised = kernels("streaming"), kernels("materialised")  # the latter saves S (B×B)
-    params = params_for(16, "default")
+    params = check_params(16, torch.device(DEVICE), check_finite=True, **params_for(16, "default"))
     x, y = torch.randn(16, 8, device=DEVICE), torch.randn(16, 8, device=DEVICE)
 
     def embed():
