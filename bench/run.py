@@ -52,7 +52,7 @@ def environment(device: torch.device) -> dict:
             return ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no"):
+    if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results", ":!bench/RESULTS.md"):  # its own output
         commit += "-dirty"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
