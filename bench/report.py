@@ -57,10 +57,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     for r in rows:
         if r["status"] == "ok":
             series[r["contender"]].append(r)
-    for name, rs in series.items():
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (name, rs) in enumerate(series.items()):
         rs.sort(key=lambda r: int(r["B"]))
         B = [int(r["B"]) for r in rs]
-        style = dict(marker="o", label=name, linestyle="--" if name.startswith(("floor", "infonce")) else "-")
+        # one colour per contender in every panel (the ratio panel leaves the floor out)
+        style = dict(marker="o", label=name, color=colors[n % len(colors)],
+                     linestyle="--" if name.startswith(("floor", "infonce")) else "-")  # fmt: skip
         axes[0].plot(B, [float(r["median_ms"]) for r in rs], **style)
         axes[1].plot(B, [max(float(r["peak_mb"]), 0.1) for r in rs], **style)
         if not name.startswith("floor"):
