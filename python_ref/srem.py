@@ -39,6 +39,7 @@ __all__ = [
     "constants",
     "per_sample_loss",
     "statistics",
+    "reduce",
     "srem",
     "STATISTICS",
 ]
@@ -293,6 +294,15 @@ def statistics(S: torch.Tensor, tau: float) -> dict[str, torch.Tensor]:
     }
 
 
+def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    """loss = mean_i L_i ("mean"), sum_i L_i ("sum"), or the B-vector ("none")."""
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
+
+
 def srem(
     img: torch.Tensor | None = None,
     txt: torch.Tensor | None = None,
@@ -328,13 +338,7 @@ def srem(
     per_sample, l_hard, l_cbcl = per_sample_loss(
         S, const, tau=tau, margin=margin, eps=eps, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl
     )
-    if reduction == "mean":
-        loss = per_sample.mean()
-    elif reduction == "sum":
-        loss = per_sample.sum()
-    else:
-        loss = per_sample
-
+    loss = reduce(per_sample, reduction)
     stats = statistics(S, tau)
     stats.update(weight=const["weight"], clean=const["clean"], loss_hard=l_hard.detach(), loss_cbcl=l_cbcl.detach())
     return loss, per_sample, {k: stats[k] for k in STATISTICS}

@@ -9,15 +9,18 @@ from srem_kernels._validate import _flag, check_embeddings, check_params, check_
 from srem_kernels.result import SREMResult, SREMStats
 
 
-def _call(run, img, txt, sim, params, stats_only: bool):
-    if not _flag(stats_only, "stats_only"):
-        return run(img, txt, sim, params)
-    with torch.no_grad():
-        return run(img, txt, sim, params, stats_only=True)
-
-
-def _finish(name: str, out) -> SREMResult:
-    loss, per_sample, stats = out
+def _compute(img, txt, sim, B: int, *, backend, check_finite, stats_only, **options) -> SREMResult:
+    """Shared by both entry points once the input tensors are checked: the options, the backend,
+    the call (under no_grad for the statistics call) and the result."""
+    x = sim if sim is not None else img
+    params = check_params(B, x.device, check_finite=check_finite, **options)
+    stats_only = _flag(stats_only, "stats_only")
+    name, run = registry.resolve(backend, x.device, x.dtype)
+    if stats_only:
+        with torch.no_grad():
+            loss, per_sample, stats = run(img, txt, sim, params, stats_only=True)
+    else:
+        loss, per_sample, stats = run(img, txt, sim, params)
     return SREMResult(loss=loss, per_sample=per_sample.detach(), stats=SREMStats(**stats), backend=name)
 
 
@@ -50,12 +53,11 @@ def loss(
     Returns an SREMResult: .loss (differentiable), .per_sample (L_i), .stats (SREMStats).
     """
     B, _ = check_embeddings(img, txt, check_finite)
-    params = check_params(
-        B, img.device, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,
-        sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction, check_finite=check_finite,
+    return _compute(
+        img, txt, None, B, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,
+        sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction, backend=backend,
+        check_finite=check_finite, stats_only=stats_only,
     )  # fmt: skip
-    name, run = registry.resolve(backend, img.device, img.dtype)
-    return _finish(name, _call(run, img, txt, None, params, stats_only))
 
 
 def loss_from_similarity(
@@ -78,9 +80,8 @@ def loss_from_similarity(
     """The SREM loss from a precomputed B×B similarity matrix, sim[i, j] = s(image i, text j),
     for models whose similarity is not a dot product (e.g. SGRAF). Parameters as in `loss`."""
     B = check_similarity(sim, check_finite)
-    params = check_params(
-        B, sim.device, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,
-        sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction, check_finite=check_finite,
+    return _compute(
+        None, None, sim, B, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,
+        sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction, backend=backend,
+        check_finite=check_finite, stats_only=stats_only,
     )  # fmt: skip
-    name, run = registry.resolve(backend, sim.device, sim.dtype)
-    return _finish(name, _call(run, None, None, sim, params, stats_only))

@@ -56,7 +56,7 @@ from typing import Optional, Protocol
 import torch
 
 from python_ref.filtration import clean_weights
-from python_ref.srem import STATISTICS
+from python_ref.srem import STATISTICS, reduce
 from srem_kernels._validate import SREMParams
 
 # The glue computes these statistics; the kernels' forward returns the others as they are.
@@ -207,14 +207,6 @@ class _FusedSREM(torch.autograd.Function):
         return grads[0], grads[1], None, None, None, None, None, None
 
 
-def _reduce(per_sample, reduction):
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample
-
-
 def run(kernels: Kernels, img, txt, sim, params: SREMParams, *, stats_only: bool = False):
     """A backend's `run` (see registry.py) on top of its kernels. stats_only: forward only, no
     gradient work (nothing saved; A_r, A_c skipped where the kernels support it)."""
@@ -234,4 +226,4 @@ def run(kernels: Kernels, img, txt, sim, params: SREMParams, *, stats_only: bool
         energy_t2i=-params.tau * out["lse_c"],
         **{k: out[k] for k in ("energy", "clean", "weight", "loss_hard")},
     )
-    return _reduce(per_sample, params.reduction), per_sample, stats
+    return reduce(per_sample, params.reduction), per_sample, stats
