@@ -1,6 +1,7 @@
 """srem-train: train SREM or a baseline on a noisy image–text dataset.
 
     srem-train --dataset synthetic --noise 0.4 --method srem --seed 0 --output runs/srem
+    torchrun --nproc_per_node 2 -m srem_kernels.train --batch-size 64 ...   # one global batch of 128
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--output", default="runs/srem", help="folder for log.jsonl, checkpoint.pt, results.json")
     ap.add_argument("--epochs", type=int, help="default per dataset (synthetic 12, f30k/coco/cc152k 40)")
     ap.add_argument("--warmup-epochs", type=int, help="SREM's complementary-only warm-up (synthetic 2, others 5)")
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=128, help="per process: under torchrun the global batch is WORLD_SIZE x this")
     ap.add_argument("--lr", type=float, help="Adam learning rate (synthetic 1e-3, others 2e-4)")
     ap.add_argument("--lr-update", type=int, help="epochs between 10x learning-rate decays")
     ap.add_argument("--grad-clip", type=float, default=2.0)
@@ -40,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--noise-file", help="NCR noise-index .npy (default {data-path}/noise_index/{name}_precomp_{noise}.npy)")
     ap.add_argument("--synthetic-size", default="default", choices=SIZE_NAMES)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--dist-timeout", type=float, default=600.0,
+                    help="under torchrun: seconds a collective waits for the other ranks before it fails (default 600)")
     ap.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     ap.add_argument("--quiet", action="store_true")

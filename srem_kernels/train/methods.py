@@ -37,16 +37,27 @@ METHODS = {
 
 
 def infonce(img: torch.Tensor, txt: torch.Tensor, tau: float) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP): cross-entropy of the diagonal over rows and over columns."""
+    """Symmetric InfoNCE (CLIP): cross-entropy of the diagonal over rows and over columns.
+    Multi-process, `img` and `txt` are the global batch from dist.gather_rows: every rank computes
+    the same global loss, and its gradient reaches this rank's rows alone (open_clip's
+    gather-without-grad), which is d(global loss)/d(local rows) as srem_kernels.loss(group=) gives."""
     logits = img @ txt.T / tau
     target = torch.arange(len(img), device=img.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 def batch_loss(method: Method, img, txt, *, tau: float, margin: float, clean: torch.Tensor | None,
-               warming_up: bool, backend: str):
-    """(loss, SREMResult or None) of one batch. `clean`: dataset-level weights of the batch's pairs."""
+               warming_up: bool, backend: str, dist=None, sizes: list[int] | None = None):
+    """(loss, SREMResult or None) of one batch. `clean`: dataset-level weights of the batch's pairs.
+    Multi-process (`dist` a dist.Dist with a group): img, txt and clean are this rank's rows of a
+    global batch whose ranks hold `sizes` rows; the loss is the global batch's, its gradient
+    d(global loss)/d(local rows)."""
+    group = None if dist is None else dist.group
     if method.infonce:
+        if group is not None:
+            from srem_kernels.train.dist import gather_rows
+
+            img, txt = gather_rows(img, dist, sizes), gather_rows(txt, dist, sizes)
         return infonce(img, txt, tau), None
     opts = dict(method.options)
     if method.warmup and warming_up:
@@ -56,5 +67,7 @@ def batch_loss(method: Method, img, txt, *, tau: float, margin: float, clean: to
         opts.pop("select", None)
     else:
         clean = None
+    if group is not None:
+        opts["group"] = group
     out = srem_kernels.loss(img, txt, tau=tau, margin=margin, clean=clean, backend=backend, **opts)
     return out.loss, out

@@ -11,9 +11,12 @@ from srem_kernels.result import SREMStats
 from srem_kernels.train.data import Split
 
 
-def batch_statistics(img: torch.Tensor, txt: torch.Tensor, *, tau: float, backend: str) -> SREMStats:
-    """SPEC.md's per-sample statistics of one batch: the forward-only statistics call."""
-    return srem_kernels.loss(img, txt, tau=tau, select="none", backend=backend, check_finite=False, stats_only=True).stats
+def batch_statistics(img: torch.Tensor, txt: torch.Tensor, *, tau: float, backend: str, group=None) -> SREMStats:
+    """SPEC.md's per-sample statistics of one batch: the forward-only statistics call. With a
+    process group, img and txt are this rank's rows of the batch and so are the statistics."""
+    extra = {} if group is None else {"group": group}
+    return srem_kernels.loss(img, txt, tau=tau, select="none", backend=backend, check_finite=False, stats_only=True,
+                             **extra).stats
 
 
 def scoring_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -28,19 +31,37 @@ def scoring_batches(n: int, batch_size: int, generator: torch.Generator) -> list
 
 
 @torch.no_grad()
-def pair_energies(model, split: Split, *, batch_size: int, tau: float, backend: str, seed: int) -> torch.Tensor:
+def pair_energies(model, split: Split, *, batch_size: int, tau: float, backend: str, seed: int, dist=None) -> torch.Tensor:
     """The energy (SPEC.md) of every training pair, each scored in a batch of batch_size pairs as
-    in training, with the model in eval mode."""
+    in training, with the model in eval mode.
+
+    Multi-process (`dist` a dist.Dist with a group; batch_size is then the global batch): the
+    scoring batches are the single process's, each rank encodes and scores its contiguous slice
+    of every one (statistics call with the group: the energies are those of the whole scoring
+    batch), and the ranks' energies are merged exactly, so every rank returns the same vector."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    energy = torch.empty(len(split), dtype=torch.float64)
+    group = None if dist is None else dist.group
+    energy = (torch.empty if group is None else torch.zeros)(len(split), dtype=torch.float64)
     for idx in scoring_batches(len(split), batch_size, torch.Generator().manual_seed(seed)):
+        by = group
+        if group is not None:
+            if min(dist.sizes(len(idx))) >= 2:
+                idx = dist.local(idx)
+            else:  # a last batch too small to split: every rank scores all of it, rank 0 keeps it
+                by = None
         images, captions = split.batch(idx)
         captions = tuple(t.to(device) for t in captions) if isinstance(captions, tuple) else captions.to(device)
         img, txt = model(images.to(device), captions)
-        energy[idx] = batch_statistics(img, txt, tau=tau, backend=backend).energy.double().cpu()
+        e = batch_statistics(img, txt, tau=tau, backend=backend, group=by).energy.double().cpu()
+        if group is None or by is not None or dist.main:
+            energy[idx] = e
     model.train(was_training)
+    if group is not None:
+        from srem_kernels.train.dist import merge_rows
+
+        energy = merge_rows(energy, dist)
     return energy
 
 

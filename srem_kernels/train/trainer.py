@@ -1,6 +1,7 @@
 """The training loop: SREM's schedule (warm-up on the complementary term, then dataset-level
 energy filtration every epoch), the baselines, per-epoch evaluation, logging, atomic checkpoints
-and exact resume."""
+and exact resume; in one process or, under torchrun, over one global batch split across the ranks
+(dist.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from srem_kernels.train import data as data_mod
+from srem_kernels.train import dist as dist_mod
 from srem_kernels.train import evaluation, model as model_mod, selection
 from srem_kernels.train.methods import METHODS, batch_loss
 
@@ -41,7 +43,7 @@ class TrainConfig:
     output: str = "runs/srem"
     epochs: int | None = None
     warmup_epochs: int | None = None
-    batch_size: int = 128
+    batch_size: int = 128  # per process: under torchrun the global batch is WORLD_SIZE x this
     lr: float | None = None
     lr_update: int | None = None  # epochs between 10x learning-rate decays
     grad_clip: float = 2.0
@@ -56,6 +58,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     quiet: bool = False
+    dist_timeout: float = 600.0  # seconds a collective waits for the other ranks (torchrun only)
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None filled from DATASET_DEFAULTS, after checking the arguments."""
@@ -89,6 +92,8 @@ def check_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and not v > 0:
             raise ValueError(f"{name} must be > 0; got {v}")
+    if not cfg.dist_timeout > 0:
+        raise ValueError(f"dist_timeout must be > 0; got {cfg.dist_timeout}")
     if cfg.grad_clip < 0 or cfg.margin < 0:
         raise ValueError(f"grad_clip and margin must be >= 0; got {cfg.grad_clip}, {cfg.margin}")
 
@@ -136,16 +141,25 @@ def epoch_batches(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
 
 
 class Logger:
-    def __init__(self, output: Path, quiet: bool):
-        self.path, self.quiet = output / LOG, quiet
+    """log.jsonl and the printed lines; a `silent` logger (ranks other than 0) does neither."""
+
+    def __init__(self, output: Path, quiet: bool, silent: bool = False):
+        self.path, self.quiet, self.silent = output / LOG, quiet or silent, silent
 
     def record(self, entry: dict) -> None:
+        if self.silent:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
+    def restart(self) -> None:
+        """A fresh run starts a fresh log."""
+        if not self.silent and self.path.exists():
+            self.path.unlink()
+
     def keep_until(self, epoch: int) -> None:
         """Drop entries of epochs after `epoch` (logged, but interrupted before their checkpoint)."""
-        if self.path.exists():
+        if not self.silent and self.path.exists():
             lines = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["epoch"] <= epoch]
             self.path.write_text("".join(ln + "\n" for ln in lines))
 
@@ -155,32 +169,54 @@ class Logger:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train as `cfg` says; returns the final results (also written to OUTPUT/results.json)."""
+    """Train as `cfg` says; returns the final results (also written to OUTPUT/results.json).
+
+    Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set, WORLD_SIZE > 1) every rank runs this: the
+    process group is created here (gloo on CPU, NCCL on CUDA) and destroyed at the end, each
+    optimizer step is one global batch of WORLD_SIZE x batch_size pairs, the same batches as one
+    process with that batch size, and rank 0 alone prints and writes files."""
     cfg = cfg.resolved()
+    device = dist_mod.device_for(cfg.device)
+    d = dist_mod.setup(device, cfg.dist_timeout)
+    try:
+        return _train(cfg, device, d)
+    finally:
+        dist_mod.teardown(d)
+
+
+def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
     method = METHODS[cfg.method]
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     output = Path(cfg.output)
-    output.mkdir(parents=True, exist_ok=True)
-    log = Logger(output, cfg.quiet)
+    if d.main:
+        output.mkdir(parents=True, exist_ok=True)
+    log = Logger(output, cfg.quiet, silent=not d.main)
+    global_batch = cfg.batch_size * d.world
 
     dataset = data_mod.load(cfg.dataset, noise=cfg.noise, seed=cfg.seed, data_path=cfg.data_path,
                             noise_file=cfg.noise_file, size=cfg.synthetic_size)
     train_split = dataset.train
+    if d.group is not None:
+        _check_split(len(train_split), cfg.batch_size, d)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    model = model_mod.build(dataset, cfg.embed_dim).to(device)
+    model = model_mod.build(dataset, cfg.embed_dim).to(device)  # the same weights on every rank (seeded)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_update, gamma=0.1)
     start, best, clean = 0, {"rsum": -1.0, "epoch": -1, "state": None}, None
 
     ckpt_path = output / CHECKPOINT
-    if cfg.resume and ckpt_path.exists():
+    if cfg.resume and ckpt_path.exists():  # every rank loads it
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        for key in ("dataset", "noise", "method", "seed", "batch_size", "synthetic_size"):
+        for key in ("dataset", "noise", "method", "seed", "synthetic_size"):
             if ck["config"][key] != getattr(cfg, key):
                 raise ValueError(f"--resume: {ckpt_path} was written with {key}={ck['config'][key]!r}, "
                                  f"not {getattr(cfg, key)!r}")
+        ck_world = ck.get("world_size", 1)
+        if ck["config"]["batch_size"] * ck_world != global_batch:
+            was = f"batch_size={ck['config']['batch_size']!r}" + (f" x {ck_world} processes" if ck_world > 1 else "")
+            now = f"{cfg.batch_size!r}" + (f" x {d.world} processes" if d.world > 1 else "")
+            raise ValueError(f"--resume: {ckpt_path} was written with {was}, not {now}")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -188,68 +224,93 @@ def train(cfg: TrainConfig) -> dict:
         _set_rng_state(ck["rng"])
         log.keep_until(ck["epoch"])
         log.say(f"resumed from {ckpt_path} after epoch {ck['epoch']}")
-    elif (output / LOG).exists():
-        (output / LOG).unlink()  # a fresh run starts a fresh log
+    else:
+        log.restart()
+    if not dist_mod.agree(start, d):
+        raise ValueError(f"--resume: the ranks found different checkpoints in {output} (this rank starts at epoch "
+                           f"{start}); every rank must see rank 0's output folder")
+    net = model
+    if d.group is not None:  # gradients averaged over the ranks; the loss is scaled by the world size
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     n_clean = None if train_split.noisy is None else int((~train_split.noisy).sum())
     log.say(f"{cfg.dataset}: {len(train_split)} training pairs ({cfg.noise:.0%} noise"
             + ("" if n_clean is None else f", {len(train_split) - n_clean} mismatched") + f"), method {cfg.method}: "
-            f"{method.describe()}, device {device}")
+            f"{method.describe()}, device {device}"
+            + ("" if d.group is None else f", {d.world} processes x batch {cfg.batch_size} = global batch {global_batch}"))
 
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
         warming_up = method.warmup and epoch < cfg.warmup_epochs
         entry = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "warmup": warming_up}
         if method.selection == "dataset" and not warming_up:
-            energy = selection.pair_energies(model, train_split, batch_size=cfg.batch_size, tau=cfg.tau,
-                                             backend=cfg.loss_backend, seed=_epoch_seed(cfg.seed, epoch, 1))
+            energy = selection.pair_energies(model, train_split, batch_size=global_batch, tau=cfg.tau,
+                                             backend=cfg.loss_backend, seed=_epoch_seed(cfg.seed, epoch, 1), dist=d)
             clean = selection.select_clean(energy).float()
             entry.update({f"sel_{k}": v for k, v in selection.selection_metrics(clean, train_split.noisy).items()})
             if train_split.noisy is not None:
                 entry["energy_auc"] = selection.separation_auc(energy, train_split.noisy)
 
         model.train()
-        batches = epoch_batches(len(train_split), cfg.batch_size, _epoch_seed(cfg.seed, epoch, 0))
+        batches = epoch_batches(len(train_split), global_batch, _epoch_seed(cfg.seed, epoch, 0))
         inbatch_clean = torch.zeros(len(train_split)) if method.selection == "inbatch" and not warming_up else None
-        total, bar = 0.0, _progress(batches, cfg, epoch)
+        total, bar = 0.0, _progress(batches, cfg, epoch, d)
         for step, idx in enumerate(bar):
-            images, captions = train_split.batch(idx)
-            img, txt = model(images.to(device), _to(captions, device))
-            c = None if clean is None else clean[idx].to(device)
-            loss, out = batch_loss(method, img, txt, tau=cfg.tau, margin=cfg.margin, clean=c,
-                                   warming_up=warming_up, backend=cfg.loss_backend)
+            local = d.local(idx)  # this rank's contiguous slice of the global batch
+            images, captions = train_split.batch(local)
+            img, txt = net(images.to(device), _to(captions, device))
+            c = None if clean is None else clean[local].to(device)
+            loss, out = batch_loss(method, img, txt, tau=cfg.tau, margin=cfg.margin, clean=c, warming_up=warming_up,
+                                   backend=cfg.loss_backend, dist=d, sizes=d.sizes(len(idx)))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if d.group is None:
+                loss.backward()
+            else:  # d(global loss)/d(local rows) on each rank; DDP averages, so x world: the global gradient
+                (loss * d.world).backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            total += loss.item()
+            total += loss.item()  # the global batch's loss, the same on every rank
             if inbatch_clean is not None:
-                inbatch_clean[idx] = out.stats.clean.float().cpu()
+                inbatch_clean[local] = out.stats.clean.float().cpu()
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / (step + 1):.4f}")
         sched.step()
         entry["loss"] = total / len(batches)
         if inbatch_clean is not None:
+            inbatch_clean = dist_mod.merge_rows(inbatch_clean, d)
             seen = torch.zeros(len(train_split), dtype=torch.bool)
             seen[torch.cat(batches)] = True
             m = selection.selection_metrics(inbatch_clean[seen], None if train_split.noisy is None else train_split.noisy[seen])
             entry.update({f"sel_{k}": v for k, v in m.items()})
 
-        val = evaluation.evaluate(model, dataset.val)
+        val = evaluation.evaluate(model, dataset.val)  # on every rank (same weights, same result): no rank waits
         entry.update({"val_rsum": val["rsum"], "val_r1": (val["i2t_r1"] + val["t2i_r1"]) / 2, "seconds": time.time() - t0})
         if val["rsum"] > best["rsum"]:
             best = {"rsum": val["rsum"], "epoch": epoch, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         log.record(entry)
         log.say(_epoch_line(entry))
-        save_checkpoint({"epoch": epoch, "config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "best": best, "clean": clean, "rng": _rng_state()}, output)
+        if d.main:
+            state = {"epoch": epoch, "config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "best": best, "clean": clean, "rng": _rng_state()}
+            if d.group is not None:
+                state["world_size"] = d.world
+            save_checkpoint(state, output)
 
-    return finish(cfg, model, dataset, best, log, output)
+    return finish(cfg, model, dataset, best, log, output, d)
 
 
-def _progress(batches, cfg: TrainConfig, epoch: int):
-    if not cfg.progress or cfg.quiet:
+def _check_split(n: int, batch_size: int, d: dist_mod.Dist) -> None:
+    """Every rank's slice of every global batch must be a batch the loss accepts (at least 2 rows):
+    only a training split smaller than the global batch can break that. Raised on every rank alike."""
+    smallest = min(d.sizes(min(n, batch_size * d.world)))
+    if smallest < 2:
+        raise ValueError(f"batch_size: the training split has {n} pairs, too few to give each of {d.world} processes "
+                         f"at least 2 (global batch {batch_size * d.world})")
+
+
+def _progress(batches, cfg: TrainConfig, epoch: int, d: dist_mod.Dist):
+    if not cfg.progress or cfg.quiet or not d.main:
         return batches
     try:
         from tqdm import tqdm
@@ -269,12 +330,17 @@ def _epoch_line(e: dict) -> str:
     return line + ("  (warm-up)" if e["warmup"] else "") + f"  [{e['seconds']:.1f}s]"
 
 
-def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Path) -> dict:
-    """Evaluate the best-on-validation weights on the test split; print the table and write results.json."""
+def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Path, d: dist_mod.Dist = dist_mod.Dist()) -> dict:
+    """Evaluate the best-on-validation weights on the test split; print the table and write results.json
+    (rank 0; the other ranks return the same results without the selection history of the log)."""
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     test = evaluation.evaluate(model, dataset.test, folds=dataset.eval_folds)
     results = {"config": asdict(cfg), "best_epoch": best["epoch"], "val_rsum": best["rsum"], "test": test}
+    if d.group is not None:
+        results["world_size"] = d.world
+    if not d.main:
+        return results
     entries = [json.loads(line) for line in open(output / LOG)] if (output / LOG).exists() else []
     sel = [e for e in entries if "sel_precision" in e]
     if sel:
