@@ -14,7 +14,6 @@ panels run in a fixed order, so results are bitwise reproducible.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -139,4 +138,4 @@ class CPUKernels:
         return d_img.to(img.dtype), d_txt.to(txt.dtype)
 
 
-run = functools.partial(fused.run, CPUKernels())
+run = fused.FusedRun(CPUKernels())

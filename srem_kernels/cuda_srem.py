@@ -12,7 +12,6 @@ two R×B fp32 panels plus O(B·D). No atomics: results are bitwise reproducible.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -162,4 +161,4 @@ def synchronize(device: torch.device | None = None) -> None:
             torch.cuda.current_stream(device).cuda_stream)  # fmt: skip
 
 
-run = functools.partial(fused.run, CUDAKernels())
+run = fused.FusedRun(CUDAKernels())

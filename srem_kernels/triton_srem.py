@@ -359,7 +359,7 @@ _CPU_MEMORY = 8 << 30  # what the interpreter pretends is free
 _PANEL_BYTES = 64 << 20  # streaming backward: the dS panel (< 1 % of a 65536² fp32 matrix)
 
 # The forward's entries besides the Kernels contract, for the backward (names as in
-# tests/dense_kernels.py): the split log-sum-exp; each row's (column's) maximal element `at`, the
+# srem_kernels/dense_srem.py): the split log-sum-exp; each row's (column's) maximal element `at`, the
 # one log l leaves out; A without it. REST_KEYS only where the backward will run (not stats_only).
 SPLIT_KEYS = ("m_r", "logl_r", "at_r", "m_c", "logl_c", "at_c")
 REST_KEYS = ("A_r_rest", "A_c_rest")

@@ -10,7 +10,7 @@ import torch
 import srem_kernels
 from srem_kernels import registry
 from tests.backend_checks import DTYPES, check_against_reference
-from tests.dense_kernels import DenseKernels
+from srem_kernels.dense_srem import DenseKernels
 from tests.helpers import assert_rel_close, embeddings
 from tests.test_fused import OPTIONS, _params
 
@@ -71,7 +71,7 @@ def test_cpu_non_contiguous_inputs(cpu_run, small_panels, dtype):
 
 
 def test_cpu_kernel_intermediates_match_dense_contract(small_panels):
-    """lse, A_r, A_c and every B-vector of the contract, against tests/dense_kernels.py (fp32)."""
+    """lse, A_r, A_c and every B-vector of the contract, against srem_kernels/dense_srem.py (fp32)."""
     from srem_kernels.cpu_srem import CPUKernels
 
     img, txt = _inputs(130, 33, torch.float32, seed=3)

@@ -20,7 +20,7 @@ import srem_kernels
 from srem_kernels import fused, registry
 from srem_kernels._validate import check_params
 from tests.backend_checks import DTYPES, check_against_reference, run_both
-from tests.dense_kernels import DenseKernels
+from srem_kernels.dense_srem import DenseKernels
 from tests.helpers import TOLERANCES, assert_rel_close, embeddings
 
 triton_srem = pytest.importorskip("srem_kernels.triton_srem")
@@ -134,7 +134,7 @@ def test_non_contiguous_inputs(strategy):
 @pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
 def test_intermediates_match_the_dense_contract(strategy):
     """lse, A_r, A_c and the backward's split forms (m, log l, at, A_rest) against
-    tests/dense_kernels.py in fp64."""
+    srem_kernels/dense_srem.py in fp64."""
     img, txt = embeddings(37, 33, seed=2, noise=0.7, dtype=torch.float32, device=DEVICE)
     for bias in (True, False):
         out = kernels(strategy).forward(img, txt, None, tau=0.05, eps=1e-10, bias=bias)
