@@ -215,17 +215,21 @@ def check_group(group):
         raise ValueError("group: this process is not a member of the group")
 
 
-def loss(img, txt, *, group, backend, check_finite, stats_only, **options):
+def loss(img, txt, *, group, backend, check_finite, stats_only, kernels=None, **options):
     """srem_kernels.loss(..., group=group): see the module docstring. Returns
-    (backend name, loss, per_sample, stats dict) of the local rows."""
+    (backend name, loss, per_sample, stats dict) of the local rows. `kernels` (tests) bypasses
+    the registry: row-range kernels to run, e.g. Triton's on CPU tensors under the interpreter."""
     check_group(group)  # before anything: without a group there is nobody to tell
-    error, n, params, kernels, name, needs_grad, x = None, 0, None, None, None, False, img
+    error, n, params, name, needs_grad, x = None, 0, None, None, False, img
     try:
         n, _ = check_embeddings(img, txt, check_finite, min_batch=1)
         params = check_params(n, img.device, check_finite=check_finite, **options)
         stats_only = _flag(stats_only, "stats_only")
-        name, run = registry.resolve(backend, img.device, img.dtype)
-        kernels = row_kernels(name, run)
+        if kernels is None:
+            name, run = registry.resolve(backend, img.device, img.dtype)
+            kernels = row_kernels(name, run)
+        else:
+            name = backend
         if dist.get_backend(group) == "nccl" and img.device.type != "cuda":
             raise ValueError(f"img and txt must be CUDA tensors for an NCCL group, got {img.device}")
         needs_grad = not stats_only and torch.is_grad_enabled() and (img.requires_grad or txt.requires_grad)
