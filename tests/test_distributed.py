@@ -159,3 +159,125 @@ def test_every_rank_has_the_same_global_loss():
         losses = [r[name]["loss"] for r in _results(3)]
         if losses[0].dim() == 0:
             assert all(torch.equal(x, losses[0]) for x in losses), name
+
+
+# ---------------------------------------------------------------- bad inputs: every rank raises, none hangs
+
+
+def _bad(rank, img, txt, kw):
+    """Per case: what rank `rank` passes (img, txt, options) when one rank's inputs are wrong."""
+    return {
+        "one rank's txt has another D": (img, txt[:, :-1] if rank == 1 else txt, kw),
+        "D differs between ranks": (img[:, : 8 - rank], txt[:, : 8 - rank], kw),
+        "tau differs between ranks": (img, txt, kw | {"tau": 0.05 + 0.01 * rank}),
+        "a rank without rows": (img[:0] if rank == 1 else img, txt[:0] if rank == 1 else txt, kw),
+        "NaN on one rank": (img.index_fill(0, torch.tensor([0]), float("nan")) if rank == 0 else img, txt, kw),
+        "grad on one rank only": (img.detach().requires_grad_(rank == 0), txt.detach(), kw),
+        "clean on one rank only": (img, txt, kw | ({"clean": torch.ones(img.shape[0])} if rank == 1 else {})),
+    }
+
+
+def _rank_bad_inputs(rank, world):
+    import torch.distributed as dist
+
+    import srem_kernels
+
+    img, txt = embeddings(10, 8, seed=5 + rank, noise=0.7, dtype=torch.float32)
+    out = {}
+    for case, (a, b, kw) in _bad(rank, img, txt, {}).items():
+        try:
+            srem_kernels.loss(a, b, group=dist.group.WORLD, **kw)
+            out[case] = ("returned", "")
+        except Exception as err:  # noqa: BLE001
+            out[case] = (type(err).__name__, str(err))
+    # the group is still in step: a good call afterwards works
+    out["after"] = float(srem_kernels.loss(img, txt, group=dist.group.WORLD).loss)
+    return out
+
+
+BAD = {  # case: (rank 0's error, rank 1's error), as (type, a phrase of the message)
+    "one rank's txt has another D": (("RuntimeError", "rank(s) [1] of the group rejected"), ("ValueError", "same embedding size D")),
+    "D differs between ranks": (("ValueError", "D (the embedding size) must be the same on every rank"),) * 2,
+    "tau differs between ranks": (("ValueError", "tau must be the same on every rank"),) * 2,
+    "a rank without rows": (("RuntimeError", "rank(s) [1]"), ("ValueError", "at least 1 pair(s) on every rank")),
+    "NaN on one rank": (("ValueError", "img contains NaN"), ("RuntimeError", "rank(s) [0]")),
+    "grad on one rank only": (("ValueError", "whether img/txt require grad must be the same"),) * 2,
+    "clean on one rank only": (("ValueError", "clean (given on every rank or on none)"),) * 2,
+}  # fmt: skip
+
+
+@functools.cache
+def _bad_results():
+    return values(run_ranks(_rank_bad_inputs, 2, timeout=120, group_timeout=20))
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_on_one_rank_raises_on_every_rank(case):
+    for rank, got in enumerate(r[case] for r in _bad_results()):
+        kind, phrase = BAD[case][rank]
+        assert got[0] == kind and phrase in got[1], f"rank {rank}: {got}"
+
+
+def test_group_still_works_after_rejected_calls():
+    after = [r["after"] for r in _bad_results()]
+    assert after[0] == after[1] and after[0] > 0
+
+
+def test_group_needs_an_initialised_process_group():
+    import srem_kernels
+
+    img, txt = embeddings(4, 3, seed=0, dtype=torch.float32)
+    if torch.distributed.is_initialized():
+        pytest.skip("a process group is initialised in this process")
+    with pytest.raises(RuntimeError, match="needs an initialised torch.distributed process group"):
+        srem_kernels.loss(img, txt, group=object())
+
+
+# ---------------------------------------------------------------- DistributedDataParallel
+
+
+class _Encoders(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.img = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
+        self.txt = torch.nn.Linear(5, 8)
+
+    def forward(self, a, b):
+        n = torch.nn.functional.normalize
+        return n(self.img(a), dim=1), n(self.txt(b), dim=1)
+
+
+def _ddp_data():
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(21, 6, generator=g), torch.randn(21, 5, generator=g), (12, 9)
+
+
+def _rank_ddp(rank, world):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import srem_kernels
+
+    a, b, sizes = _ddp_data()
+    lo = sum(sizes[:rank])
+    hi = lo + sizes[rank]
+    model = DDP(_Encoders())
+    loss_fn = srem_kernels.SREMLoss(group=dist.group.WORLD)
+    out = loss_fn(*model(a[lo:hi], b[lo:hi]))
+    (out.loss * dist.get_world_size()).backward()  # DDP averages over the ranks (README)
+    return float(out.loss), {k: p.grad for k, p in model.module.named_parameters()}
+
+
+def test_ddp_parameter_gradients_equal_one_process():
+    import srem_kernels
+
+    ranks = values(run_ranks(_rank_ddp, 2, timeout=120))
+    a, b, _ = _ddp_data()
+    model = _Encoders()
+    out = srem_kernels.loss(*model(a, b))
+    out.loss.backward()
+    for rank, (loss, grads) in enumerate(ranks):
+        assert_rel_close(torch.tensor(loss), out.loss, TOLERANCES["fp32"][0], f"rank {rank}: loss")
+        for k, p in model.named_parameters():
+            assert_rel_close(grads[k], p.grad, TOLERANCES["fp32"][1], f"rank {rank}: grad of {k}")
