@@ -281,3 +281,31 @@ def test_ddp_parameter_gradients_equal_one_process():
         assert_rel_close(torch.tensor(loss), out.loss, TOLERANCES["fp32"][0], f"rank {rank}: loss")
         for k, p in model.named_parameters():
             assert_rel_close(grads[k], p.grad, TOLERANCES["fp32"][1], f"rank {rank}: grad of {k}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_nccl_group_of_one_matches_plain_call(backend):
+    """The NCCL path (CUDA tensors, collectives on the device) in a group of one: the same as the
+    plain call up to the row-range kernels' rounding."""
+    import torch.distributed as dist
+
+    import srem_kernels
+
+    if dist.is_initialized():
+        pytest.skip("a process group is initialised in this process")
+    if not srem_kernels.backends()[backend].available:
+        pytest.skip(f"{backend}: {srem_kernels.backends()[backend].reason}")
+    dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        img, txt = embeddings(300, 64, seed=1, noise=0.7, dtype=torch.bfloat16, device="cuda")
+        grads = []
+        for group in (None, dist.group.WORLD):
+            a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
+            out = srem_kernels.loss(a, b, backend=backend, group=group)
+            out.loss.backward()
+            grads.append((out.loss.detach(), out.stats.energy, a.grad, b.grad))
+        for name, x, y in zip(("loss", "energy", "d img", "d txt"), *grads):
+            assert_rel_close(x, y, TOLERANCES["bf16"][0], name)
+    finally:
+        dist.destroy_process_group()
