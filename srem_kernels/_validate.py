@@ -63,8 +63,9 @@ def _matrix(x, name: str, check_finite: bool) -> torch.Tensor:
     return x
 
 
-def check_embeddings(img, txt, check_finite: bool) -> tuple[int, int]:
-    """img and txt: B×D, same B, D, dtype and device, B ≥ 2, D ≥ 1. Returns (B, D)."""
+def check_embeddings(img, txt, check_finite: bool, min_batch: int = 2) -> tuple[int, int]:
+    """img and txt: B×D, same B, D, dtype and device, B ≥ min_batch (2; a rank's share of a
+    distributed batch: 1), D ≥ 1. Returns (B, D)."""
     img = _matrix(img, "img", check_finite=False)
     txt = _matrix(txt, "txt", check_finite=False)
     if img.device != txt.device:
@@ -80,8 +81,9 @@ def check_embeddings(img, txt, check_finite: bool) -> tuple[int, int]:
             f"img and txt must have the same embedding size D, got img {tuple(img.shape)} and txt {tuple(txt.shape)}"
         )
     B, D = img.shape
-    if B < 2:
-        raise ValueError(f"img and txt need a batch of B ≥ 2 pairs, got B={B}")
+    if B < min_batch:
+        what = "a batch of B ≥ 2 pairs" if min_batch == 2 else f"at least {min_batch} pair(s) on every rank"
+        raise ValueError(f"img and txt need {what}, got B={B}")
     if D < 1:
         raise ValueError(f"img and txt need an embedding size D ≥ 1, got D={D}")
     if check_finite:

@@ -14,12 +14,12 @@ panels run in a fixed order, so results are bitwise reproducible.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 
 from srem_kernels import _alloc, fused
+from srem_kernels.panels import PanelRows
 from srem_kernels.registry import BackendUnavailable
 
 try:
@@ -66,7 +66,23 @@ def _as_f32(t):
     return None if t is None else t.to(_F32)
 
 
-class CPUKernels:
+class CPUKernels(PanelRows):
+    # the row ranges of the distributed loss (panels.py)
+    _C = _C
+    _panel_rows = staticmethod(_panel_rows)
+
+    def _tail(self, ref):
+        return (torch.get_num_threads(),)
+
+    def _operands(self, img, txt):
+        return _as_f32(img), _as_f32(txt)
+
+    def _panel(self, X, Y, r0, r1, buf):
+        return _row_panel(X, Y, None, r0, r1, buf)
+
+    def _times(self, d, Y, out):
+        torch.mm(d, Y, out=out)
+
     def forward(self, img, txt, sim, *, tau, eps, bias):
         B = (sim if sim is not None else img).shape[0]
         threads = torch.get_num_threads()
@@ -139,4 +155,4 @@ class CPUKernels:
         return d_img.to(img.dtype), d_txt.to(txt.dtype)
 
 
-run = functools.partial(fused.run, CPUKernels())
+run = fused.FusedRun(CPUKernels())

@@ -12,12 +12,12 @@ two R×B fp32 panels plus O(B·D). No atomics: results are bitwise reproducible.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 
 from srem_kernels import _alloc, fused
+from srem_kernels.panels import PanelRows
 from srem_kernels.registry import BackendUnavailable
 
 try:
@@ -77,7 +77,28 @@ class _Launch:
         return buf[: r1 - r0].copy_(self.sim[:, r0:r1].T)
 
 
-class CUDAKernels:
+class CUDAKernels(PanelRows):
+    # the row ranges of the distributed loss (panels.py)
+    _C = _C
+    _panel_rows = staticmethod(_panel_rows)
+
+    def _tail(self, ref):
+        dev = ref.device.index if ref.device.index is not None else torch.cuda.current_device()
+        return dev, torch.cuda.current_stream(ref.device).cuda_stream
+
+    def _operands(self, img, txt):
+        return img, txt  # read in their dtype and strides
+
+    def _panel(self, X, Y, r0, r1, buf):
+        p, x = buf[: r1 - r0], X[r0:r1]
+        _C.similarity(_ptr(x), x.stride(0), x.stride(1), _ptr(Y), Y.stride(0), Y.stride(1), _CODES[X.dtype], r1 - r0,
+                      Y.shape[0], X.shape[1], _ptr(p), p.stride(0), *self._tail(X))  # fmt: skip
+        return p
+
+    def _times(self, d, Y, out):
+        _C.gemm(_ptr(d), d.stride(0), 1, _ptr(Y), Y.stride(0), Y.stride(1), _CODES[Y.dtype], _ptr(out), out.stride(0),
+                d.shape[0], Y.shape[1], d.shape[1], False, *self._tail(Y))  # fmt: skip
+
     def forward(self, img, txt, sim, *, tau, eps, bias):
         ref = sim if sim is not None else img
         L = _Launch(ref, img, txt, sim)
@@ -162,4 +183,4 @@ def synchronize(device: torch.device | None = None) -> None:
             torch.cuda.current_stream(device).cuda_stream)  # fmt: skip
 
 
-run = functools.partial(fused.run, CUDAKernels())
+run = fused.FusedRun(CUDAKernels())

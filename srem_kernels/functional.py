@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from srem_kernels import registry
+from srem_kernels import distributed, registry
 from srem_kernels._validate import _flag, check_embeddings, check_params, check_similarity
 from srem_kernels.result import SREMResult, SREMStats
 
@@ -41,6 +41,7 @@ def loss(
     backend: str = "auto",
     check_finite: bool = True,
     stats_only: bool = False,
+    group=None,
 ) -> SREMResult:
     """The SREM loss (SPEC.md) of B paired embeddings img[i] ↔ txt[i], both B×D.
 
@@ -51,7 +52,22 @@ def loss(
     NaN/Inf scan of the inputs (one device sync per tensor). `stats_only=True` is the forward-only
     statistics call (scoring a training set batch by batch): no gradient work, `.loss` without grad.
     Returns an SREMResult: .loss (differentiable), .per_sample (L_i), .stats (SREMStats).
+
+    `group`: a torch.distributed process group (e.g. torch.distributed.group.WORLD). Each rank
+    passes its own rows (sizes may differ); the loss is that of the global batch, their
+    concatenation in rank order. `.loss` ("mean"/"sum") is the global loss on every rank,
+    `.per_sample`/`.stats`/a "none" loss are the local rows' (indices into the global batch);
+    margin and clean are the local rows'. Every rank must make the call and run the backward
+    (collectives inside). Under DistributedDataParallel backward `loss * world_size`
+    (srem_kernels/distributed.py, README "Distributed").
     """
+    if group is not None:
+        name, total, per_sample, stats = distributed.loss(
+            img, txt, group=group, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl,
+            bias=bias, sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction,
+            backend=backend, check_finite=check_finite, stats_only=stats_only,
+        )  # fmt: skip
+        return SREMResult(loss=total, per_sample=per_sample.detach(), stats=SREMStats(**stats), backend=name)
     B, _ = check_embeddings(img, txt, check_finite)
     return _compute(
         img, txt, None, B, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,

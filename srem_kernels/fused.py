@@ -29,11 +29,11 @@ backward(img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c) -> (d_img, d
 
 Numerics the backward needs: E_r - Pr·A_r cancels at a row's maximal element when that
 probability is near 1 (both ~1/(1 - P)); form it there as E·(1 - P) - P·A_rest, with A_rest the
-sum without that element (dense_kernels.py returns at_r/A_r_rest, at_c/A_c_rest for it), and
+sum without that element (dense_srem.py returns at_r/A_r_rest, at_c/A_c_rest for it), and
 1 - P as -expm1(log P). Compile the arithmetic without contracting (m - Z) + log l into one
 fused multiply-add (Z must round as m did), or the row maximum's -log P is no longer log l.
 
-tests/dense_kernels.py executes this contract densely, in the cancellation-free forms an fp32
+srem_kernels/dense_srem.py executes this contract densely, in the cancellation-free forms an fp32
 kernel needs to meet SPEC.md's 1e-5 (README, "Numerics").
 
 Optional parts of a Kernels object (the contract above does not change):
@@ -45,6 +45,22 @@ Optional parts of a Kernels object (the contract above does not change):
       Kernels without it are called directly (eager works; compile sees the kernels themselves).
   forward(..., stats_only=True) where `supports_stats_only` is true: skip what only the
       backward needs (A_r, A_c, a saved S).
+
+Row ranges (the distributed loss, srem_kernels/distributed.py; kernels with `supports_rows`).
+A rank holds the whole batch's embeddings img, txt (B×D, gathered) and owns samples [lo, hi): it
+computes their rows and columns of S only, Br×B each (Br = hi - lo), never B×B.
+  pass1_rows(img, txt, lo, hi, *, tau) -> dict of Br-vectors for samples lo..hi-1, holding at
+      least lse_r and lse_c (the filtration needs every sample's energy), and whatever pass 2
+      needs of other samples (split forms m_r, logl_r, at_r, ...).
+  pass2_rows(img, txt, lo, hi, first, *, tau, eps, bias, stats_only=False) -> dict of
+      Br-vectors, with `first` pass 1's dicts of every rank concatenated (B-vectors).
+  The two dicts together hold every entry forward's does (A_r, A_c not under stats_only).
+  backward_rows(img, txt, lo, hi, saved, *, tau, eps, bias, g_cbcl, k_r, k_c)
+      -> (d_img[lo:hi], d_txt[lo:hi]), with `saved` both passes' dicts of every rank and g_cbcl,
+      k_r, k_c B-vectors (as backward's). d_txt[lo:hi] = dS[:, lo:hi]ᵀ · img is the rows of the
+      swapped problem: the loss is symmetric under img <-> txt with i2t <-> t2i, r <-> c, so
+      dS[:, lo:hi]ᵀ is dS of (txt, img) on rows lo..hi-1 with the two sides' vectors exchanged
+      (`swap_sides`).
 """
 
 from __future__ import annotations
@@ -77,6 +93,28 @@ CONTRACT_KEYS = (
 )  # fmt: skip
 # What run's autograd.Function returns besides per_sample, in this order (all constants).
 _STAT_OUTPUTS = KERNEL_STATISTICS + ("lse_r", "lse_c", "energy", "clean", "weight", "loss_hard")
+
+# What a side of the problem is called in the i2t (rows) and t2i (columns) direction.
+_SIDES = (("m_r", "m_c"), ("logl_r", "logl_c"), ("at_r", "at_c"), ("A_r", "A_c"), ("A_r_rest", "A_c_rest"),
+          ("k_r", "k_c"), ("hard_i2t_index", "hard_t2i_index"), ("hard_i2t", "hard_t2i"), ("lse_r", "lse_c"))  # fmt: skip
+
+
+def swap_sides(vectors: dict) -> dict:
+    """The same vectors named for the swapped problem (txt, img): r <-> c, i2t <-> t2i."""
+    rename = {a: b for a, b in _SIDES} | {b: a for a, b in _SIDES}
+    return {rename.get(k, k): v for k, v in vectors.items()}
+
+
+class FusedRun:
+    """A fused backend's `run` (registry.py): fused.run on its kernels, which stay reachable as
+    `.kernels` (the distributed loss calls their row-range methods)."""
+
+    def __init__(self, kernels):
+        self.kernels = kernels
+
+    def __call__(self, img, txt, sim, params, *, stats_only: bool = False):
+        return run(self.kernels, img, txt, sim, params, stats_only=stats_only)
+
 
 # ---------------------------------------------------------------- custom ops around the kernels
 
@@ -148,20 +186,28 @@ def _(img, txt, sim, saved, kernels, tau, eps, bias, g_cbcl, k_r, k_c):
 # ---------------------------------------------------------------- the glue
 
 
-def _glue(saved, params: SREMParams, margin, clean):
-    """Everything after the kernels: energy, filtration, weights, hinge, L_i."""
-    energy = -params.tau * (saved["lse_r"] + saved["lse_c"]) / 2
-    c = clean_weights(energy, clean, params.select)
-    if clean is not None:
-        c = c.clone()  # never an alias of the caller's tensor
+def energy(saved, tau: float) -> torch.Tensor:
+    return -tau * (saved["lse_r"] + saved["lse_c"]) / 2
+
+
+def filtration(energy: torch.Tensor, clean, select: str) -> torch.Tensor:
+    """c: the given clean weights (a copy, never an alias of the caller's tensor) or the GMM's."""
+    c = clean_weights(energy, clean, select)
+    return c.clone() if clean is not None else c
+
+
+def _glue(saved, params: SREMParams, margin, clean, c=None):
+    """Everything after the kernels: energy, filtration (unless `c` is given), weights, hinge, L_i."""
+    e = energy(saved, params.tau)
+    c = filtration(e, clean, params.select) if c is None else c
     w = torch.exp(-saved["sce"]) if params.sce_weight else torch.ones_like(saved["sce"])
     if isinstance(margin, torch.Tensor):
-        margin = margin.to(energy.dtype)
+        margin = margin.to(e.dtype)
     x_r = margin - saved["pos"] + saved["hard_i2t"]
     x_c = margin - saved["pos"] + saved["hard_t2i"]
     loss_hard = torch.relu(x_r) + torch.relu(x_c)
     per_sample = params.lambda_hard * c * w * loss_hard + params.lambda_cbcl * saved["loss_cbcl"]
-    stats = dict(saved, energy=energy, clean=c, weight=w, loss_hard=loss_hard)
+    stats = dict(saved, energy=e, clean=c, weight=w, loss_hard=loss_hard)
     return per_sample, stats, params.lambda_hard * c * w, x_r > 0, x_c > 0
 
 
@@ -220,10 +266,15 @@ def run(kernels: Kernels, img, txt, sim, params: SREMParams, *, stats_only: bool
     else:
         per_sample, *outs = _FusedSREM.apply(img, txt, sim, margin, clean, kernels, key, bare)
         out = dict(zip(_STAT_OUTPUTS, outs))
+    return reduce(per_sample, params.reduction), per_sample, statistics(out, params.tau)
+
+
+def statistics(out: dict, tau: float) -> dict:
+    """SPEC's statistics from the kernels' vectors and the glue's."""
     stats = {k: out[k] for k in KERNEL_STATISTICS}
     stats.update(
-        energy_i2t=-params.tau * out["lse_r"],
-        energy_t2i=-params.tau * out["lse_c"],
+        energy_i2t=-tau * out["lse_r"],
+        energy_t2i=-tau * out["lse_c"],
         **{k: out[k] for k in ("energy", "clean", "weight", "loss_hard")},
     )
-    return reduce(per_sample, params.reduction), per_sample, stats
+    return stats

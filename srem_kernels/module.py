@@ -17,6 +17,7 @@ class SREMLoss(nn.Module):
     takes the per-batch tensors: optional (B,) clean weights, and a margin that overrides the
     constructor's (NCR's per-sample soft margin). It returns an SREMResult; train on `.loss`.
     forward(..., stats_only=True) is the forward-only statistics call (see srem_kernels.loss).
+    `group` makes it the loss of a global batch split across the ranks (srem_kernels.loss).
     """
 
     def __init__(
@@ -33,6 +34,7 @@ class SREMLoss(nn.Module):
         reduction: str = "mean",
         backend: str = "auto",
         check_finite: bool = True,
+        group=None,
     ):
         super().__init__()
         self.options = check_options(
@@ -42,6 +44,7 @@ class SREMLoss(nn.Module):
         self.margin = check_margin(margin)
         self.backend = backend
         self.check_finite = check_finite
+        self.group = group  # a torch.distributed group: the loss of the ranks' global batch
 
     def forward(
         self,
@@ -53,7 +56,7 @@ class SREMLoss(nn.Module):
     ) -> SREMResult:
         return F.loss(
             img, txt, margin=self.margin if margin is None else margin, clean=clean, stats_only=stats_only,
-            backend=self.backend, check_finite=self.check_finite, **self.options,
+            backend=self.backend, check_finite=self.check_finite, group=self.group, **self.options,
         )  # fmt: skip
 
     def extra_repr(self) -> str:

@@ -72,7 +72,7 @@ def _load_triton():
         raise BackendUnavailable("no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors, for tests)")
     from srem_kernels import fused, triton_srem
 
-    return functools.partial(fused.run, triton_srem.TritonKernels())
+    return fused.FusedRun(triton_srem.TritonKernels())
 
 
 def _load_cpu():

@@ -159,12 +159,13 @@ def _lse_hard_update(m, l1, at, hard, hidx, s, z, rows, cols, valid, B):
 
 
 @triton.jit
-def _stats_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+def _stats_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, r0, r1,
                   m_r, logl_r, at_r, m_c, logl_c, at_c, lse_r, lse_c, pos, ce_r, ce_c,
                   hard_r, hidx_r, hard_c, hidx_c, FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
                   BLOCK: tl.constexpr, BK: tl.constexpr):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    rmask = rows < B
+    """Samples r0..r1-1 (rows and columns of S); their statistics at [i - r0] of the outputs."""
+    rows = r0 + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rmask = rows < r1
     inv_tau = tl.load(consts)
     mr = tl.full((BLOCK,), float("-inf"), ACC)
     mc = tl.full((BLOCK,), float("-inf"), ACC)
@@ -190,31 +191,33 @@ def _stats_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_s
     lgr = _log1p(lr)
     lgc = _log1p(lc)
     zd = p * inv_tau  # bitwise the z_ii of the tiles
-    tl.store(m_r + rows, mr, mask=rmask)
-    tl.store(m_c + rows, mc, mask=rmask)
-    tl.store(logl_r + rows, lgr, mask=rmask)
-    tl.store(logl_c + rows, lgc, mask=rmask)
-    tl.store(at_r + rows, ar.to(tl.int64), mask=rmask)
-    tl.store(at_c + rows, ac.to(tl.int64), mask=rmask)
-    tl.store(lse_r + rows, mr + lgr, mask=rmask)
-    tl.store(lse_c + rows, mc + lgc, mask=rmask)
-    tl.store(pos + rows, p, mask=rmask)
-    tl.store(ce_r + rows, (mr - zd) + lgr, mask=rmask)
-    tl.store(ce_c + rows, (mc - zd) + lgc, mask=rmask)
-    tl.store(hard_r + rows, hr, mask=rmask)
-    tl.store(hard_c + rows, hc, mask=rmask)
-    tl.store(hidx_r + rows, ir.to(tl.int64), mask=rmask)
-    tl.store(hidx_c + rows, ic.to(tl.int64), mask=rmask)
+    o = rows - r0
+    tl.store(m_r + o, mr, mask=rmask)
+    tl.store(m_c + o, mc, mask=rmask)
+    tl.store(logl_r + o, lgr, mask=rmask)
+    tl.store(logl_c + o, lgc, mask=rmask)
+    tl.store(at_r + o, ar.to(tl.int64), mask=rmask)
+    tl.store(at_c + o, ac.to(tl.int64), mask=rmask)
+    tl.store(lse_r + o, mr + lgr, mask=rmask)
+    tl.store(lse_c + o, mc + lgc, mask=rmask)
+    tl.store(pos + o, p, mask=rmask)
+    tl.store(ce_r + o, (mr - zd) + lgr, mask=rmask)
+    tl.store(ce_c + o, (mc - zd) + lgc, mask=rmask)
+    tl.store(hard_r + o, hr, mask=rmask)
+    tl.store(hard_c + o, hc, mask=rmask)
+    tl.store(hidx_r + o, ir.to(tl.int64), mask=rmask)
+    tl.store(hidx_c + o, ic.to(tl.int64), mask=rmask)
 
 
 @triton.jit
-def _coupled_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+def _coupled_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, r0, r1,
                     m_r, logl_r, at_r, m_c, logl_c, at_c, ent_r, ent_c, sce, cbcl, A_r, A_c, A_r_rest, A_c_rest,
                     BIAS: tl.constexpr, WITH_A: tl.constexpr,
                     FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
                     BLOCK: tl.constexpr, BK: tl.constexpr):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    rmask = rows < B
+    """Samples r0..r1-1, from pass 1's vectors of the whole batch; outputs at [i - r0]."""
+    rows = r0 + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rmask = rows < r1
     inv_tau = tl.load(consts)
     eps = tl.load(consts + 1)
     # own statistics: rows a of Pr and columns a of Pc
@@ -271,15 +274,16 @@ def _coupled_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s
             # without the maximal element, summed (A - E_at cancels where E_at is most of A)
             ar_rest += tl.sum(tl.where(cols[None, :] == at_ra, 0.0, ex), axis=1)
             ac_rest += tl.sum(tl.where(cols[None, :] == at_ca, 0.0, ecc), axis=1)
-    tl.store(ent_r + rows, er, mask=rmask)
-    tl.store(ent_c + rows, ec, mask=rmask)
-    tl.store(sce + rows, sw * 0.5, mask=rmask)
-    tl.store(cbcl + rows, cb, mask=rmask)
+    o = rows - r0
+    tl.store(ent_r + o, er, mask=rmask)
+    tl.store(ent_c + o, ec, mask=rmask)
+    tl.store(sce + o, sw * 0.5, mask=rmask)
+    tl.store(cbcl + o, cb, mask=rmask)
     if WITH_A:
-        tl.store(A_r + rows, ar, mask=rmask)
-        tl.store(A_c + rows, ac, mask=rmask)
-        tl.store(A_r_rest + rows, ar_rest, mask=rmask)
-        tl.store(A_c_rest + rows, ac_rest, mask=rmask)
+        tl.store(A_r + o, ar, mask=rmask)
+        tl.store(A_c + o, ac, mask=rmask)
+        tl.store(A_r_rest + o, ar_rest, mask=rmask)
+        tl.store(A_c_rest + o, ac_rest, mask=rmask)
 
 
 @triton.jit
@@ -359,7 +363,7 @@ _CPU_MEMORY = 8 << 30  # what the interpreter pretends is free
 _PANEL_BYTES = 64 << 20  # streaming backward: the dS panel (< 1 % of a 65536² fp32 matrix)
 
 # The forward's entries besides the Kernels contract, for the backward (names as in
-# tests/dense_kernels.py): the split log-sum-exp; each row's (column's) maximal element `at`, the
+# srem_kernels/dense_srem.py): the split log-sum-exp; each row's (column's) maximal element `at`, the
 # one log l leaves out; A without it. REST_KEYS only where the backward will run (not stats_only).
 SPLIT_KEYS = ("m_r", "logl_r", "at_r", "m_c", "logl_c", "at_c")
 REST_KEYS = ("A_r_rest", "A_c_rest")
@@ -493,22 +497,78 @@ class TritonKernels:
             src = (None, None, _matmul_acc(img, txt.T))  # stats only: S lives for the call
         else:
             src = (img, txt, sim)
+        B = src[2].shape[0] if src[2] is not None else src[0].shape[0]
+        self._pass1(src, 0, B, out, tau)
+        self._pass2(src, 0, B, out, out, tau, eps, bias, stats_only)
+        return {k: out[k] for k in layout}
+
+    def _pass1(self, src, lo, hi, out, tau):
+        """_stats_kernel on samples lo..hi-1 of src = (img, txt, sim) into out's vectors (hi - lo
+        long, or whole-batch ones when lo=0, hi=B)."""
         B, ptrs, acc, meta = self._launch_args(*src)
-        consts = torch.tensor([1.0 / tau, eps], dtype=acc, device=dev)
-        grid = (triton.cdiv(B, self.block),)
-        _stats_kernel[grid](
-            ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:],
+        consts = torch.tensor([1.0 / tau, 0.0], dtype=acc, device=out["m_r"].device)
+        _stats_kernel[(triton.cdiv(hi - lo, self.block),)](
+            ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:], lo, hi,
             out["m_r"], out["logl_r"], out["at_r"], out["m_c"], out["logl_c"], out["at_c"], out["lse_r"],
             out["lse_c"], out["pos"], out["ce_i2t"], out["ce_t2i"], out["hard_i2t"], out["hard_i2t_index"],
             out["hard_t2i"], out["hard_t2i_index"], **meta,
         )  # fmt: skip
+
+    def _pass2(self, src, lo, hi, first, out, tau, eps, bias, stats_only):
+        """_coupled_kernel on samples lo..hi-1, reading pass 1's whole-batch vectors `first`."""
+        B, ptrs, acc, meta = self._launch_args(*src)
+        consts = torch.tensor([1.0 / tau, eps], dtype=acc, device=out["sce"].device)
         a = [out.get(k, out["sce"]) for k in ("A_r", "A_c", *REST_KEYS)]  # placeholders without WITH_A: never written
-        _coupled_kernel[grid](
-            ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:],
-            out["m_r"], out["logl_r"], out["at_r"], out["m_c"], out["logl_c"], out["at_c"], out["entropy_i2t"],
+        _coupled_kernel[(triton.cdiv(hi - lo, self.block),)](
+            ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:], lo, hi,
+            *(first[k].contiguous() for k in SPLIT_KEYS), out["entropy_i2t"],
             out["entropy_t2i"], out["sce"], out["loss_cbcl"], *a, BIAS=bool(bias), WITH_A=not stats_only, **meta,
         )  # fmt: skip
-        return {k: out[k] for k in layout}
+
+    # ------------------------------------------------------------------ row ranges (fused.py)
+    # Tiles are always recomputed from the gathered img/txt (streaming): a rank never holds B×B.
+
+    supports_rows = True
+
+    def _vectors(self, keys, n, img):
+        acc = _acc_dtype(img.dtype)
+        return {k: _alloc.empty((n,), dtype=torch.int64 if k.endswith("_index") or k.startswith("at_") else acc,
+                                device=img.device) for k in keys}  # fmt: skip
+
+    def pass1_rows(self, img, txt, lo, hi, *, tau):
+        keys = (*SPLIT_KEYS, "lse_r", "lse_c", "pos", "ce_i2t", "ce_t2i", "hard_i2t", "hard_i2t_index", "hard_t2i",
+                "hard_t2i_index")  # fmt: skip
+        out = self._vectors(keys, hi - lo, img)
+        self._pass1((img, txt, None), lo, hi, out, tau)
+        return out
+
+    def pass2_rows(self, img, txt, lo, hi, first, *, tau, eps, bias, stats_only=False):
+        keys = ("entropy_i2t", "entropy_t2i", "sce", "loss_cbcl") + (() if stats_only else ("A_r", "A_c", *REST_KEYS))
+        out = self._vectors(keys, hi - lo, img)
+        self._pass2((img, txt, None), lo, hi, first, out, tau, eps, bias, stats_only)
+        return out
+
+    def backward_rows(self, img, txt, lo, hi, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
+        B, D = img.shape
+        gd = _grad_dtype(img.dtype)
+        rows = min(self._panel_rows_for(B, gd), hi - lo)
+        ds = _alloc.empty((rows, B), dtype=gd, device=img.device)
+        grads = []
+        # d_img[I] = dS[I, :]·txt; d_txt[I] = dS[:, I]ᵀ·img, the rows of the swapped problem
+        for x, y, s, kr, kc in ((img, txt, saved, k_r, k_c), (txt, img, fused.swap_sides(saved), k_c, k_r)):
+            out = _alloc.empty((hi - lo, D), dtype=img.dtype, device=img.device)
+            y_g = y.to(gd)
+            for r0 in range(lo, hi, rows):
+                r1 = min(r0 + rows, hi)
+                p = ds[: r1 - r0]
+                self._dsim(x, y, None, s, tau, eps, bias, g_cbcl, kr, kc, p, r0, r1)
+                out[r0 - lo : r1 - lo] = p @ y_g
+            grads.append(out)
+        return grads[0], grads[1]
+
+    def _panel_rows_for(self, B, gd):
+        """Rows of a streaming backward's dS panel."""
+        return self.panel_rows or max(self.ds_block, (_PANEL_BYTES // (B * gd.itemsize)) // self.ds_block * self.ds_block)
 
     # ------------------------------------------------------------------ backward
 
@@ -525,8 +585,7 @@ class TritonKernels:
             self._dsim(None, None, saved["S"], saved, tau, eps, bias, g_cbcl, k_r, k_c, ds, 0, B)
             return (ds @ txt_g).to(img.dtype), (ds.T @ img_g).to(txt.dtype)
         # streaming: dS a panel of rows at a time; the products accumulate in a fixed order
-        rows = self.panel_rows or max(self.ds_block, (_PANEL_BYTES // (B * gd.itemsize)) // self.ds_block * self.ds_block)
-        rows = min(rows, B)
+        rows = min(self._panel_rows_for(B, gd), B)
         ds = _alloc.empty((rows, B), dtype=gd, device=img.device)
         d_img = _alloc.empty((B, D), dtype=img.dtype, device=img.device)
         d_txt = torch.zeros((B, D), dtype=_acc_dtype(img.dtype), device=img.device)

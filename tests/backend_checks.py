@@ -62,3 +62,54 @@ def check_against_reference(run, img, txt, kw, from_sim, tol_key):
         assert gr.dtype == (img.dtype), name
         assert_rel_close(gr, rg, gtol, name)
     return out
+
+
+def split(B: int, parts: int) -> list[tuple[int, int]]:
+    """Uneven row ranges covering 0..B-1 (as ranks with different local batches hold them)."""
+    cuts = sorted({0, B, *(max(1, min(B - 1, (B * k * k) // (parts * parts))) for k in range(1, parts))})
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def check_rows_against_dense(kernels, img, txt, bounds, *, bias: bool, tol_key: str, tau=0.05, eps=1e-10):
+    """fused.py's row-range methods, called per range as ranks would (each range's pass 1, then
+    pass 2 from every range's pass 1 concatenated, then the backward from everything), against the
+    fp64 dense contract on the whole batch: every contract vector and both gradients, taken over
+    the concatenated ranges (SPEC's relative error over the global vectors)."""
+    from srem_kernels.dense_srem import DenseKernels
+    from srem_kernels.fused import CONTRACT_KEYS
+
+    tol, gtol = TOLERANCES[tol_key]
+    B = img.shape[0]
+    dense = DenseKernels()
+    x, y = img.double().cpu(), txt.double().cpu()
+    ref = dense.forward(x, y, None, tau=tau, eps=eps, bias=bias)
+
+    def cat(parts):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    first = cat([kernels.pass1_rows(img, txt, lo, hi, tau=tau) for lo, hi in bounds])
+    got = first | cat([kernels.pass2_rows(img, txt, lo, hi, first, tau=tau, eps=eps, bias=bias) for lo, hi in bounds])
+    S = x @ y.T
+    for k in CONTRACT_KEYS:
+        o, r = got[k].cpu(), ref[k]
+        if k.endswith("_index"):
+            if tol_key == "fp32":
+                assert torch.equal(o, r), k
+            else:
+                M = S if k == "hard_i2t_index" else S.T
+                assert_rel_close(M.gather(1, o[:, None]).squeeze(1), ref[k.removesuffix("_index")], tol, k)
+        else:
+            assert_rel_close(o, r, tol, k)
+    g = torch.Generator().manual_seed(B)
+    up = torch.randn(B, generator=g, dtype=torch.float64)
+    k_r = torch.rand(B, generator=g, dtype=torch.float64) * (torch.rand(B, generator=g) > 0.4)
+    k_c = torch.rand(B, generator=g, dtype=torch.float64) * (torch.rand(B, generator=g) > 0.4)
+    d_img, d_txt = dense.backward(x, y, None, ref, tau=tau, eps=eps, bias=bias, g_cbcl=up, k_r=k_r, k_c=k_c)
+    dev = img.device
+    acc = got["lse_r"].dtype
+    grads = [kernels.backward_rows(img, txt, lo, hi, got, tau=tau, eps=eps, bias=bias, g_cbcl=up.to(dev, acc),
+                                   k_r=k_r.to(dev, acc), k_c=k_c.to(dev, acc)) for lo, hi in bounds]  # fmt: skip
+    for name, i, r in (("d img", 0, d_img), ("d txt", 1, d_txt)):
+        o = torch.cat([gr[i] for gr in grads])
+        assert o.dtype == img.dtype, name
+        assert_rel_close(o, r, gtol, name)

@@ -49,3 +49,13 @@ def test_micro_statistics(benchmark, backend):
     img, txt = run.inputs(512, 128, torch.float32, torch.device("cpu"))
     img, txt = img.detach(), txt.detach()
     benchmark.pedantic(lambda: srem_kernels.loss(img, txt, backend=backend, check_finite=False), rounds=5, warmup_rounds=1)
+
+
+def test_distributed_bench_writes_per_rank_rows(tmp_path):
+    from bench import distributed
+
+    rows = distributed.main(["--batch", "64", "--dim", "8", "--ranks", "2", "--repeats", "1", "--out", str(tmp_path / "d.csv")])
+    assert [r["rank"] for r in rows] == [0, 1]
+    # each rank receives the other's embeddings (32 × 2 × 8 fp32) and its per-sample vectors
+    assert all(r["received_mib"] * 2**20 >= 32 * 2 * 8 * 4 and r["fwd_bwd_ms"] > 0 for r in rows)
+    assert len(list(csv.DictReader((tmp_path / "d.csv").open()))) == 2

@@ -9,8 +9,8 @@ import torch
 
 import srem_kernels
 from srem_kernels import registry
-from tests.backend_checks import DTYPES, check_against_reference
-from tests.dense_kernels import DenseKernels
+from tests.backend_checks import DTYPES, check_against_reference, check_rows_against_dense, split
+from srem_kernels.dense_srem import DenseKernels
 from tests.helpers import assert_rel_close, embeddings
 from tests.test_fused import OPTIONS, _params
 
@@ -71,7 +71,7 @@ def test_cpu_non_contiguous_inputs(cpu_run, small_panels, dtype):
 
 
 def test_cpu_kernel_intermediates_match_dense_contract(small_panels):
-    """lse, A_r, A_c and every B-vector of the contract, against tests/dense_kernels.py (fp32)."""
+    """lse, A_r, A_c and every B-vector of the contract, against srem_kernels/dense_srem.py (fp32)."""
     from srem_kernels.cpu_srem import CPUKernels
 
     img, txt = _inputs(130, 33, torch.float32, seed=3)
@@ -115,3 +115,13 @@ def test_cpu_through_public_api():
     img, txt = _inputs(64, 16, torch.bfloat16, seed=4)
     out = srem_kernels.loss(img, txt, backend="cpu", reduction="none")
     assert out.backend == "cpu" and out.loss.shape == (64,) and out.loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,D,parts,bias", [(37, 33, 3, True), (130, 8, 2, False), (5, 3, 4, True)])
+def test_cpu_row_ranges_match_dense_contract(small_panels, B, D, parts, dtype, bias):
+    """The distributed loss's row ranges (fused.py), uneven ones across 16-row panels."""
+    from srem_kernels.cpu_srem import CPUKernels
+
+    img, txt = _inputs(B, D, DTYPES[dtype], seed=B)
+    check_rows_against_dense(CPUKernels(), img, txt, split(B, parts), bias=bias, tol_key=dtype)

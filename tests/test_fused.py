@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from srem_kernels import fused
-from tests.dense_kernels import DenseKernels
+from srem_kernels.dense_srem import DenseKernels
 from tests.backend_checks import check_against_reference, run_both
 from tests.helpers import TOLERANCES, assert_rel_close, embeddings
 

@@ -10,7 +10,7 @@ import torch
 
 import srem_kernels
 from srem_kernels import registry
-from tests.backend_checks import DTYPES, check_against_reference
+from tests.backend_checks import DTYPES, check_against_reference, check_rows_against_dense, split
 from tests.helpers import TOLERANCES, assert_rel_close, embeddings
 from tests.test_fused import OPTIONS, _params
 
@@ -101,3 +101,10 @@ def test_cuda_errors_are_exceptions(cuda_run):
     with pytest.raises(RuntimeError, match="unknown dtype code"):
         C.similarity(0, 1, 1, 0, 1, 1, 99, 1, 1, 1, 0, 1, dev, torch.cuda.current_stream().cuda_stream)
     cuda_srem.synchronize()
+
+
+@pytest.mark.parametrize("dtype,B,D,parts", [("fp32", 4096, 256, 2), ("bf16", 5000, 1024, 3), ("fp16", 37, 33, 4)])
+def test_cuda_row_ranges_match_dense_contract(cuda_run, ieee_fp32, dtype, B, D, parts):
+    """The distributed loss's row ranges (fused.py, panels.py) on the device."""
+    img, txt = _inputs(B, D, DTYPES[dtype], seed=B)
+    check_rows_against_dense(cuda_run.kernels, img, txt, split(B, parts), bias=True, tol_key=dtype)

@@ -12,7 +12,7 @@ import torch
 
 from srem_kernels import fused
 from srem_kernels._validate import check_params
-from tests.backend_checks import DTYPES, check_against_reference
+from tests.backend_checks import DTYPES, check_against_reference, check_rows_against_dense, split
 from tests.helpers import TOLERANCES, assert_rel_close, embeddings
 from tests.test_triton import params_for, run_with
 
@@ -79,3 +79,9 @@ def test_strategies_agree_and_are_deterministic_at_32768():
         if x.is_floating_point():
             assert torch.isfinite(x).all()
             assert_rel_close(x, y, tol, "streaming vs materialised")
+
+
+@pytest.mark.parametrize("dtype,B,D,parts", [("fp32", 4096, 256, 2), ("bf16", 5000, 1024, 3), ("fp16", 37, 33, 4)])
+def test_row_ranges_at_size(dtype, B, D, parts):
+    img, txt = embeddings(B, D, seed=B + D, noise=0.7, dtype=DTYPES[dtype], device="cuda")
+    check_rows_against_dense(triton_srem.TritonKernels(), img, txt, split(B, parts), bias=True, tol_key=dtype)

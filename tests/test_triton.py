@@ -19,8 +19,8 @@ import python_ref as R
 import srem_kernels
 from srem_kernels import fused, registry
 from srem_kernels._validate import check_params
-from tests.backend_checks import DTYPES, check_against_reference, run_both
-from tests.dense_kernels import DenseKernels
+from tests.backend_checks import DTYPES, check_against_reference, check_rows_against_dense, run_both, split
+from srem_kernels.dense_srem import DenseKernels
 from tests.helpers import TOLERANCES, assert_rel_close, embeddings
 
 triton_srem = pytest.importorskip("srem_kernels.triton_srem")
@@ -134,7 +134,7 @@ def test_non_contiguous_inputs(strategy):
 @pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
 def test_intermediates_match_the_dense_contract(strategy):
     """lse, A_r, A_c and the backward's split forms (m, log l, at, A_rest) against
-    tests/dense_kernels.py in fp64."""
+    srem_kernels/dense_srem.py in fp64."""
     img, txt = embeddings(37, 33, seed=2, noise=0.7, dtype=torch.float32, device=DEVICE)
     for bias in (True, False):
         out = kernels(strategy).forward(img, txt, None, tau=0.05, eps=1e-10, bias=bias)
@@ -281,3 +281,12 @@ def test_registry_lists_triton_as_available_here(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(srem_kernels.BackendUnavailable, match="no CUDA device"):
             registry._load_triton()
+
+
+@pytest.mark.parametrize("dtype,B,D,parts,bias", [("fp32", 37, 33, 3, True), ("bf16", 70, 20, 2, False),
+                                                  ("fp32", 5, 3, 4, True)])  # fmt: skip
+def test_row_ranges_match_dense_contract(dtype, B, D, parts, bias):
+    """The distributed loss's row ranges (fused.py): uneven ranges across tile and panel edges,
+    always streamed from the gathered embeddings."""
+    img, txt = embeddings(B, D, seed=B, noise=0.7, dtype=DTYPES[dtype], device=DEVICE)
+    check_rows_against_dense(kernels("streaming", panel_rows=16), img, txt, split(B, parts), bias=bias, tol_key=dtype)

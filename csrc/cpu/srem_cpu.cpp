@@ -248,7 +248,8 @@ extern "C" {
 // Rows: m_r (in Z units), logl_r, at_r (the maximal element left out of log l: the row's first
 // argmax), pos, hard_i2t and its index, complete for these rows.
 // Columns: folds the panel into the running (m_c, rest_c, at_c, hard_t2i, index), rest_c the sum of
-// exp(Z - m_c) over all but one maximal element so far; `first` starts them.
+// exp(Z - m_c) over all but one maximal element so far; `first` starts them. m_c == nullptr: rows
+// only (the column pointers are then not read).
 void srem_cpu_stats_panel(const float* P, int64_t ld, int64_t rows, int64_t B, int64_t row0, float inv_tau,
                           float* m_r, float* logl_r, int64_t* at_r, float* pos, float* hard_r, int64_t* hard_r_idx,
                           float* m_c, float* rest_c, int64_t* at_c, float* hard_c, int64_t* hard_c_idx, int first,
@@ -273,6 +274,7 @@ void srem_cpu_stats_panel(const float* P, int64_t ld, int64_t rows, int64_t B, i
       hard_r[i] = hardest(p, B, i, &hard_r_idx[i]);
     }
   });
+  if (m_c == nullptr) return;  // rows only (a row range of the distributed loss)
   parallel_for(B, threads, [=](int64_t c0, int64_t c1) {
     const int64_t n = c1 - c0;
     std::vector<float> pm_v(n, -kInf), prest_v(n, 0.0f), ph_v(n, -kInf);

@@ -461,6 +461,7 @@ const char* srem_cuda_stats_panel(const float* P, int64_t ldp, int64_t rows, int
   stats_rows<<<(unsigned)rows, kThreads, 0, st>>>(P, ldp, B, row0, inv_tau, m_r, logl_r, at_r, pos, hard_r,
                                                   hard_r_idx);
   SREM_LAUNCHED();
+  if (m_c == nullptr) return nullptr;  // rows only (a row range of the distributed loss)
   stats_cols<<<(unsigned)((B + 255) / 256), 256, 0, st>>>(P, ldp, rows, B, row0, inv_tau, m_c, rest_c, at_c, hard_c,
                                                          hard_c_idx, first);
   SREM_LAUNCHED();

@@ -1,0 +1,248 @@
+"""The SREM loss of one global batch split across the ranks of a torch.distributed group.
+
+Rank r passes its own rows (B_r pairs); the global batch is their concatenation in rank order
+(B = sum B_r; sizes may differ). Every rank computes the statistics and the gradient of its own
+samples only — rows lo..hi-1 of S for their i2t problems and columns lo..hi-1 for their t2i
+problems, Br×B each, with its backend's row-range kernels (fused.py) — so no rank holds the B×B
+matrix or the whole batch's gradient. What crosses the group, per call:
+
+  forward   1. the shapes, dtypes and options of every rank (a few numbers): a rank whose inputs
+               are bad makes every rank raise here, before any other collective, instead of hanging
+            2. the embeddings: all-gather of img and txt (2·B·D values)
+            3. pass 1's per-sample vectors (lse, split forms, hardest negatives: ~12 per sample):
+               the column side of the coupled terms and the GMM over the global batch's energies
+            4. pass 2's per-sample vectors (A, A_rest, at, L_i: ~8 per sample)
+  backward  5. the upstream gradients g, k_r, k_c (3 per sample)
+
+Memory per rank: the gathered embeddings (2·B·D, kept for the backward), O(B) vectors, and the
+backend's work space for Br×B tiles (panels, or none for streaming kernels).
+
+The filtration runs on every rank over the same gathered energies, so every rank gets the same
+clean flags. `.loss` ("mean"/"sum") is the global loss on every rank, reduced from the gathered
+L_i in rank order. Its gradient for the local embeddings is d(global loss)/d(local embeddings):
+the rows of one process's gradient on the concatenated batch. DistributedDataParallel averages
+parameter gradients over the ranks, so backward `loss * world_size` there (README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.distributed as dist
+
+from python_ref.srem import reduce
+from srem_kernels import fused, registry
+from srem_kernels._validate import REDUCTIONS, SELECTS, _flag, check_embeddings, check_params, SREMParams
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# torch ≥ 2.12 renamed it; the GPU image's 2.11 has only the old name
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Which rows of the global batch each rank holds."""
+
+    sizes: tuple[int, ...]
+    rank: int
+
+    @property
+    def B(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def lo(self) -> int:
+        return sum(self.sizes[: self.rank])
+
+    @property
+    def hi(self) -> int:
+        return self.lo + self.sizes[self.rank]
+
+
+# ---------------------------------------------------------------- agreement before any data moves
+
+# What every rank must agree on, as numbers: (name as the error says it, value).
+def _fields(img, params: SREMParams | None, stats_only, needs_grad) -> list[tuple[str, float]]:
+    p = params
+    margin = p.margin if p is not None and not isinstance(p.margin, torch.Tensor) else float("nan")
+    return [
+        ("D (the embedding size)", img.shape[1] if p is not None else -1),
+        ("dtype", _DTYPES.index(img.dtype) if p is not None else -1),
+        ("tau", p.tau if p else 0), ("lambda_hard", p.lambda_hard if p else 0),
+        ("lambda_cbcl", p.lambda_cbcl if p else 0), ("eps", p.eps if p else 0),
+        ("bias", p.bias if p else 0), ("sce_weight", p.sce_weight if p else 0),
+        ("select", SELECTS.index(p.select) if p else 0), ("reduction", REDUCTIONS.index(p.reduction) if p else 0),
+        ("margin (a float, or a tensor on every rank)", margin),
+        ("clean (given on every rank or on none)", p.clean is not None if p else 0),
+        ("stats_only", stats_only), ("whether img/txt require grad", needs_grad),
+    ]  # fmt: skip
+
+
+def _meta_device(group) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
+
+
+def agree(group, error: Exception | None, n: int, fields: list[tuple[str, float]]) -> Layout:
+    """One all-gather of every rank's (ok, B_r, fields): raises on every rank if any rank's inputs
+    are bad (that rank its own error) or the ranks disagree; else the layout."""
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    mine = torch.tensor([error is None, n, *(float(v) for _, v in fields)], dtype=torch.float64)
+    every = torch.empty(world * mine.numel(), dtype=torch.float64, device=_meta_device(group))
+    _all_gather(every, mine.to(every.device), group=group)
+    every = every.cpu().view(world, -1)
+    if error is not None:
+        raise error
+    bad = [r for r in range(world) if every[r, 0] == 0]
+    if bad:
+        raise RuntimeError(f"srem_kernels.loss: rank(s) {bad} of the group rejected their inputs (their error says "
+                           "why); every rank stops here, before the loss exchanges any data")  # fmt: skip
+    for k, (name, _) in enumerate(fields):
+        col = every[:, 2 + k]
+        if not all(bool(v == col[0]) or (bool(v.isnan()) and bool(col[0].isnan())) for v in col):
+            shown = [_DTYPES[int(v)] for v in col] if name == "dtype" else col.tolist()
+            raise ValueError(f"srem_kernels.loss(group=...): {name} must be the same on every rank, got {shown} by rank")
+    sizes = tuple(int(v) for v in every[:, 1])
+    if sum(sizes) < 2:
+        raise ValueError(f"img and txt need a global batch of B ≥ 2 pairs, got B={sum(sizes)} (per rank {list(sizes)})")
+    return Layout(sizes, rank)
+
+
+# ---------------------------------------------------------------- the exchange
+
+
+def gather_rows(x: torch.Tensor, layout: Layout, group) -> torch.Tensor:
+    """Every rank's x (B_r × k, any dtype) concatenated in rank order: B × k. Sent as bytes
+    (padded to the largest B_r: all_gather_into_tensor needs equal shares), so every dtype travels
+    on gloo and NCCL alike."""
+    n, big = x.shape[0], max(layout.sizes)
+    raw = x.contiguous().view(torch.uint8)
+    if n < big:
+        raw = torch.cat([raw, raw.new_zeros(big - n, raw.shape[1])])
+    out = raw.new_empty(len(layout.sizes) * big, raw.shape[1])
+    _all_gather(out, raw, group=group)
+    parts = [out[r * big : r * big + s] for r, s in enumerate(layout.sizes)]
+    return torch.cat(parts).view(x.dtype)
+
+
+def gather_vectors(vectors: dict[str, torch.Tensor], layout: Layout, group) -> dict[str, torch.Tensor]:
+    """Per-sample vectors of every rank, concatenated: one collective for all of them."""
+    n = layout.sizes[layout.rank]
+    cols = [v.contiguous().view(torch.uint8).view(n, v.element_size()) for v in vectors.values()]
+    every = gather_rows(torch.cat(cols, dim=1), layout, group)
+    out, at = {}, 0
+    for name, v in vectors.items():
+        w = v.element_size()
+        out[name] = every[:, at : at + w].contiguous().view(v.dtype).view(-1)
+        at += w
+    return out
+
+
+def gather_embeddings(img, txt, layout: Layout, group):
+    """(img, txt) of the global batch, detached, in one collective."""
+    both = torch.cat([img.detach().contiguous().view(torch.uint8), txt.detach().contiguous().view(torch.uint8)], dim=1)
+    every = gather_rows(both, layout, group)
+    w = every.shape[1] // 2
+    return every[:, :w].contiguous().view(img.dtype), every[:, w:].contiguous().view(txt.dtype)
+
+
+# ---------------------------------------------------------------- forward, backward
+
+
+def _forward(kernels, img, txt, margin, clean, params: SREMParams, layout: Layout, group, stats_only: bool):
+    lo, hi, p = layout.lo, layout.hi, params
+    x, y = gather_embeddings(img, txt, layout, group)
+    p1 = kernels.pass1_rows(x, y, lo, hi, tau=p.tau)
+    first = gather_vectors(p1, layout, group)
+    p2 = kernels.pass2_rows(x, y, lo, hi, first, tau=p.tau, eps=p.eps, bias=p.bias, stats_only=stats_only)
+    if clean is None:  # the GMM over the global batch, the same on every rank
+        c = fused.filtration(fused.energy(first, p.tau), None, p.select)[lo:hi]
+    else:
+        c = fused.filtration(fused.energy(p1, p.tau), clean, p.select)
+    per_sample, stats, hard_weight, active_r, active_c = fused._glue(p1 | p2, p, margin, clean, c=c)
+    second = gather_vectors(({} if stats_only else p2) | {"per_sample": per_sample}, layout, group)
+    total = reduce(second.pop("per_sample"), p.reduction) if p.reduction != "none" else per_sample.clone()
+    return total, per_sample, fused.statistics(stats, p.tau), (x, y, first | second, hard_weight, active_r, active_c)
+
+
+class _DistributedSREM(torch.autograd.Function):
+    """(loss, per_sample, *statistics) of the local rows; only the loss is differentiable."""
+
+    @staticmethod
+    def forward(ctx, img, txt, margin, clean, kernels, params: SREMParams, layout: Layout, group):
+        total, per_sample, stats, (x, y, saved, hard_weight, active_r, active_c) = _forward(
+            kernels, img, txt, margin, clean, params, layout, group, stats_only=False
+        )
+        ctx.kernels, ctx.params, ctx.layout, ctx.group, ctx.names = kernels, params, layout, group, list(saved)
+        ctx.save_for_backward(x, y, hard_weight, active_r, active_c, *saved.values())
+        outs = tuple(stats[k] for k in STATISTICS_ORDER)
+        ctx.mark_non_differentiable(per_sample, *outs)
+        return (total, per_sample, *outs)
+
+    @staticmethod
+    def backward(ctx, g_total, *_):
+        x, y, hard_weight, active_r, active_c, *vectors = ctx.saved_tensors
+        p, layout = ctx.params, ctx.layout
+        g = g_total.to(hard_weight.dtype)
+        if p.reduction == "mean":
+            g = g / layout.B
+        g = g.expand(hard_weight.shape)
+        k = g * hard_weight
+        mine = {"g_cbcl": g * p.lambda_cbcl, "k_r": torch.where(active_r, k, 0), "k_c": torch.where(active_c, k, 0)}
+        every = gather_vectors(mine, layout, ctx.group)
+        d_img, d_txt = ctx.kernels.backward_rows(
+            x, y, layout.lo, layout.hi, dict(zip(ctx.names, vectors)), tau=p.tau, eps=p.eps, bias=p.bias, **every
+        )
+        return d_img, d_txt, None, None, None, None, None, None
+
+
+STATISTICS_ORDER = tuple(fused.KERNEL_STATISTICS) + ("energy_i2t", "energy_t2i", "energy", "clean", "weight", "loss_hard")
+
+
+def row_kernels(name: str, run):
+    kernels = getattr(run, "kernels", None)
+    if not getattr(kernels, "supports_rows", False):
+        raise ValueError(f"backend={name!r} has no row-range kernels, which the distributed loss (group=...) needs")
+    return kernels
+
+
+def check_group(group):
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("group=... needs an initialised torch.distributed process group (init_process_group)")
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"group must be a torch.distributed ProcessGroup (e.g. torch.distributed.group.WORLD), got {type(group).__name__}")
+    if dist.get_rank(group) < 0:
+        raise ValueError("group: this process is not a member of the group")
+
+
+def loss(img, txt, *, group, backend, check_finite, stats_only, kernels=None, **options):
+    """srem_kernels.loss(..., group=group): see the module docstring. Returns
+    (backend name, loss, per_sample, stats dict) of the local rows. `kernels` (tests) bypasses
+    the registry: row-range kernels to run, e.g. Triton's on CPU tensors under the interpreter."""
+    check_group(group)  # before anything: without a group there is nobody to tell
+    error, n, params, name, needs_grad, x = None, 0, None, None, False, img
+    try:
+        n, _ = check_embeddings(img, txt, check_finite, min_batch=1)
+        params = check_params(n, img.device, check_finite=check_finite, **options)
+        stats_only = _flag(stats_only, "stats_only")
+        if kernels is None:
+            name, run = registry.resolve(backend, img.device, img.dtype)
+            kernels = row_kernels(name, run)
+        else:
+            name = backend
+        if dist.get_backend(group) == "nccl" and img.device.type != "cuda":
+            raise ValueError(f"img and txt must be CUDA tensors for an NCCL group, got {img.device}")
+        needs_grad = not stats_only and torch.is_grad_enabled() and (img.requires_grad or txt.requires_grad)
+    except (TypeError, ValueError, RuntimeError) as err:
+        error, params = err, None
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        x = torch.empty(0, 0)
+    layout = agree(group, error, n, _fields(x, params, bool(stats_only) if error is None else 0, needs_grad))
+    margin, clean = params.margin, params.clean
+    bare = dataclasses.replace(params, margin=0.0, clean=None)  # tensors travel as arguments
+    if stats_only or not needs_grad:
+        with torch.no_grad():
+            total, per_sample, stats, _ = _forward(kernels, img, txt, margin, clean, bare, layout, group, stats_only)
+        return name, total, per_sample, stats
+    total, per_sample, *outs = _DistributedSREM.apply(img, txt, margin, clean, kernels, bare, layout, group)
+    return name, total, per_sample, dict(zip(STATISTICS_ORDER, outs))
