@@ -28,9 +28,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from srem_kernels.train import cli, dist as dist_mod, selection, trainer
+from srem_kernels.train import cli, data as data_mod, dist as dist_mod, model as model_mod, selection, trainer
 
 WORLD, LOCAL_BATCH = 2, 32
+N_SCORED, SCORE_BATCH = (137, 182), 90
 JOIN_TIMEOUT_S = 120
 LOSS_RTOL, GRAD_RTOL, EPOCH_RTOL = 2e-5, 2e-4, 1e-4
 BASE = dict(dataset="synthetic", synthetic_size="tiny", noise=0.4, seed=3, embed_dim=16, lr=1e-3, progress=False,
@@ -80,10 +81,25 @@ class Probe:
         setattr_(trainer, "finish", probe_finish)
 
 
-def _config(out, name, batch_size, **kw):
-    method, epochs, warmup = RUNS.get(name, RUNS["srem"])
+def _config(out, run, folder=None, **kw):
+    method, epochs, warmup = RUNS[run]
     return trainer.TrainConfig(**{**BASE, "method": method, "epochs": epochs, "warmup_epochs": warmup,
-                                  "batch_size": batch_size, "output": os.path.join(out, name), **kw})
+                                  "output": os.path.join(out, folder or run), **kw})
+
+
+def _energies(d) -> list[torch.Tensor]:
+    """selection.pair_energies of fixed weights on the first N_SCORED[k] training pairs, global
+    scoring batch SCORE_BATCH: with 3 ranks the last batch of 137 pairs splits 16/16/15, and that of
+    182 pairs has 2 < 3 pairs (scored whole on every rank)."""
+    ds = data_mod.load("synthetic", noise=0.4, seed=3, size="tiny")
+    torch.manual_seed(0)
+    model = model_mod.build(ds, 16)
+    tr = ds.train
+    out = []
+    for n in N_SCORED:
+        split = data_mod.Split(tr.images, tr.captions, tr.cap2img[:n], tr.img_key, tr.cap_key[:n])
+        out.append(selection.pair_energies(model, split, batch_size=SCORE_BATCH, tau=0.05, backend="auto", seed=1, dist=d))
+    return out
 
 
 # --- the ranks -------------------------------------------------------------------------------
@@ -103,8 +119,14 @@ def _rank_main(rank: int, world: int, ports: list[int], jobs: list, out: str) ->
             if kind == "train":
                 with pytest.MonkeyPatch.context() as mpatch:
                     probe = Probe(mpatch.setattr)
-                    rec["results"] = trainer.train(_config(out, arg.pop("run", name), LOCAL_BATCH, **arg))
+                    rec["results"] = trainer.train(_config(out, arg.pop("run", name), **{"batch_size": LOCAL_BATCH, **arg}))
                 rec.update(probe.record)
+            elif kind == "energies":
+                d = dist_mod.setup(torch.device("cpu"), BASE["dist_timeout"])
+                try:
+                    rec["energy"] = _energies(d)
+                finally:
+                    dist_mod.teardown(d)
             else:  # the command line: exit code and what it printed on stderr
                 err = io.StringIO()
                 with contextlib.redirect_stderr(err):
@@ -149,8 +171,8 @@ def two_ranks(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ranks"))
     jobs = [("train", name, {}) for name in RUNS]
     jobs += [
-        ("train", "cut", {"run": "resumed", "epochs": 1}),  # the srem run stopped after epoch 0 ...
-        ("train", "resumed", {"resume": True}),  # ... and resumed under torchrun
+        ("train", "cut", {"run": "srem", "folder": "resumed", "epochs": 1}),  # the srem run stopped after epoch 0 ...
+        ("train", "resumed", {"run": "srem", "folder": "resumed", "resume": True}),  # ... and resumed under torchrun
         ("cli", "bad_argument", ["--noise", "2", "--output", os.path.join(out, "bad")]),
         ("cli", "bad_resume", ["--synthetic-size", "tiny", "--noise", "0.2", "--seed", "3", "--embed-dim", "16",
                                "--batch-size", str(LOCAL_BATCH), "--resume", "--output", os.path.join(out, "srem")]),
@@ -169,9 +191,17 @@ def one_process(tmp_path_factory):
     for name in RUNS:
         with pytest.MonkeyPatch.context() as mpatch:
             probe = Probe(mpatch.setattr)
-            results = trainer.train(_config(out, name, WORLD * LOCAL_BATCH))
+            results = trainer.train(_config(out, name, batch_size=WORLD * LOCAL_BATCH))
         records[name] = {**probe.record, "results": results}
     return out, records
+
+
+@pytest.fixture(scope="module")
+def three_ranks(tmp_path_factory):
+    """3 ranks: SREM with 3 x 30 (its scoring batches of 90 end in one of 76, split 26/25/25), and
+    pair_energies with last scoring batches split unequally or too small to split."""
+    out = str(tmp_path_factory.mktemp("ranks3"))
+    return out, run_ranks(3, [("train", "srem", {"batch_size": 30}), ("energies", "energies", None)], out)
 
 
 def _ok(recs):
@@ -269,3 +299,23 @@ def test_rank_slices_concatenate_to_the_global_batch():
         parts = [dist_mod.Dist(rank=r, world=world, group=object()).local(idx) for r in range(world)]
         assert torch.equal(torch.cat(parts), idx)
         assert [len(p) for p in parts] == dist_mod.Dist(world=world).sizes(23)
+
+
+def test_three_ranks_unequal_scoring_slices(three_ranks, tmp_path):
+    recs = three_ranks[1]
+    ranks = _ok(recs["srem"])
+    with pytest.MonkeyPatch.context() as mpatch:
+        probe = Probe(mpatch.setattr)
+        trainer.train(_config(str(tmp_path), "srem", batch_size=90))
+    single = probe.record
+    assert len(single["losses"]) == len(ranks[0]["losses"]) == 2 * (256 // 90)
+    assert abs(ranks[0]["losses"][0] - single["losses"][0]) <= LOSS_RTOL * abs(single["losses"][0])
+    assert _rel(ranks[0]["grad"], single["grad"]) <= GRAD_RTOL
+    assert _rel(ranks[0]["losses"], single["losses"]) <= EPOCH_RTOL
+    assert all(torch.equal(r["clean"][0], single["clean"][0]) for r in ranks)
+    assert all(torch.equal(r["weights"], ranks[0]["weights"]) for r in ranks)
+
+    energies = [r["energy"] for r in _ok(recs["energies"])]
+    for k, ref in enumerate(_energies(dist_mod.Dist())):
+        assert all(torch.equal(e[k], energies[0][k]) for e in energies)
+        assert (energies[0][k] != 0).all() and _rel(energies[0][k], ref) <= LOSS_RTOL

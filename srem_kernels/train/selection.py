@@ -47,9 +47,9 @@ def pair_energies(model, split: Split, *, batch_size: int, tau: float, backend: 
     for idx in scoring_batches(len(split), batch_size, torch.Generator().manual_seed(seed)):
         by = group
         if group is not None:
-            if min(dist.sizes(len(idx))) >= 2:
+            if min(dist.sizes(len(idx))) >= 1:
                 idx = dist.local(idx)
-            else:  # a last batch too small to split: every rank scores all of it, rank 0 keeps it
+            else:  # a last batch of fewer pairs than ranks: every rank scores all of it, rank 0 keeps it
                 by = None
         images, captions = split.batch(idx)
         captions = tuple(t.to(device) for t in captions) if isinstance(captions, tuple) else captions.to(device)

@@ -301,12 +301,10 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
 
 
 def _check_split(n: int, batch_size: int, d: dist_mod.Dist) -> None:
-    """Every rank's slice of every global batch must be a batch the loss accepts (at least 2 rows):
+    """Every rank needs a row of every global batch (srem_kernels.loss(group=) takes B_r >= 1):
     only a training split smaller than the global batch can break that. Raised on every rank alike."""
-    smallest = min(d.sizes(min(n, batch_size * d.world)))
-    if smallest < 2:
-        raise ValueError(f"batch_size: the training split has {n} pairs, too few to give each of {d.world} processes "
-                         f"at least 2 (global batch {batch_size * d.world})")
+    if min(d.sizes(min(n, batch_size * d.world))) < 1:
+        raise ValueError(f"batch_size: the training split has {n} pairs, fewer than the {d.world} processes")
 
 
 def _progress(batches, cfg: TrainConfig, epoch: int, d: dist_mod.Dist):
