@@ -2,7 +2,12 @@
 global batch, and the few collectives the trainer needs besides the loss's own.
 
 Without torchrun (no RANK/WORLD_SIZE in the environment, or WORLD_SIZE=1) `setup` returns the
-single-process `Dist` and nothing here runs a collective: the trainer's path is unchanged."""
+single-process `Dist` and nothing here runs a collective: the trainer's path is unchanged.
+
+A program that calls train() several times under one launch (a sweep) should create the process
+group itself: train() then uses it and leaves it alone. Groups created and destroyed one after
+another on the same MASTER_PORT can race — a rank that starts the next rendezvous while rank 0
+still serves the last one's store reads stale addresses."""
 
 from __future__ import annotations
 

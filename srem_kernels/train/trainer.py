@@ -304,7 +304,7 @@ def _check_split(n: int, batch_size: int, d: dist_mod.Dist) -> None:
     """Every rank needs a row of every global batch (srem_kernels.loss(group=) takes B_r >= 1):
     only a training split smaller than the global batch can break that. Raised on every rank alike."""
     if min(d.sizes(min(n, batch_size * d.world))) < 1:
-        raise ValueError(f"batch_size: the training split has {n} pairs, fewer than the {d.world} processes")
+        raise ValueError(f"batch_size x {d.world} processes: the training split has {n} pairs, fewer than the processes")
 
 
 def _progress(batches, cfg: TrainConfig, epoch: int, d: dist_mod.Dist):
