@@ -78,7 +78,6 @@ def _rank_cases(rank, world):
     """Every case on this rank: its rows' loss, per_sample, statistics and gradients."""
     import torch.distributed as dist
 
-    import srem_kernels
     from srem_kernels import _alloc
 
     _alloc.POISON = True

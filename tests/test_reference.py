@@ -4,7 +4,6 @@ independent EM, and gradcheck."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ checkpoint is atomic, and an interrupted run resumed gives bitwise the same weig
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch

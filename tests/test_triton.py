@@ -15,7 +15,6 @@ import functools
 import pytest
 import torch
 
-import python_ref as R
 import srem_kernels
 from srem_kernels import fused, registry
 from srem_kernels._validate import check_params

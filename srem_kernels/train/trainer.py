@@ -9,7 +9,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -345,7 +345,7 @@ def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Pa
         results["selection"] = [{k: e[k] for k in ("epoch", "sel_selected", "sel_precision", "sel_recall") if k in e} for e in sel]
     _atomic_save_json(results, output / RESULTS)
     if sel:
-        log.say(f"selection precision by epoch: " + " ".join(f"{e['epoch']}:{e['sel_precision']:.3f}" for e in sel))
+        log.say("selection precision by epoch: " + " ".join(f"{e['epoch']}:{e['sel_precision']:.3f}" for e in sel))
     header = f"{'split':<15}{'i2t R@1':>9}{'R@5':>7}{'R@10':>7}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'rSum':>8}"
     rows = [("test 5-fold 1K", {k[5:]: v for k, v in test.items() if k.startswith("fold_")})] if dataset.eval_folds > 1 else []
     rows.append(("test", test))
