@@ -69,13 +69,20 @@ def _log_complement(P, one_minus_P, eps):
     return torch.where(P < 0.5, torch.log1p(eps - P), torch.log(one_minus_P + eps))
 
 
+def _rows(m, logl):
+    return m[:, None], logl[:, None]
+
+
+def _cols(m, logl):
+    return m[None, :], logl[None, :]
+
+
 def _side(Z, own, other, off, eps, bias):
-    """One direction's problem of the block's samples over Z (rows: the samples' logits): -log P
-    and 1 - P under the samples' own softmax (`own`: m, logl per row), the bias weights 1 - P'
-    under the other direction's softmax (`other`: m, logl per column), E = b P / (1 - P + eps)
-    and log(1 - P + eps) off the diagonal."""
-    nlp = _nlp(own[0][:, None], own[1][:, None], Z)
-    nlp_other = _nlp(other[0][None, :], other[1][None, :], Z)
+    """One direction's problem over Z: -log P and 1 - P under its softmax (`own`: m, logl shaped
+    to broadcast over Z, per row or per column), the bias weights 1 - P' under the other
+    direction's softmax (`other`), E = b P / (1 - P + eps) and log(1 - P + eps) off the diagonal."""
+    nlp = _nlp(*own, Z)
+    nlp_other = _nlp(*other, Z)
     P, q = torch.exp(-nlp), -torch.expm1(-nlp)  # 1 - P exact near P = 1
     b = -torch.expm1(-nlp_other) if bias else torch.ones_like(P)
     E = torch.where(off, b * P / (q + eps), 0)
@@ -114,8 +121,8 @@ def _pass2(Sr, Sc, lo, first, tau, eps, bias, stats_only):
     own_r, own_c = (g["m_r"][lo:hi], g["logl_r"][lo:hi]), (g["m_c"][lo:hi], g["logl_c"][lo:hi])
     off = ~_diagonal(Sr, lo)
     # rows: Pr_ij (i2t of sample i) with bias 1 - Pc_ij; columns: Pc_ji (t2i) with bias 1 - Pr_ji
-    nlp_r, Pr, _, b_r, E_r, log_r = _side(Sr / tau, own_r, (g["m_c"], g["logl_c"]), off, eps, bias)
-    nlp_c, Pc, _, b_c, E_c, log_c = _side(Sc / tau, own_c, (g["m_r"], g["logl_r"]), off, eps, bias)
+    nlp_r, Pr, _, b_r, E_r, log_r = _side(Sr / tau, _rows(*own_r), _cols(g["m_c"], g["logl_c"]), off, eps, bias)
+    nlp_c, Pc, _, b_c, E_c, log_c = _side(Sc / tau, _rows(*own_c), _cols(g["m_r"], g["logl_r"]), off, eps, bias)
     out = {
         "entropy_i2t": (Pr * nlp_r).sum(1),
         "entropy_t2i": (Pc * nlp_c).sum(1),
@@ -133,13 +140,9 @@ def _dS_rows(Sr, lo, s, tau, eps, bias, g, k_r, k_c):
     hi = lo + Sr.shape[0]
     Z = Sr / tau
     off = ~_diagonal(Sr, lo)
-    own_r = (s["m_r"][lo:hi], s["logl_r"][lo:hi])
-    _, Pr, qr, _, E_r, _ = _side(Z, own_r, (s["m_c"], s["logl_c"]), off, eps, bias)
-    # the column direction: Pc_ij under column j's softmax, bias 1 - Pr_ij
-    nlp_c = _nlp(s["m_c"][None, :], s["logl_c"][None, :], Z)
-    Pc, qc = torch.exp(-nlp_c), -torch.expm1(-nlp_c)
-    b_c = qr if bias else torch.ones_like(Pc)
-    E_c = torch.where(off, b_c * Pc / (qc + eps), 0)
+    own_r, own_c = _rows(s["m_r"][lo:hi], s["logl_r"][lo:hi]), _cols(s["m_c"], s["logl_c"])
+    _, Pr, qr, _, E_r, _ = _side(Z, own_r, own_c, off, eps, bias)
+    _, Pc, qc, _, E_c, _ = _side(Z, own_c, own_r, off, eps, bias)  # Pc_ij under column j's softmax
     rows = torch.arange(lo, hi, device=Z.device)
     cols = torch.arange(Z.shape[1], device=Z.device)
     # E - P·A cancels at a row's (column's) maximal element when its P is near 1 (both are

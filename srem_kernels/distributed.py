@@ -79,7 +79,8 @@ def _fields(img, params: SREMParams | None, stats_only, needs_grad) -> list[tupl
     ]  # fmt: skip
 
 
-def _meta_device(group) -> torch.device:
+def collective_device(group) -> torch.device:
+    """Where small tensors for `group`'s collectives live: the current GPU for NCCL, else CPU."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
 
 
@@ -88,7 +89,7 @@ def agree(group, error: Exception | None, n: int, fields: list[tuple[str, float]
     are bad (that rank its own error) or the ranks disagree; else the layout."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     mine = torch.tensor([error is None, n, *(float(v) for _, v in fields)], dtype=torch.float64)
-    every = torch.empty(world * mine.numel(), dtype=torch.float64, device=_meta_device(group))
+    every = torch.empty(world * mine.numel(), dtype=torch.float64, device=collective_device(group))
     _all_gather(every, mine.to(every.device), group=group)
     every = every.cpu().view(world, -1)
     if error is not None:
@@ -186,9 +187,7 @@ class _DistributedSREM(torch.autograd.Function):
         g = g_total.to(hard_weight.dtype)
         if p.reduction == "mean":
             g = g / layout.B
-        g = g.expand(hard_weight.shape)
-        k = g * hard_weight
-        mine = {"g_cbcl": g * p.lambda_cbcl, "k_r": torch.where(active_r, k, 0), "k_c": torch.where(active_c, k, 0)}
+        mine = fused.upstream(g.expand(hard_weight.shape), hard_weight, active_r, active_c, p.lambda_cbcl)
         every = gather_vectors(mine, layout, ctx.group)
         d_img, d_txt = ctx.kernels.backward_rows(
             x, y, layout.lo, layout.hi, dict(zip(ctx.names, vectors)), tau=p.tau, eps=p.eps, bias=p.bias, **every
@@ -240,9 +239,9 @@ def loss(img, txt, *, group, backend, check_finite, stats_only, kernels=None, **
     layout = agree(group, error, n, _fields(x, params, bool(stats_only) if error is None else 0, needs_grad))
     margin, clean = params.margin, params.clean
     bare = dataclasses.replace(params, margin=0.0, clean=None)  # tensors travel as arguments
-    if stats_only or not needs_grad:
+    if stats_only or not needs_grad:  # no backward: skip A and its exchange (stats do not need them)
         with torch.no_grad():
-            total, per_sample, stats, _ = _forward(kernels, img, txt, margin, clean, bare, layout, group, stats_only)
+            total, per_sample, stats, _ = _forward(kernels, img, txt, margin, clean, bare, layout, group, True)
         return name, total, per_sample, stats
     total, per_sample, *outs = _DistributedSREM.apply(img, txt, margin, clean, kernels, bare, layout, group)
     return name, total, per_sample, dict(zip(STATISTICS_ORDER, outs))

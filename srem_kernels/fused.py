@@ -219,6 +219,14 @@ def _forward_saved(kernels, key, img, txt, sim, params, stats_only):
     return dict(zip(layout, out))
 
 
+def upstream(g, hard_weight, active_r, active_c, lambda_cbcl) -> dict[str, torch.Tensor]:
+    """The backward's B-vectors from dLoss/dL_i = g: g_cbcl, and k_r, k_c where the i2t / t2i
+    hinge is active (the contract's docstring)."""
+    g = g.to(hard_weight.dtype)
+    k = g * hard_weight
+    return {"g_cbcl": g * lambda_cbcl, "k_r": torch.where(active_r, k, 0), "k_c": torch.where(active_c, k, 0)}
+
+
 class _FusedSREM(torch.autograd.Function):
     """per_sample L_i, differentiable, and the statistics it came from (constants)."""
 
@@ -237,9 +245,7 @@ class _FusedSREM(torch.autograd.Function):
     def backward(ctx, g, *_):
         img, txt, sim, hard_weight, active_r, active_c, *vectors = ctx.saved_tensors
         p = ctx.params
-        g = g.to(hard_weight.dtype)
-        k = g * hard_weight
-        g_cbcl, k_r, k_c = g * p.lambda_cbcl, torch.where(active_r, k, 0), torch.where(active_c, k, 0)
+        g_cbcl, k_r, k_c = upstream(g, hard_weight, active_r, active_c, p.lambda_cbcl).values()
         if ctx.key is None:
             grads = ctx.kernels.backward(
                 img, txt, sim, dict(zip(ctx.names, vectors)), tau=p.tau, eps=p.eps, bias=p.bias,

@@ -18,6 +18,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as td
 
+from srem_kernels import distributed
+from srem_kernels.distributed import collective_device
+
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
@@ -89,7 +92,7 @@ def merge_rows(local: torch.Tensor, d: Dist) -> torch.Tensor:
     elsewhere): the sum over ranks, which is exact (x + 0 = x), so every rank gets the same bits."""
     if d.group is None:
         return local
-    dev = torch.device("cuda", torch.cuda.current_device()) if td.get_backend(d.group) == "nccl" else torch.device("cpu")
+    dev = collective_device(d.group)
     out = local.to(dev)
     td.all_reduce(out, group=d.group)
     return out.to(local.device)
@@ -99,7 +102,7 @@ def agree(value: int, d: Dist) -> bool:
     """Whether every rank holds the same integer (e.g. the epoch its checkpoint resumes from)."""
     if d.group is None:
         return True
-    dev = torch.device("cuda", torch.cuda.current_device()) if td.get_backend(d.group) == "nccl" else torch.device("cpu")
+    dev = collective_device(d.group)
     t = torch.tensor([value, -value], dtype=torch.int64, device=dev)
     td.all_reduce(t, op=td.ReduceOp.MAX, group=d.group)
     return int(t[0]) == value and int(t[1]) == -value
@@ -109,10 +112,6 @@ def gather_rows(x: torch.Tensor, d: Dist, sizes: list[int]) -> torch.Tensor:
     """The global batch's rows (all ranks' `x`, concatenated in rank order; rank r has sizes[r]
     rows), with this rank's own rows in place as `x` itself so autograd reaches them; the other
     ranks' rows carry no gradient."""
-    m = max(sizes)
-    pad = torch.zeros((m - len(x), *x.shape[1:]), dtype=x.dtype, device=x.device)
-    bufs = [torch.empty((m, *x.shape[1:]), dtype=x.dtype, device=x.device) for _ in sizes]
-    td.all_gather(bufs, torch.cat([x.detach(), pad]).contiguous(), group=d.group)
-    rows = [b[:s] for b, s in zip(bufs, sizes)]
-    rows[d.rank] = x
-    return torch.cat(rows)
+    every = distributed.gather_rows(x.detach(), distributed.Layout(tuple(sizes), d.rank), d.group)
+    lo = sum(sizes[: d.rank])
+    return torch.cat([every[:lo], x, every[lo + sizes[d.rank] :]])
