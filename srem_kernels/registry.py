@@ -33,10 +33,12 @@ class Backend:
     dtypes: tuple[torch.dtype, ...]
     loader: Callable[[], Callable]  # imports the implementation, or raises BackendUnavailable
     summary: str
+    interpreted: bool = False  # Triton: also CPU tensors under TRITON_INTERPRET=1 (never chosen by auto)
 
-    def unsupported(self, device: torch.device, dtype: torch.dtype) -> str | None:
+    def unsupported(self, device: torch.device, dtype: torch.dtype, *, auto: bool = False) -> str | None:
         """Why this backend cannot take these inputs, or None if it can."""
-        if device.type not in self.devices:
+        on_cpu = self.interpreted and not auto and device.type == "cpu" and _interpreting()
+        if device.type not in self.devices and not on_cpu:
             return f"runs on {'/'.join(self.devices)} tensors, not {device.type}"
         if dtype not in self.dtypes:
             return f"does not take {dtype} inputs"
@@ -55,6 +57,12 @@ class BackendStatus:
         return f"{self.name:<10} {mark}  [{'/'.join(self.devices)}]  {self.reason}"
 
 
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def _load_reference():
     from srem_kernels import reference
 
@@ -62,13 +70,11 @@ def _load_reference():
 
 
 def _load_triton():
-    import os
-
     try:
         import triton  # noqa: F401
     except ImportError as err:
         raise BackendUnavailable(f"triton is not installed ({err})") from None
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    if not torch.cuda.is_available() and not _interpreting():
         raise BackendUnavailable("no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors, for tests)")
     from srem_kernels import fused, triton_srem
 
@@ -100,7 +106,8 @@ _FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _REGISTRY: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("triton", ("cuda",), _FAST_DTYPES, _load_triton, "fused Triton kernels (streaming or materialised)"),
+        Backend("triton", ("cuda",), _FAST_DTYPES, _load_triton, "fused Triton kernels (streaming or materialised)",
+                interpreted=True),
         Backend("cuda", ("cuda",), _FAST_DTYPES, _load_cuda, "fused CUDA C++ kernels (csrc/)"),
         Backend("cpu", ("cpu",), _FAST_DTYPES, _load_cpu, "fused multi-threaded C++ kernels (csrc/)"),
         Backend(
@@ -143,7 +150,7 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str
     if backend == "auto":
         for name, b in _REGISTRY.items():
             impl = _load(name)
-            if not isinstance(impl, BackendUnavailable) and b.unsupported(device, dtype) is None:
+            if not isinstance(impl, BackendUnavailable) and b.unsupported(device, dtype, auto=True) is None:
                 return name, impl
         why = "; ".join(f"{s.name}: {s.reason}" for s in backends().values())
         raise RuntimeError(f"no available backend runs {dtype} tensors on {device} ({why})")
