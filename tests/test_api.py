@@ -154,9 +154,21 @@ def test_unavailable_backend_says_why(pair, monkeypatch):
         registry._load.cache_clear()
 
 
-def test_backend_for_another_device_is_refused(pair):
+def test_backend_for_another_device_is_refused(pair, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="backend='triton' runs on cuda tensors, not cpu"):
         srem_kernels.loss(*pair, backend="triton")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter runs on CPU tensors")
+def test_triton_takes_cpu_tensors_under_the_interpreter(pair):
+    """What srem_kernels.backends() tells the user: TRITON_INTERPRET=1 runs the Triton kernels on
+    CPU tensors, through the whole public path; auto never picks them for CPU tensors."""
+    r = srem_kernels.loss(*pair, backend="triton")
+    ref = srem_kernels.loss(*(x.double() for x in pair), backend="reference")
+    assert r.backend == "triton"
+    assert torch.allclose(r.loss.double(), ref.loss, rtol=1e-5, atol=0)
+    assert srem_kernels.loss(*pair).backend != "triton"
 
 
 # ---------------------------------------------------------------- bad input
