@@ -1,0 +1,218 @@
+// Pass 2 of the SREM loss: every statistic that needs both softmaxes (entropies, sce, L_cbcl, the
+// A vectors of the backward). Sample i needs row i of S and column i (sce couples (i, j) with
+// (j, i)), so element pairs S_ij, S_ji are read together: one row of P = S[I, :] beside the same
+// row of Q = S[:, I]ᵀ. See kernels.h.
+//
+// Paired (srem_cpu_pass2_panel / _full): the four probabilities of a pair (Pr_ij, Pc_ij, Pr_ji,
+// Pc_ji) serve both samples, so each pair is formed and evaluated once — half the work of taking
+// every sample's row and column on its own (srem_cpu_forward_panel, the row ranges' kernel).
+
+#include <cmath>
+#include <vector>
+
+#include "kernels.h"
+#include "terms.h"
+
+namespace srem {
+namespace {
+
+// Sample i over columns b in [0, n) (samples j = j0 + b): p[b] = S_ij, q[b] = S_ji; the vectors are
+// offset by j0, and diag, atr, atc are i, at_r[i], at_c[i] minus j0. out: the kSums sums.
+__attribute__((noinline)) void row_sums(const float* __restrict p, const float* __restrict q, int64_t n, int64_t diag,
+                                        int64_t atr, int64_t atc, float inv_tau, float eps, float unb, float mr,
+                                        float lr, float mc, float lc, const float* __restrict m_r,
+                                        const float* __restrict logl_r, const float* __restrict m_c,
+                                        const float* __restrict logl_c, float* out) {
+  float ent_r = 0, ent_c = 0, s = 0, cb = 0, ar = 0, ac = 0, ar_at = 0, ac_at = 0;
+#pragma omp simd reduction(+ : ent_r, ent_c, s, cb, ar, ac, ar_at, ac_at)
+  for (int64_t b = 0; b < n; ++b) {
+    const float z = p[b] * inv_tau, zq = q[b] * inv_tau;
+    const Prob r = prob(mr, lr, z), c = prob(mc, lc, zq);                // Pr_ij, Pc_ji
+    const Prob rc = prob(m_c[b], logl_c[b], z), cr = prob(m_r[b], logl_r[b], zq);  // Pc_ij, Pr_ji
+    SREM_ADD_TERMS(r, c, vmax(rc.q, unb), vmax(cr.q, unb), eps, b != diag, b == atr, b == atc, ent_r, ent_c, s, cb, ar,
+                   ac, ar_at, ac_at);
+  }
+  out[0] = ent_r, out[1] = ent_c, out[2] = s, out[3] = cb, out[4] = ar, out[5] = ac, out[6] = ar_at, out[7] = ac_at;
+}
+
+// Pairs of sample i with samples j = j0 + b, b in [0, n), none of them i: p[b] = S_ij, q[b] = S_ji.
+// Sample i's sums go to out (as row_sums), sample j's are added to col[k][b]. atr, atc: at_r[i],
+// at_c[i] minus j0; at_r_j, at_c_j: at_r, at_c of the samples j (absolute, int32), offset by j0.
+__attribute__((noinline)) void pair_sums(const float* __restrict p, const float* __restrict q, int64_t n, int32_t i,
+                                         int64_t atr, int64_t atc, float inv_tau, float eps, float unb, float mr,
+                                         float lr, float mc, float lc, const float* __restrict m_r,
+                                         const float* __restrict logl_r, const float* __restrict m_c,
+                                         const float* __restrict logl_c, const int32_t* __restrict at_r_j,
+                                         const int32_t* __restrict at_c_j, float* __restrict c0,
+                                         float* __restrict c1, float* __restrict c2, float* __restrict c3,
+                                         float* __restrict c4, float* __restrict c5, float* __restrict c6,
+                                         float* __restrict c7, float* out) {
+  float ent_r = 0, ent_c = 0, s = 0, cb = 0, ar = 0, ac = 0, ar_at = 0, ac_at = 0;
+#pragma omp simd reduction(+ : ent_r, ent_c, s, cb, ar, ac, ar_at, ac_at)
+  for (int64_t b = 0; b < n; ++b) {
+    const float z = p[b] * inv_tau, zq = q[b] * inv_tau;
+    const Prob r = prob(mr, lr, z), c = prob(mc, lc, zq);                  // Pr_ij, Pc_ji
+    const Prob rj = prob(m_r[b], logl_r[b], zq), cj = prob(m_c[b], logl_c[b], z);  // Pr_ji, Pc_ij
+    SREM_ADD_TERMS(r, c, vmax(cj.q, unb), vmax(rj.q, unb), eps, true, b == atr, b == atc, ent_r, ent_c, s, cb, ar, ac,
+                   ar_at, ac_at);
+    SREM_ADD_TERMS(rj, cj, vmax(c.q, unb), vmax(r.q, unb), eps, true, at_r_j[b] == i, at_c_j[b] == i, c0[b], c1[b],
+                   c2[b], c3[b], c4[b], c5[b], c6[b], c7[b]);
+  }
+  out[0] = ent_r, out[1] = ent_c, out[2] = s, out[3] = cb, out[4] = ar, out[5] = ac, out[6] = ar_at, out[7] = ac_at;
+}
+
+// Sample i's statistics from its sums (row_sums' order) and S_ii = sii.
+SREM_INLINE void write_stats(int64_t i, const float* v, float sii, float inv_tau, float mr, float lr, float mc,
+                             float lc, float* ce_i2t, float* ce_t2i, float* ent_i2t, float* ent_t2i, float* sce,
+                             float* cbcl, float* A_r, float* A_c, float* A_r_rest, float* A_c_rest) {
+  ce_i2t[i] = (mr - sii * inv_tau) + lr;
+  ce_t2i[i] = (mc - sii * inv_tau) + lc;
+  ent_i2t[i] = v[0];
+  ent_t2i[i] = v[1];
+  sce[i] = 0.5f * v[2];
+  cbcl[i] = v[3];
+  A_r[i] = v[4] + v[6];
+  A_c[i] = v[5] + v[7];
+  A_r_rest[i] = v[4];
+  A_c_rest[i] = v[5];
+}
+
+// dst[a * ldd + b] = src[b * lds + a] for a in [0, na), b in [0, nb), in 16 × 16 blocks.
+void transpose(const float* src, int64_t lds, int64_t na, int64_t nb, float* dst, int64_t ldd) {
+  for (int64_t b0 = 0; b0 < nb; b0 += 16)
+    for (int64_t a0 = 0; a0 < na; a0 += 16) {
+      const int64_t b1 = std::min(nb, b0 + 16), a1 = std::min(na, a0 + 16);
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t a = a0; a < a1; ++a) dst[a * ldd + b] = src[b * lds + a];
+    }
+}
+
+std::vector<int32_t> as_int32(const int64_t* v, int64_t n) { return std::vector<int32_t>(v, v + n); }
+
+constexpr int64_t kPairColumns = 256;  // columns of a paired task (its column sums stay in L1)
+constexpr int64_t kDiagRows = 32;      // rows of a task over the panel's own columns
+
+struct Pass2Args {
+  float inv_tau, eps, unb;
+  const float *m_r, *logl_r, *m_c, *logl_c;
+  const int32_t *at_r, *at_c;
+};
+
+// One panel of srem_cpu_pass2_panel; q_trans: Q is given as Qᵀ, Q[a, b] = Q[b * ldq + a] (a
+// materialised S read in place). Tasks: the panel's own columns kDiagRows rows at a time (row_sums),
+// then the columns beyond it kPairColumns at a time (pair_sums); every task writes its own slots,
+// summed per sample in task order afterwards.
+void pass2_panel(const float* P, int64_t ldp, const float* Q, int64_t ldq, bool q_trans, int64_t rows, int64_t B,
+                 int64_t row0, const Pass2Args& g, float* acc, int threads) {
+  const int64_t n = B - row0;
+  const int64_t ndiag = (rows + kDiagRows - 1) / kDiagRows;
+  const int64_t npair = (n - rows + kPairColumns - 1) / kPairColumns;
+  std::vector<float> part((1 + npair) * rows * kSums);  // slot 0: own columns; 1 + k: pair task k
+  const float *m_r = g.m_r + row0, *logl_r = g.logl_r + row0, *m_c = g.m_c + row0, *logl_c = g.logl_c + row0;
+  parallel_tasks(ndiag + npair, threads, [&](int64_t t) {
+    thread_local std::vector<float> tile;
+    if (t < ndiag) {
+      const int64_t a0 = t * kDiagRows, a1 = std::min(rows, a0 + kDiagRows);
+      if (q_trans) {
+        tile.resize((a1 - a0) * rows);
+        transpose(Q + a0, ldq, a1 - a0, rows, tile.data(), rows);
+      }
+      for (int64_t a = a0; a < a1; ++a) {
+        const int64_t i = row0 + a;
+        const float* q = q_trans ? tile.data() + (a - a0) * rows : Q + a * ldq;
+        row_sums(P + a * ldp, q, rows, a, g.at_r[i] - row0, g.at_c[i] - row0, g.inv_tau, g.eps, g.unb, g.m_r[i],
+                 g.logl_r[i], g.m_c[i], g.logl_c[i], m_r, logl_r, m_c, logl_c, &part[a * kSums]);
+      }
+      return;
+    }
+    const int64_t k = t - ndiag, c0 = rows + k * kPairColumns, w = std::min(n, c0 + kPairColumns) - c0;
+    if (q_trans) {
+      tile.resize(rows * w);
+      transpose(Q + c0 * ldq, ldq, rows, w, tile.data(), w);
+    }
+    alignas(64) float col[kSums][kPairColumns] = {};
+    const int64_t j0 = row0 + c0;
+    for (int64_t a = 0; a < rows; ++a) {
+      const int64_t i = row0 + a;
+      const float* q = q_trans ? tile.data() + a * w : Q + a * ldq + c0;
+      pair_sums(P + a * ldp + c0, q, w, static_cast<int32_t>(i), g.at_r[i] - j0, g.at_c[i] - j0, g.inv_tau, g.eps,
+                g.unb, g.m_r[i], g.logl_r[i], g.m_c[i], g.logl_c[i], g.m_r + j0, g.logl_r + j0, g.m_c + j0,
+                g.logl_c + j0, g.at_r + j0, g.at_c + j0, col[0], col[1], col[2], col[3], col[4], col[5], col[6],
+                col[7], &part[((1 + k) * rows + a) * kSums]);
+    }
+    for (int64_t b = 0; b < w; ++b)
+      for (int s = 0; s < kSums; ++s) acc[(j0 + b) * kSums + s] += col[s][b];
+  });
+  for (int64_t a = 0; a < rows; ++a)
+    for (int64_t slot = 0; slot <= npair; ++slot)
+      for (int s = 0; s < kSums; ++s) acc[(row0 + a) * kSums + s] += part[(slot * rows + a) * kSums + s];
+}
+
+Pass2Args args(float inv_tau, float eps, int bias, const float* m_r, const float* logl_r, const float* m_c,
+               const float* logl_c, const int32_t* at_r, const int32_t* at_c) {
+  return {inv_tau, eps, bias ? 0.0f : 1.0f, m_r, logl_r, m_c, logl_c, at_r, at_c};
+}
+
+}  // namespace
+}  // namespace srem
+
+using namespace srem;
+
+extern "C" {
+
+void srem_cpu_forward_panel(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t rows, int64_t B,
+                            int64_t row0, float inv_tau, float eps, int bias, const float* m_r, const float* logl_r,
+                            const float* m_c, const float* logl_c, const int64_t* at_r, const int64_t* at_c,
+                            float* ce_i2t, float* ce_t2i, float* ent_i2t, float* ent_t2i, float* sce, float* cbcl,
+                            float* A_r, float* A_c, float* A_r_rest, float* A_c_rest, int threads) {
+  const float unb = bias ? 0.0f : 1.0f;
+  parallel_for(rows, threads, [=](int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
+      const float* p = P + a * ldp;
+      const int64_t i = row0 + a;
+      float v[kSums];
+      row_sums(p, Q + a * ldq, B, i, at_r[i], at_c[i], inv_tau, eps, unb, m_r[i], logl_r[i], m_c[i], logl_c[i], m_r,
+               logl_r, m_c, logl_c, v);
+      write_stats(i, v, p[i], inv_tau, m_r[i], logl_r[i], m_c[i], logl_c[i], ce_i2t, ce_t2i, ent_i2t, ent_t2i, sce,
+                  cbcl, A_r, A_c, A_r_rest, A_c_rest);
+    }
+  });
+}
+
+void srem_cpu_pass2_panel(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t rows, int64_t B,
+                          int64_t row0, float inv_tau, float eps, int bias, const float* m_r, const float* logl_r,
+                          const float* m_c, const float* logl_c, const int64_t* at_r, const int64_t* at_c, float* acc,
+                          int threads) {
+  const std::vector<int32_t> atr = as_int32(at_r, B), atc = as_int32(at_c, B);
+  pass2_panel(P, ldp, Q, ldq, false, rows, B, row0,
+              args(inv_tau, eps, bias, m_r, logl_r, m_c, logl_c, atr.data(), atc.data()), acc, threads);
+}
+
+void srem_cpu_pass2_finish(const float* acc, int64_t B, float inv_tau, const float* m_r, const float* logl_r,
+                           const float* m_c, const float* logl_c, const float* pos, float* ce_i2t, float* ce_t2i,
+                           float* ent_i2t, float* ent_t2i, float* sce, float* cbcl, float* A_r, float* A_c,
+                           float* A_r_rest, float* A_c_rest) {
+  for (int64_t i = 0; i < B; ++i)
+    write_stats(i, acc + i * kSums, pos[i], inv_tau, m_r[i], logl_r[i], m_c[i], logl_c[i], ce_i2t, ce_t2i, ent_i2t,
+                ent_t2i, sce, cbcl, A_r, A_c, A_r_rest, A_c_rest);
+}
+
+void srem_cpu_pass2_full(const float* S, int64_t ld, int64_t B, float inv_tau, float eps, int bias,
+                         const float* m_r, const float* logl_r, const float* m_c, const float* logl_c,
+                         const int64_t* at_r, const int64_t* at_c, const float* pos, float* ce_i2t, float* ce_t2i,
+                         float* ent_i2t, float* ent_t2i, float* sce, float* cbcl, float* A_r, float* A_c,
+                         float* A_r_rest, float* A_c_rest, int threads) {
+  const std::vector<int32_t> atr = as_int32(at_r, B), atc = as_int32(at_c, B);
+  const Pass2Args g = args(inv_tau, eps, bias, m_r, logl_r, m_c, logl_c, atr.data(), atc.data());
+  std::vector<float> acc(B * kSums, 0.0f);
+  // panel height: the pairs inside a panel are taken twice (once per sample), 2R/B of the work
+  const int64_t R = std::max<int64_t>(32, std::min<int64_t>(256, B / 32 / 16 * 16));
+  for (int64_t row0 = 0; row0 < B; row0 += R) {
+    const float* panel = S + row0 * ld + row0;
+    pass2_panel(panel, ld, panel, ld, true, std::min(R, B - row0), B, row0, g, acc.data(), threads);
+  }
+  srem_cpu_pass2_finish(acc.data(), B, inv_tau, m_r, logl_r, m_c, logl_c, pos, ce_i2t, ce_t2i, ent_i2t, ent_t2i, sce,
+                        cbcl, A_r, A_c, A_r_rest, A_c_rest);
+}
+
+}  // extern "C"

@@ -1,0 +1,162 @@
+// Pass 1 of the SREM loss over a row panel of S: row and column max, log l (split form: the sum of
+// exp(Z - m) over all but one maximal element), hardest negatives, S_ii. See kernels.h.
+
+#include <cmath>
+
+#include "kernels.h"
+#include "vecmath.h"
+
+namespace srem {
+namespace {
+
+// First j in [from, n), j != skip, with p[j] == v (v NaN: p[j] NaN); n when there is none.
+// Chunks of 64 are tested with one vector OR before they are searched.
+int64_t first_equal(const float* p, int64_t from, int64_t n, float v, int64_t skip) {
+  const bool nan = v != v;
+  for (int64_t c = from; c < n; c += 64) {
+    const int64_t e = std::min(n, c + 64);
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t j = c; j < e; ++j) hit |= (j != skip) & ((p[j] == v) | (nan & (p[j] != p[j])));
+    if (!hit) continue;
+    for (int64_t j = c; j < e; ++j)
+      if (j != skip && (p[j] == v || (nan && p[j] != p[j]))) return j;
+  }
+  return n;
+}
+
+struct RowStats {
+  float m, logl, hard;
+  int64_t at, hard_at;
+};
+
+// Row p = S[i, :] (B entries). m = max Z ignoring NaN (as std::max does), at its first index;
+// hard = max_{j≠i} S_ij, NaN when the row holds a NaN off the diagonal, hard_at its first index
+// (ties: lowest; NaN: the first NaN). logl = log1p(sum_{j≠at} exp(Z_ij - m)).
+RowStats row_stats(const float* __restrict p, int64_t B, int64_t i, float inv_tau) {
+  float hm = -kInf, nans = 0.0f;
+#pragma omp simd reduction(max : hm) reduction(+ : nans)
+  for (int64_t j = 0; j < B; ++j) {
+    const float v = j == i ? -kInf : p[j];
+    hm = vmax(hm, v);
+    nans += v != v ? 1.0f : 0.0f;
+  }
+  RowStats r;
+  const float mx = vmax(hm, p[i]);
+  if (p[i] > hm) {
+    r.at = i;  // an earlier equal entry would be off-diagonal and above hm
+  } else {
+    r.at = first_equal(p, 0, B, mx, -1);
+    if (r.at == B) r.at = B - 1;  // every entry NaN
+  }
+  r.hard = nans > 0 ? kNaN : hm;
+  if (nans > 0) {
+    r.hard_at = first_equal(p, 0, B, kNaN, i);
+  } else if (r.at != i) {
+    r.hard_at = r.at;  // the first entry equal to mx = hm, and not the diagonal
+  } else {
+    r.hard_at = first_equal(p, p[i] > hm ? 0 : i + 1, B, hm, i);
+  }
+  if (r.hard_at == B) r.hard_at = -1;
+  r.m = mx * inv_tau;
+  const int64_t at = r.at;
+  const float m = r.m;
+  float rest = 0.0f;
+#pragma omp simd reduction(+ : rest)
+  for (int64_t j = 0; j < B; ++j) rest += j == at ? 0.0f : exp_neg(p[j] * inv_tau - m);
+  r.logl = std::log1p(rest);
+  return r;
+}
+
+constexpr int64_t kColumnBlock = 512;  // columns per sweep: the running arrays stay in L1
+
+// The panel's column statistics for columns [c0, c1) (c1 - c0 <= kColumnBlock), rows in order.
+void column_stats(const float* P, int64_t ld, int64_t rows, int64_t row0, int64_t c0, int64_t c1, float inv_tau,
+                  float* m_c, float* rest_c, int64_t* at_c, float* hard_c, int64_t* hard_c_idx, bool first) {
+  const int64_t n = c1 - c0;
+  alignas(64) float pm_v[kColumnBlock], pmz_v[kColumnBlock], prest_v[kColumnBlock], ph_v[kColumnBlock];
+  alignas(64) int32_t pat_v[kColumnBlock], phi_v[kColumnBlock];
+  float* __restrict pm = pm_v;
+  float* __restrict pmz = pmz_v;
+  float* __restrict prest = prest_v;
+  float* __restrict ph = ph_v;
+  int32_t* __restrict pat = pat_v;
+  int32_t* __restrict phi = phi_v;
+  for (int64_t j = 0; j < n; ++j) pm[j] = -kInf, prest[j] = 0.0f, ph[j] = -kInf, pat[j] = 0, phi[j] = -1;
+  for (int64_t a = 0; a < rows; ++a) {  // rows in order: strict > keeps the lowest index
+    const float* __restrict p = P + a * ld + c0;
+    const int64_t diag = row0 + a - c0;  // column (in this block) of the diagonal element, if any
+    const int32_t ai = static_cast<int32_t>(a), ii = static_cast<int32_t>(row0 + a);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = p[j];
+      const bool gt = v > pm[j];
+      pm[j] = gt ? v : pm[j];
+      pat[j] = gt ? ai : pat[j];
+      const bool hit = (j != diag) & (ph[j] == ph[j]) & ((v > ph[j]) | (v != v));
+      ph[j] = hit ? v : ph[j];
+      phi[j] = hit ? ii : phi[j];
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) pmz[j] = pm[j] * inv_tau;
+  for (int64_t a = 0; a < rows; ++a) {
+    const float* __restrict p = P + a * ld + c0;
+    const int32_t ai = static_cast<int32_t>(a);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) prest[j] += pat[j] == ai ? 0.0f : exp_neg(p[j] * inv_tau - pmz[j]);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t c = c0 + j;
+    // NaN columns: pm ignores NaN, prest carries it.
+    if (first) {
+      m_c[c] = pmz[j];
+      rest_c[c] = prest[j];
+      at_c[c] = row0 + pat[j];
+      hard_c[c] = ph[j];
+      hard_c_idx[c] = phi[j];
+      continue;
+    }
+    if (pmz[j] > m_c[c]) {  // online log-sum-exp: the old maximal element joins the sum
+      rest_c[c] = prest[j] + (rest_c[c] + 1.0f) * std::exp(m_c[c] - pmz[j]);
+      m_c[c] = pmz[j];
+      at_c[c] = row0 + pat[j];
+    } else {
+      rest_c[c] = rest_c[c] + (prest[j] + 1.0f) * std::exp(pmz[j] - m_c[c]);
+    }
+    if (hard_c[c] == hard_c[c] && phi[j] >= 0 && (ph[j] > hard_c[c] || ph[j] != ph[j] || hard_c_idx[c] < 0)) {
+      hard_c[c] = ph[j];
+      hard_c_idx[c] = phi[j];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace srem
+
+using namespace srem;
+
+extern "C" void srem_cpu_stats_panel(const float* P, int64_t ld, int64_t rows, int64_t B, int64_t row0, float inv_tau,
+                                     float* m_r, float* logl_r, int64_t* at_r, float* pos, float* hard_r,
+                                     int64_t* hard_r_idx, float* m_c, float* rest_c, int64_t* at_c, float* hard_c,
+                                     int64_t* hard_c_idx, int first, int threads) {
+  parallel_for(rows, threads, [=](int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
+      const float* p = P + a * ld;
+      const int64_t i = row0 + a;
+      const RowStats r = row_stats(p, B, i, inv_tau);
+      m_r[i] = r.m;
+      logl_r[i] = r.logl;
+      at_r[i] = r.at;
+      pos[i] = p[i];
+      hard_r[i] = r.hard;
+      hard_r_idx[i] = r.hard_at;
+    }
+  });
+  if (m_c == nullptr) return;  // rows only (a row range of the distributed loss)
+  const int64_t blocks = (B + kColumnBlock - 1) / kColumnBlock;
+  parallel_for(blocks, threads, [=](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      column_stats(P, ld, rows, row0, k * kColumnBlock, std::min(B, (k + 1) * kColumnBlock), inv_tau, m_c, rest_c,
+                   at_c, hard_c, hard_c_idx, first != 0);
+  });
+}

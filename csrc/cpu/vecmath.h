@@ -1,0 +1,126 @@
+// Elementwise fp32 functions the kernels call once or more per element of S, written without
+// branches or libm calls so that the loops around them vectorise (AVX-512 / AVX2 through GCC's
+// auto-vectoriser and `omp simd`). Cephes-style range reduction and polynomials, evaluated with
+// explicit fused multiply-adds (__builtin_fmaf: one rounding, and the build's -ffp-contract=off
+// keeps every other expression as written). NaN propagates.
+//
+// Error against the correctly rounded result, measured by tests/test_cpu_vecmath.py over the
+// ranges the kernels use (README, csrc section):
+//   exp_neg(x)       exp(x), x in [-87.3, 0]                         <= 1 ulp
+//   exp_pq(nl)       p = exp(-nl), q = 1 - p = -expm1(-nl), nl >= 0  p <= 1 ulp, q <= 2 ulp
+//   log_pos(u)       log(u), u > 0 normal                            <= 1 ulp
+//   log1p_small(x)   log1p(x), x in (-1/2, 2^-20]                    <= 2 ulp
+#pragma once
+
+#include "common.h"
+
+namespace srem {
+
+SREM_INLINE float fma_(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+
+// Everything returns by value: a pointer or reference into a local struct makes GCC keep the
+// struct in memory per SIMD lane, and the loop no longer vectorises.
+
+// exp(x) = s (1 + e) with s = 2^n and e = expm1(r), r = x - n log 2 in [-log(2)/2, log(2)/2], for
+// x in [-87.3, 0] (2^n stays a normal number).
+struct ExpSplit {
+  float s, e;
+};
+
+SREM_INLINE ExpSplit exp_split(float x) {
+  const float xc = vmax(x, -87.3f);
+  // n = round(x / log 2) by the 1.5·2^23 shifter (|n| < 2^22): floorf would block vectorisation
+  const float n = fma_(xc, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
+  float r = fma_(n, -0.693359375f, xc);  // n·0.693359375 is exact (9 + 8 bits)
+  r = fma_(n, 2.12194440e-4f, r);
+  float y = 1.9875691500e-4f;
+  y = fma_(y, r, 1.3981999507e-3f);
+  y = fma_(y, r, 8.3334519073e-3f);
+  y = fma_(y, r, 4.1665795894e-2f);
+  y = fma_(y, r, 1.6666665459e-1f);
+  y = fma_(y, r, 5.0000001201e-1f);
+  return {as_float((static_cast<int32_t>(n) + 127) << 23), fma_(y, r * r, r)};
+}
+
+// exp(x) for x <= 0; x below -87.3 gives 0 (below fp32's normal range, flushed anyway).
+SREM_INLINE float exp_neg(float x) {
+  const ExpSplit t = exp_split(x);
+  const float p = fma_(t.s, t.e, t.s);
+  return x != x ? x : (x < -87.3f ? 0.0f : p);
+}
+
+// p = exp(-nl) and q = 1 - p for nl >= 0 (nl = -log P), q accurate also as p -> 1: from the same
+// reduction, q = (1 - 2^n) - 2^n e with 1 - 2^n exact and no cancellation (n = 0: q = -e; n <= -1:
+// q >= 0.29). 1 - p itself loses an off-diagonal p that rounds to 1 — a confidently wrong pair —
+// where the reference's 1 - p + eps is ~eps.
+struct PQ {
+  float p, q;
+};
+
+SREM_INLINE PQ exp_pq(float nl) {
+  const float x = -nl;
+  const ExpSplit t = exp_split(x);
+  const bool under = x < -87.3f;
+  const float p = fma_(t.s, t.e, t.s), q = fma_(-t.s, t.e, 1.0f - t.s);
+  return {x != x ? x : (under ? 0.0f : p), x != x ? x : (under ? 1.0f : q)};
+}
+
+// log(u) for u > 0 (u = 0 gives -inf, u < 0 NaN; subnormal u count as 0 under DAZ).
+SREM_INLINE float log_pos(float u) {
+  const int32_t bits = as_int(u);
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
+  float m = as_float((bits & 0x807fffff) | 0x3f000000);  // [0.5, 1)
+  const bool lo = m < 0.707106781186547524f;
+  e = lo ? e - 1.0f : e;
+  m = lo ? m + m - 1.0f : m - 1.0f;  // exact: [-0.29, 0.41]
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = fma_(y, m, -1.1514610310e-1f);
+  y = fma_(y, m, 1.1676998740e-1f);
+  y = fma_(y, m, -1.2420140846e-1f);
+  y = fma_(y, m, 1.4249322787e-1f);
+  y = fma_(y, m, -1.6668057665e-1f);
+  y = fma_(y, m, 2.0000714765e-1f);
+  y = fma_(y, m, -2.4999993993e-1f);
+  y = fma_(y, m, 3.3333331174e-1f);
+  y = y * m * z;
+  y = fma_(e, -2.12194440e-4f, y);
+  y = fma_(z, -0.5f, y);
+  float r = fma_(e, 0.693359375f, m + y);
+  r = u == 0.0f ? -kInf : r;
+  r = u < 0.0f ? kNaN : r;
+  return u != u ? u : r;
+}
+
+// log1p(x) for x in (-1/2, small]: log(u) + c/u with u = fl(1 + x) and c = x - (u - 1) the exact
+// rounding error of u; 1/u ≈ 1 + y + y² (y = 1 - u in [0, 1/2): its error times |c| <= 2^-25 stays
+// below 0.1 ulp of the result). No division; x below 2^-25 returns x.
+struct OnePlus {
+  float u, c;
+};
+
+SREM_INLINE OnePlus one_plus(float x) {
+  const float u = 1.0f + x;
+  return {u, x - (u - 1.0f)};
+}
+
+SREM_INLINE float log1p_fix(float lg, OnePlus v) {
+  const float y = 1.0f - v.u;
+  return fma_(v.c, fma_(y, y, 1.0f + y), lg);
+}
+
+SREM_INLINE float log1p_small(float x) {
+  const OnePlus v = one_plus(x);
+  return log1p_fix(log_pos(v.u), v);
+}
+
+// log(1 - p + eps) for a probability p with q = 1 - p (exp_pq): log1p(eps - p) keeps a small p,
+// log(q + eps) a p close to 1 (in fp32 log1p(eps - p) is -inf once p rounds to 1). One log.
+SREM_INLINE float log_q_eps(float p, float q, float eps) {
+  const OnePlus v = one_plus(eps - p);
+  const bool small = p < 0.5f;
+  const float lg = log_pos(small ? v.u : q + eps);
+  return small ? log1p_fix(lg, v) : lg;
+}
+
+}  // namespace srem
