@@ -56,6 +56,11 @@ def _panel_rows(B: int) -> int:
     return min(rows, B)
 
 
+def _threads() -> int:
+    """The kernels' OpenMP threads: torch's (tests vary it apart from torch's GEMMs)."""
+    return torch.get_num_threads()
+
+
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
@@ -159,7 +164,7 @@ class CPUKernels(PanelRows):
     # ------------------------------------------------------------------ row ranges (panels.py)
 
     def _tail(self, ref):
-        return (torch.get_num_threads(),)
+        return (_threads(),)
 
     def _operands(self, img, txt):
         return _as_f32(img), _as_f32(txt)
@@ -198,7 +203,7 @@ class CPUKernels(PanelRows):
         return [_ptr(o[k]) for k in ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c")]
 
     def _forward_whole(self, S, o, tau, eps, bias):
-        B, threads, inv_tau = S.shape[0], torch.get_num_threads(), 1.0 / tau
+        B, threads, inv_tau = S.shape[0], _threads(), 1.0 / tau
         rest_c = _alloc.empty((B,), dtype=_F32, device="cpu")
         self._pass1(S, 0, o, rest_c, inv_tau, True, threads)
         o["logl_c"] = torch.log1p(rest_c)
@@ -206,7 +211,7 @@ class CPUKernels(PanelRows):
                       *(_ptr(o[k]) for k in _PASS2_KEYS), threads)  # fmt: skip
 
     def _forward_streaming(self, x, y, o, tau, eps, bias):
-        B, threads, inv_tau = x.shape[0], torch.get_num_threads(), 1.0 / tau
+        B, threads, inv_tau = x.shape[0], _threads(), 1.0 / tau
         rows = _panel_rows(B)
         pbuf, qbuf = torch.empty(rows * B, dtype=_F32), torch.empty(rows * B, dtype=_F32)
         rest_c = _alloc.empty((B,), dtype=_F32, device="cpu")  # running state of pass 1, started by its first panel
@@ -230,7 +235,7 @@ class CPUKernels(PanelRows):
 
     def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
         B = (sim if sim is not None else img).shape[0]
-        threads = torch.get_num_threads()
+        threads = _threads()
         rows = _panel_rows(B)
         up = [t.to(_F32).contiguous() for t in (g_cbcl, k_r, k_c)]  # held here until the kernels have run
         names = ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c", "A_r", "A_c", "A_r_rest", "A_c_rest")
