@@ -135,8 +135,9 @@ class CPUKernels(PanelRows):
 
     @staticmethod
     def materialised_bytes(B: int) -> int:
-        """Extra memory of the materialised strategy: S (fp32, kept for the backward) and one dS panel."""
-        return 4 * B * (B + _panel_rows(B))
+        """Extra memory of the materialised strategy: S (fp32, kept for the backward), one dS panel,
+        and pass 2's sums per panel and sample (about B²·16/R bytes, R = 32..256 rows a panel)."""
+        return 4 * B * (B + _panel_rows(B)) + _C.pass2_workspace(B)
 
     def memory_budget(self) -> int:
         if self.memory is not None:

@@ -98,19 +98,30 @@ struct Pass2Args {
   const int32_t *at_r, *at_c;
 };
 
-// One panel of srem_cpu_pass2_panel; q_trans: Q is given as Qᵀ, Q[a, b] = Q[b * ldq + a] (a
-// materialised S read in place). Tasks: the panel's own columns kDiagRows rows at a time (row_sums),
-// then the columns beyond it kPairColumns at a time (pair_sums); every task writes its own slots,
-// summed per sample in task order afterwards.
-void pass2_panel(const float* P, int64_t ldp, const float* Q, int64_t ldq, bool q_trans, int64_t rows, int64_t B,
-                 int64_t row0, const Pass2Args& g, float* acc, int threads) {
-  const int64_t n = B - row0;
-  const int64_t ndiag = (rows + kDiagRows - 1) / kDiagRows;
-  const int64_t npair = (n - rows + kPairColumns - 1) / kPairColumns;
-  std::vector<float> part((1 + npair) * rows * kSums);  // slot 0: own columns; 1 + k: pair task k
-  const float *m_r = g.m_r + row0, *logl_r = g.logl_r + row0, *m_c = g.m_c + row0, *logl_c = g.logl_c + row0;
-  parallel_tasks(ndiag + npair, threads, [&](int64_t t) {
+// One panel of pass 2: P = S[row0 : row0+rows, row0 :], Q = S[row0 :, row0 : row0+rows]ᵀ, given as
+// Q itself (q_trans false) or as Qᵀ, read in place from a materialised S (Q[a, b] = Q[b * ldq + a]).
+// Its tasks: the panel's own columns kDiagRows rows at a time (row_sums), then the columns beyond
+// it kPairColumns at a time (pair_sums). Every task writes slots of its own: `part` holds the
+// rows' sums per task, (1 + npair) × rows × kSums (slot 0: own columns, 1 + k: pair task k);
+// `cols` the sums of the samples row0 + rows + b, b < B - row0 - rows, added per column (each
+// column belongs to one task).
+struct Panel {
+  const float *P, *Q;
+  int64_t ldp, ldq, rows, row0, n, ndiag, npair;  // n = B - row0: columns of P and Q
+  bool q_trans;
+  float *part, *cols;
+
+  Panel(const float* P, int64_t ldp, const float* Q, int64_t ldq, bool q_trans, int64_t rows, int64_t row0, int64_t B)
+      : P(P), Q(Q), ldp(ldp), ldq(ldq), rows(rows), row0(row0), n(B - row0), ndiag((rows + kDiagRows - 1) / kDiagRows),
+        npair((n - rows + kPairColumns - 1) / kPairColumns), q_trans(q_trans), part(nullptr), cols(nullptr) {}
+
+  int64_t tasks() const { return ndiag + npair; }
+  int64_t part_size() const { return (1 + npair) * rows * kSums; }
+  int64_t cols_size() const { return (n - rows) * kSums; }
+
+  void run(int64_t t, const Pass2Args& g) const {
     thread_local std::vector<float> tile;
+    const float *m_r = g.m_r + row0, *logl_r = g.logl_r + row0, *m_c = g.m_c + row0, *logl_c = g.logl_c + row0;
     if (t < ndiag) {
       const int64_t a0 = t * kDiagRows, a1 = std::min(rows, a0 + kDiagRows);
       if (q_trans) {
@@ -125,7 +136,8 @@ void pass2_panel(const float* P, int64_t ldp, const float* Q, int64_t ldq, bool 
       }
       return;
     }
-    const int64_t k = t - ndiag, c0 = rows + k * kPairColumns, w = std::min(n, c0 + kPairColumns) - c0;
+    const int64_t k = t - ndiag, c0 = rows + k * kPairColumns;
+    const int64_t w = std::min(n, c0 + kPairColumns) - c0;
     if (q_trans) {
       tile.resize(rows * w);
       transpose(Q + c0 * ldq, ldq, rows, w, tile.data(), w);
@@ -141,12 +153,15 @@ void pass2_panel(const float* P, int64_t ldp, const float* Q, int64_t ldq, bool 
                 col[7], &part[((1 + k) * rows + a) * kSums]);
     }
     for (int64_t b = 0; b < w; ++b)
-      for (int s = 0; s < kSums; ++s) acc[(j0 + b) * kSums + s] += col[s][b];
-  });
-  for (int64_t a = 0; a < rows; ++a)
+      for (int s = 0; s < kSums; ++s) cols[(c0 - rows + b) * kSums + s] += col[s][b];
+  }
+
+  // sample row0 + a's sums from this panel, added to v in task order
+  void add_row(int64_t a, float* v) const {
     for (int64_t slot = 0; slot <= npair; ++slot)
-      for (int s = 0; s < kSums; ++s) acc[(row0 + a) * kSums + s] += part[(slot * rows + a) * kSums + s];
-}
+      for (int s = 0; s < kSums; ++s) v[s] += part[(slot * rows + a) * kSums + s];
+  }
+};
 
 Pass2Args args(float inv_tau, float eps, int bias, const float* m_r, const float* logl_r, const float* m_c,
                const float* logl_c, const int32_t* at_r, const int32_t* at_c) {
@@ -184,8 +199,13 @@ void srem_cpu_pass2_panel(const float* P, int64_t ldp, const float* Q, int64_t l
                           const float* m_c, const float* logl_c, const int64_t* at_r, const int64_t* at_c, float* acc,
                           int threads) {
   const std::vector<int32_t> atr = as_int32(at_r, B), atc = as_int32(at_c, B);
-  pass2_panel(P, ldp, Q, ldq, false, rows, B, row0,
-              args(inv_tau, eps, bias, m_r, logl_r, m_c, logl_c, atr.data(), atc.data()), acc, threads);
+  const Pass2Args g = args(inv_tau, eps, bias, m_r, logl_r, m_c, logl_c, atr.data(), atc.data());
+  Panel panel(P, ldp, Q, ldq, false, rows, row0, B);
+  std::vector<float> part(panel.part_size());
+  panel.part = part.data();
+  panel.cols = acc + (row0 + rows) * kSums;  // the later samples' sums, panel after panel
+  parallel_tasks(panel.tasks(), threads, [&](int64_t t) { panel.run(t, g); });
+  for (int64_t a = 0; a < rows; ++a) panel.add_row(a, acc + (row0 + a) * kSums);
 }
 
 void srem_cpu_pass2_finish(const float* acc, int64_t B, float inv_tau, const float* m_r, const float* logl_r,
@@ -204,15 +224,58 @@ void srem_cpu_pass2_full(const float* S, int64_t ld, int64_t B, float inv_tau, f
                          float* A_r_rest, float* A_c_rest, int threads) {
   const std::vector<int32_t> atr = as_int32(at_r, B), atc = as_int32(at_c, B);
   const Pass2Args g = args(inv_tau, eps, bias, m_r, logl_r, m_c, logl_c, atr.data(), atc.data());
-  std::vector<float> acc(B * kSums, 0.0f);
-  // panel height: the pairs inside a panel are taken twice (once per sample), 2R/B of the work
-  const int64_t R = std::max<int64_t>(32, std::min<int64_t>(256, B / 32 / 16 * 16));
+  // Every panel's tasks in one parallel region, each panel with slots of its own (the column sums
+  // of all panels: B²/(2R) × kSums floats, srem_cpu_pass2_workspace), then every sample's sums in
+  // the order of the streaming panels: its columns' panels before it, then its own rows.
+  const int64_t R = srem_cpu_pass2_rows(B);
+  std::vector<Panel> panels;
+  int64_t part_size = 0, cols_size = 0;
   for (int64_t row0 = 0; row0 < B; row0 += R) {
-    const float* panel = S + row0 * ld + row0;
-    pass2_panel(panel, ld, panel, ld, true, std::min(R, B - row0), B, row0, g, acc.data(), threads);
+    const float* p = S + row0 * ld + row0;
+    panels.emplace_back(p, ld, p, ld, true, std::min(R, B - row0), row0, B);
+    part_size += panels.back().part_size();
+    cols_size += panels.back().cols_size();
   }
-  srem_cpu_pass2_finish(acc.data(), B, inv_tau, m_r, logl_r, m_c, logl_c, pos, ce_i2t, ce_t2i, ent_i2t, ent_t2i, sce,
-                        cbcl, A_r, A_c, A_r_rest, A_c_rest);
+  std::vector<float> part(part_size), cols(cols_size, 0.0f);
+  std::vector<std::pair<int32_t, int32_t>> tasks;  // (panel, task)
+  part_size = cols_size = 0;
+  for (size_t k = 0; k < panels.size(); ++k) {
+    Panel& p = panels[k];
+    p.part = part.data() + part_size, p.cols = cols.data() + cols_size;
+    part_size += p.part_size(), cols_size += p.cols_size();
+    for (int64_t t = 0; t < p.tasks(); ++t) tasks.emplace_back(static_cast<int32_t>(k), static_cast<int32_t>(t));
+  }
+  parallel_tasks(static_cast<int64_t>(tasks.size()), threads, [&](int64_t t) {
+    panels[tasks[t].first].run(tasks[t].second, g);
+  });
+  parallel_for(B, threads, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float v[kSums] = {};
+      const int64_t own = i / R;
+      for (int64_t k = 0; k < own; ++k) {
+        const Panel& p = panels[k];
+        for (int s = 0; s < kSums; ++s) v[s] += p.cols[(i - p.row0 - p.rows) * kSums + s];
+      }
+      panels[own].add_row(i - panels[own].row0, v);
+      write_stats(i, v, pos[i], inv_tau, m_r[i], logl_r[i], m_c[i], logl_c[i], ce_i2t, ce_t2i, ent_i2t, ent_t2i, sce,
+                  cbcl, A_r, A_c, A_r_rest, A_c_rest);
+    }
+  });
+}
+
+int64_t srem_cpu_pass2_rows(int64_t B) {
+  // panel height: the pairs inside a panel are taken twice (once per sample), 2R/B of the work
+  return std::max<int64_t>(32, std::min<int64_t>(256, B / 32 / 16 * 16));
+}
+
+int64_t srem_cpu_pass2_workspace(int64_t B) {
+  const int64_t R = srem_cpu_pass2_rows(B);
+  int64_t floats = 0;
+  for (int64_t row0 = 0; row0 < B; row0 += R) {
+    const int64_t rows = std::min(R, B - row0);
+    floats += (B - row0 - rows) * kSums + (1 + (B - row0 - rows + kPairColumns - 1) / kPairColumns) * rows * kSums;
+  }
+  return floats * static_cast<int64_t>(sizeof(float));
 }
 
 }  // extern "C"

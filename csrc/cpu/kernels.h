@@ -54,12 +54,17 @@ void srem_cpu_pass2_finish(const float* acc, int64_t B, float inv_tau, const flo
                            float* A_r_rest, float* A_c_rest);
 
 // Pass 2 of a whole batch over a materialised S (B × B, leading dimension ld): the panels of
-// srem_cpu_pass2_panel with Q read from S (transposed tile by tile), then the statistics.
+// srem_cpu_pass2_panel, srem_cpu_pass2_rows(B) rows each, with Q read from S (transposed tile by
+// tile), all in one parallel region; then the statistics. Its workspace: srem_cpu_pass2_workspace(B)
+// bytes.
 void srem_cpu_pass2_full(const float* S, int64_t ld, int64_t B, float inv_tau, float eps, int bias,
                          const float* m_r, const float* logl_r, const float* m_c, const float* logl_c,
                          const int64_t* at_r, const int64_t* at_c, const float* pos, float* ce_i2t, float* ce_t2i,
                          float* ent_i2t, float* ent_t2i, float* sce, float* cbcl, float* A_r, float* A_c,
                          float* A_r_rest, float* A_c_rest, int threads);
+
+int64_t srem_cpu_pass2_rows(int64_t B);
+int64_t srem_cpu_pass2_workspace(int64_t B);
 
 // Backward over P = S[I, :]: dS[I, :] into D (may alias P), per fused.py's contract:
 //   dS_ij = ( g_i (E_r_ij - Pr_ij A_r_i) + g_j (E_c_ij - Pc_ij A_c_j) ) / tau

@@ -57,6 +57,7 @@ PYBIND11_MODULE(_srem_cpu, m) {
                         ci(at_c), cf(pos), f(ce_i2t), f(ce_t2i), f(ent_i2t), f(ent_t2i), f(sce), f(cbcl), f(A_r),
                         f(A_c), f(A_r_rest), f(A_c_rest), threads);
   }, nogil);
+  m.def("pass2_workspace", &srem_cpu_pass2_workspace, "bytes pass2_full allocates for its sums at this B");
   m.def("backward_panel", [](u P, int64_t ldp, u D, int64_t ldd, int64_t rows, int64_t B, int64_t row0,
                              float inv_tau, float eps, bool bias, u m_r, u logl_r, u m_c, u logl_c, u at_r, u at_c,
                              u A_r, u A_c, u A_r_rest, u A_c_rest, u g, u k_r, u k_c, u hard_r_idx, u hard_c_idx,
