@@ -164,6 +164,28 @@ def test_cpu_kernels_are_independent_of_thread_count(monkeypatch, deterministic_
             assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_cpu_nan_propagates(monkeypatch, path):
+    """check_finite=False with a NaN in the inputs: NaN in the loss and the gradients, not a number."""
+    strategy, from_sim = PATHS[path]
+    if strategy:
+        monkeypatch.setenv("SREM_CPU_STRATEGY", strategy)
+    img, txt = _inputs(40, 8, torch.float32, seed=2)
+    img[3, 1] = float("nan")
+    if from_sim:
+        s = (img @ txt.T).requires_grad_()
+        out = srem_kernels.loss_from_similarity(s, backend="cpu", check_finite=False)
+        out.loss.backward()
+        grads = [s.grad]
+    else:
+        a, b = img.requires_grad_(), txt.clone().requires_grad_()
+        out = srem_kernels.loss(a, b, backend="cpu", check_finite=False, select="none")
+        out.loss.backward()
+        grads = [a.grad, b.grad]
+    assert torch.isnan(out.loss) and torch.isnan(out.stats.sce[3]) and torch.isnan(out.stats.loss_cbcl[3])
+    assert all(torch.isnan(g).any() for g in grads)
+
+
 def test_cpu_through_public_api():
     img, txt = _inputs(64, 16, torch.bfloat16, seed=4)
     out = srem_kernels.loss(img, txt, backend="cpu", reduction="none")

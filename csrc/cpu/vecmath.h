@@ -44,11 +44,11 @@ SREM_INLINE ExpSplit exp_split(float x) {
   return {as_float((static_cast<int32_t>(n) + 127) << 23), fma_(y, r * r, r)};
 }
 
-// exp(x) for x <= 0; x below -87.3 gives 0 (below fp32's normal range, flushed anyway).
+// exp(x) for x <= 0. Below -87.3 it returns exp(-87.3) ≈ 1.2e-38 (the bottom of fp32's normal
+// range; every use sums such terms against 1). NaN propagates through the arithmetic (no blend).
 SREM_INLINE float exp_neg(float x) {
   const ExpSplit t = exp_split(x);
-  const float p = fma_(t.s, t.e, t.s);
-  return x != x ? x : (x < -87.3f ? 0.0f : p);
+  return fma_(t.s, t.e, t.s);
 }
 
 // p = exp(-nl) and q = 1 - p for nl >= 0 (nl = -log P), q accurate also as p -> 1: from the same
@@ -59,15 +59,14 @@ struct PQ {
   float p, q;
 };
 
+// As exp_neg, p is at least 1.2e-38 (q then 1).
 SREM_INLINE PQ exp_pq(float nl) {
-  const float x = -nl;
-  const ExpSplit t = exp_split(x);
-  const bool under = x < -87.3f;
-  const float p = fma_(t.s, t.e, t.s), q = fma_(-t.s, t.e, 1.0f - t.s);
-  return {x != x ? x : (under ? 0.0f : p), x != x ? x : (under ? 1.0f : q)};
+  const ExpSplit t = exp_split(-nl);
+  return {fma_(t.s, t.e, t.s), fma_(-t.s, t.e, 1.0f - t.s)};
 }
 
-// log(u) for u > 0 (u = 0 gives -inf, u < 0 NaN; subnormal u count as 0 under DAZ).
+// log(u) for u > 0 normal, or NaN (every caller's u is at least eps = 1e-10 or 1/2; no blends for
+// 0, negative or subnormal u).
 SREM_INLINE float log_pos(float u) {
   const int32_t bits = as_int(u);
   float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
@@ -88,9 +87,7 @@ SREM_INLINE float log_pos(float u) {
   y = y * m * z;
   y = fma_(e, -2.12194440e-4f, y);
   y = fma_(z, -0.5f, y);
-  float r = fma_(e, 0.693359375f, m + y);
-  r = u == 0.0f ? -kInf : r;
-  r = u < 0.0f ? kNaN : r;
+  const float r = fma_(e, 0.693359375f, m + y);
   return u != u ? u : r;
 }
 
