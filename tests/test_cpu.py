@@ -108,6 +108,28 @@ def test_cpu_confident_pairs_b2(strategy):
     check_against_reference(_run(strategy), img, txt, _params(2, "select-none", 0), False, "fp32")
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_cpu_confident_mismatches(small_panels, path):
+    """Swapped texts, so that image i's text sits at j: off-diagonal probabilities near 1, the
+    branch of log(1 - P + eps) that only a softmax's maximal element can need, in rows and columns
+    of one panel (5 <-> 6) and of panels far apart (3 <-> 290, 100 <-> 200)."""
+    strategy, from_sim = PATHS[path]
+    img, txt = _inputs(301, 24, torch.float32, seed=13)
+    txt = img + 0.05 * txt
+    swaps = [(3, 290), (5, 6), (100, 200)]
+    perm = torch.arange(301)
+    for a, b in swaps:
+        perm[a], perm[b] = b, a
+    txt = torch.nn.functional.normalize(txt[perm], dim=1)
+    S = img @ txt.T
+    Pr = torch.softmax(S.double() / 0.05, dim=1)
+    Pc = torch.softmax(S.double() / 0.05, dim=0)
+    for a, b in swaps:  # the case is what it says: P ≥ 1/2 off the diagonal, both ways
+        assert Pr[a, b] > 0.5 and Pr[b, a] > 0.5 and Pc[a, b] > 0.5 and Pc[b, a] > 0.5
+    # select="none": on such a batch the GMM's clean flags flip with the last bit of an energy
+    check_against_reference(_run(strategy), img, txt, _params(301, "select-none", 4), from_sim, "fp32")
+
+
 def _one_call(img, txt, sim=False):
     if sim:
         s = (img @ txt.T).requires_grad_()

@@ -46,7 +46,7 @@ CASES = {
     # log(1 - P + eps) for P >= 1/2: u in (eps, 1/2 + eps]; tested on every binade around
     "log_pos": (3, torch.log, lambda: _args(_log_uniform(1e-37, 1e30), _uniform(0.5, 2.0), torch.tensor([1.0])), 1.5),
     # log1p(eps - P) for P < 1/2
-    "log1p_small": (4, torch.log1p, lambda: _args(-_log_uniform(1e-30, 0.5), _uniform(-0.5, 9.5e-7), torch.tensor([0.0])), 2.0),
+    "log1p_neg": (4, torch.log1p, lambda: _args(-_log_uniform(1e-30, 0.5), _uniform(-0.5, 9.5e-7), torch.tensor([0.0])), 3.0),
 }
 
 

@@ -16,6 +16,17 @@
 namespace srem {
 namespace {
 
+// The L_cbcl terms SREM_ADD_TERMS leaves out for sample i (row_sums' arguments): those of its row's
+// and its column's maximal elements, where they lie in [0, n) off the diagonal.
+float own_cbcl_at(const float* p, const float* q, int64_t n, int64_t diag, int64_t atr, int64_t atc, float inv_tau,
+                  float eps, float unb, float mr, float lr, float mc, float lc, const float* m_r, const float* logl_r,
+                  const float* m_c, const float* logl_c) {
+  float cb = 0.0f;
+  if (atr >= 0 && atr < n && atr != diag) cb += cbcl_at(p[atr] * inv_tau, mr, lr, m_c[atr], logl_c[atr], eps, unb);
+  if (atc >= 0 && atc < n && atc != diag) cb += cbcl_at(q[atc] * inv_tau, mc, lc, m_r[atc], logl_r[atc], eps, unb);
+  return cb;
+}
+
 // Sample i over columns b in [0, n) (samples j = j0 + b): p[b] = S_ij, q[b] = S_ji; the vectors are
 // offset by j0, and diag, atr, atc are i, at_r[i], at_c[i] minus j0. out: the kSums sums.
 __attribute__((noinline)) void row_sums(const float* __restrict p, const float* __restrict q, int64_t n, int64_t diag,
@@ -32,6 +43,7 @@ __attribute__((noinline)) void row_sums(const float* __restrict p, const float* 
     SREM_ADD_TERMS(r, c, vmax(rc.q, unb), vmax(cr.q, unb), eps, b != diag, b == atr, b == atc, ent_r, ent_c, s, cb, ar,
                    ac, ar_at, ac_at);
   }
+  cb += own_cbcl_at(p, q, n, diag, atr, atc, inv_tau, eps, unb, mr, lr, mc, lc, m_r, logl_r, m_c, logl_c);
   out[0] = ent_r, out[1] = ent_c, out[2] = s, out[3] = cb, out[4] = ar, out[5] = ac, out[6] = ar_at, out[7] = ac_at;
 }
 
@@ -58,6 +70,7 @@ __attribute__((noinline)) void pair_sums(const float* __restrict p, const float*
     SREM_ADD_TERMS(rj, cj, vmax(c.q, unb), vmax(r.q, unb), eps, true, at_r_j[b] == i, at_c_j[b] == i, c0[b], c1[b],
                    c2[b], c3[b], c4[b], c5[b], c6[b], c7[b]);
   }
+  cb += own_cbcl_at(p, q, n, -1, atr, atc, inv_tau, eps, unb, mr, lr, mc, lc, m_r, logl_r, m_c, logl_c);
   out[0] = ent_r, out[1] = ent_c, out[2] = s, out[3] = cb, out[4] = ar, out[5] = ac, out[6] = ar_at, out[7] = ac_at;
 }
 
@@ -151,6 +164,18 @@ struct Panel {
                 g.unb, g.m_r[i], g.logl_r[i], g.m_c[i], g.logl_c[i], g.m_r + j0, g.logl_r + j0, g.m_c + j0,
                 g.logl_c + j0, g.at_r + j0, g.at_c + j0, col[0], col[1], col[2], col[3], col[4], col[5], col[6],
                 col[7], &part[((1 + k) * rows + a) * kSums]);
+    }
+    // the column samples' L_cbcl terms pair_sums leaves out: their maximal elements in these rows
+    for (int64_t b = 0; b < w; ++b) {
+      const int64_t j = j0 + b, ar = g.at_r[j] - row0, ac = g.at_c[j] - row0;
+      if (ar >= 0 && ar < rows) {  // Pr_ji, at S_ji = Q[ar, c0 + b]; bias 1 - Pc_ji under column i's softmax
+        const float zq = (q_trans ? tile[ar * w + b] : Q[ar * ldq + c0 + b]) * g.inv_tau;
+        col[3][b] += cbcl_at(zq, g.m_r[j], g.logl_r[j], g.m_c[row0 + ar], g.logl_c[row0 + ar], g.eps, g.unb);
+      }
+      if (ac >= 0 && ac < rows) {  // Pc_ij, at S_ij = P[ac, c0 + b]; bias 1 - Pr_ij under row i's softmax
+        const float z = P[ac * ldp + c0 + b] * g.inv_tau;
+        col[3][b] += cbcl_at(z, g.m_c[j], g.logl_c[j], g.m_r[row0 + ac], g.logl_r[row0 + ac], g.eps, g.unb);
+      }
     }
     for (int64_t b = 0; b < w; ++b)
       for (int s = 0; s < kSums; ++s) cols[(c0 - rows + b) * kSums + s] += col[s][b];

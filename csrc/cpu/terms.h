@@ -34,6 +34,10 @@ SREM_INLINE float e_term(float b, float p, float q, float eps) { return b * p / 
 // needs apart); ac, ac_at the same for the column. The diagonal j = i (off false) adds to the
 // entropies and s only.
 //
+// L_cbcl's -b log(1 - P + eps) is log1p(eps - P) here, without the branch for P >= 1/2: two
+// probabilities of one softmax cannot both exceed 1/2, so only a maximal element (at_r, at_c) can
+// need it, and the loops leave those to cbcl_at after them.
+//
 // A macro over scalars, not a function: `omp simd` loops are lowered before inlining, and a sum
 // passed by reference (or a struct passed by value or returned through memory) then stays in
 // memory per SIMD lane, and the loop no longer vectorises. Small structs returned by value (Prob,
@@ -41,18 +45,26 @@ SREM_INLINE float e_term(float b, float p, float q, float eps) { return b * p / 
 #define SREM_ADD_TERMS(row, col, b_row, b_col, eps, off, is_at_r, is_at_c, ent_r, ent_c, s, cb, ar, ac, ar_at, \
                        ac_at)                                                                                    \
   do {                                                                                                           \
-    const float cb_ = -((b_row) * log_q_eps((row).p, (row).q, eps)) - (b_col) * log_q_eps((col).p, (col).q, eps); \
+    const float cr_ = (is_at_r) ? 0.0f : -((b_row) * log1p_neg((eps) - (row).p));                               \
+    const float cc_ = (is_at_c) ? 0.0f : (b_col) * log1p_neg((eps) - (col).p);                                  \
     const float er_ = e_term(b_row, (row).p, (row).q, eps), ec_ = e_term(b_col, (col).p, (col).q, eps);          \
     ent_r += (row).p * (row).nl;                                                                                 \
     ent_c += (col).p * (col).nl;                                                                                 \
     s += (row).p * (col).nl + (col).p * (row).nl;                                                                \
-    cb += (off) ? cb_ : 0.0f;                                                                                    \
+    cb += (off) ? cr_ - cc_ : 0.0f;                                                                              \
     const float e_r_ = (off) ? er_ : 0.0f, e_c_ = (off) ? ec_ : 0.0f;                                           \
     ar += (is_at_r) ? 0.0f : e_r_;                                                                               \
     ar_at += (is_at_r) ? e_r_ : 0.0f;                                                                            \
     ac += (is_at_c) ? 0.0f : e_c_;                                                                               \
     ac_at += (is_at_c) ? e_c_ : 0.0f;                                                                            \
   } while (0)
+
+// The L_cbcl term SREM_ADD_TERMS leaves out, of one side of one element: -b log(1 - P + eps) with
+// P under the softmax (m, logl) at z and b = 1 - P' under the other one (m_o, logl_o). Scalar.
+inline float cbcl_at(float z, float m, float logl, float m_o, float logl_o, float eps, float unb) {
+  const Prob r = prob(m, logl, z);
+  return -(vmax(prob(m_o, logl_o, z).q, unb) * log_q_eps(r.p, r.q, eps));
+}
 
 constexpr int kSums = 8;  // ent_r, ent_c, s, cb, ar, ac, ar_at, ac_at
 

@@ -26,7 +26,7 @@ extern "C" int srem_cpu_vecmath(int fn, const float* x, float* out, int64_t n) {
     case 1: apply(x, out, n, [](float v) { return exp_pq(v).p; }); return 0;
     case 2: apply(x, out, n, [](float v) { return exp_pq(v).q; }); return 0;
     case 3: apply(x, out, n, [](float v) { return log_pos(v); }); return 0;
-    case 4: apply(x, out, n, [](float v) { return log1p_small(v); }); return 0;
+    case 4: apply(x, out, n, [](float v) { return log1p_neg(v); }); return 0;
     default: return 1;
   }
 }
