@@ -69,21 +69,32 @@ RowStats row_stats(const float* __restrict p, int64_t B, int64_t i, float inv_ta
 }
 
 constexpr int64_t kColumnBlock = 512;  // columns per sweep: the running arrays stay in L1
+constexpr int64_t kRowChunk = 256;     // rows per sweep: a chunk of a block (512 KiB) stays in L2
 
-// The panel's column statistics for columns [c0, c1) (c1 - c0 <= kColumnBlock), rows in order.
-void column_stats(const float* P, int64_t ld, int64_t rows, int64_t row0, int64_t c0, int64_t c1, float inv_tau,
-                  float* m_c, float* rest_c, int64_t* at_c, float* hard_c, int64_t* hard_c_idx, bool first) {
-  const int64_t n = c1 - c0;
-  alignas(64) float pm_v[kColumnBlock], pmz_v[kColumnBlock], prest_v[kColumnBlock], ph_v[kColumnBlock];
-  alignas(64) int32_t pat_v[kColumnBlock], phi_v[kColumnBlock];
-  float* __restrict pm = pm_v;
-  float* __restrict pmz = pmz_v;
-  float* __restrict prest = prest_v;
-  float* __restrict ph = ph_v;
-  int32_t* __restrict pat = pat_v;
-  int32_t* __restrict phi = phi_v;
+// Folds column statistics (Z max m, rest = sum of exp(Z - m) over all but one maximal element, its
+// index at, hardest off-diagonal value and index) of later rows into those of earlier ones: the
+// online log-sum-exp of streamed panels; strict > keeps the lowest index on ties.
+SREM_INLINE void fold(float& m, float& rest, int64_t& at, float& hard, int64_t& hard_at, float m2, float rest2,
+                      int64_t at2, float hard2, int64_t hard_at2) {
+  if (m2 > m) {  // the old maximal element joins the sum
+    rest = rest2 + (rest + 1.0f) * std::exp(m - m2);
+    m = m2;
+    at = at2;
+  } else {
+    rest = rest + (rest2 + 1.0f) * std::exp(m2 - m);
+  }
+  if (hard == hard && hard_at2 >= 0 && (hard2 > hard || hard2 != hard2 || hard_at < 0)) {
+    hard = hard2;
+    hard_at = hard_at2;
+  }
+}
+
+// Rows [r0, r1) of the panel, columns [c0, c0 + n): their statistics into the arrays (Z units).
+void column_chunk(const float* P, int64_t ld, int64_t r0, int64_t r1, int64_t row0, int64_t c0, int64_t n,
+                  float inv_tau, float* __restrict pm, float* __restrict prest, int32_t* __restrict pat,
+                  float* __restrict ph, int32_t* __restrict phi) {
   for (int64_t j = 0; j < n; ++j) pm[j] = -kInf, prest[j] = 0.0f, ph[j] = -kInf, pat[j] = 0, phi[j] = -1;
-  for (int64_t a = 0; a < rows; ++a) {  // rows in order: strict > keeps the lowest index
+  for (int64_t a = r0; a < r1; ++a) {  // rows in order: strict > keeps the lowest index
     const float* __restrict p = P + a * ld + c0;
     const int64_t diag = row0 + a - c0;  // column (in this block) of the diagonal element, if any
     const int32_t ai = static_cast<int32_t>(a), ii = static_cast<int32_t>(row0 + a);
@@ -98,34 +109,31 @@ void column_stats(const float* P, int64_t ld, int64_t rows, int64_t row0, int64_
       phi[j] = hit ? ii : phi[j];
     }
   }
-  for (int64_t j = 0; j < n; ++j) pmz[j] = pm[j] * inv_tau;
-  for (int64_t a = 0; a < rows; ++a) {
+  for (int64_t j = 0; j < n; ++j) pm[j] *= inv_tau;
+  for (int64_t a = r0; a < r1; ++a) {
     const float* __restrict p = P + a * ld + c0;
     const int32_t ai = static_cast<int32_t>(a);
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) prest[j] += pat[j] == ai ? 0.0f : exp_neg(p[j] * inv_tau - pmz[j]);
+    for (int64_t j = 0; j < n; ++j) prest[j] += pat[j] == ai ? 0.0f : exp_neg(p[j] * inv_tau - pm[j]);
   }
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t c = c0 + j;
-    // NaN columns: pm ignores NaN, prest carries it.
-    if (first) {
-      m_c[c] = pmz[j];
-      rest_c[c] = prest[j];
-      at_c[c] = row0 + pat[j];
-      hard_c[c] = ph[j];
-      hard_c_idx[c] = phi[j];
-      continue;
-    }
-    if (pmz[j] > m_c[c]) {  // online log-sum-exp: the old maximal element joins the sum
-      rest_c[c] = prest[j] + (rest_c[c] + 1.0f) * std::exp(m_c[c] - pmz[j]);
-      m_c[c] = pmz[j];
-      at_c[c] = row0 + pat[j];
-    } else {
-      rest_c[c] = rest_c[c] + (prest[j] + 1.0f) * std::exp(pmz[j] - m_c[c]);
-    }
-    if (hard_c[c] == hard_c[c] && phi[j] >= 0 && (ph[j] > hard_c[c] || ph[j] != ph[j] || hard_c_idx[c] < 0)) {
-      hard_c[c] = ph[j];
-      hard_c_idx[c] = phi[j];
+}
+
+// The panel's column statistics for columns [c0, c1) (c1 - c0 <= kColumnBlock), folded into the
+// running ones (`first`: started) chunk by chunk. NaN columns: pm ignores NaN, prest carries it.
+void column_stats(const float* P, int64_t ld, int64_t rows, int64_t row0, int64_t c0, int64_t c1, float inv_tau,
+                  float* m_c, float* rest_c, int64_t* at_c, float* hard_c, int64_t* hard_c_idx, bool first) {
+  const int64_t n = c1 - c0;
+  alignas(64) float pm[kColumnBlock], prest[kColumnBlock], ph[kColumnBlock];
+  alignas(64) int32_t pat[kColumnBlock], phi[kColumnBlock];
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowChunk) {
+    column_chunk(P, ld, r0, std::min(rows, r0 + kRowChunk), row0, c0, n, inv_tau, pm, prest, pat, ph, phi);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t c = c0 + j;
+      if (first && r0 == 0) {
+        m_c[c] = pm[j], rest_c[c] = prest[j], at_c[c] = row0 + pat[j], hard_c[c] = ph[j], hard_c_idx[c] = phi[j];
+      } else {
+        fold(m_c[c], rest_c[c], at_c[c], hard_c[c], hard_c_idx[c], pm[j], prest[j], row0 + pat[j], ph[j], phi[j]);
+      }
     }
   }
 }
