@@ -147,8 +147,18 @@ extern "C" void srem_cpu_stats_panel(const float* P, int64_t ld, int64_t rows, i
                                      float* m_r, float* logl_r, int64_t* at_r, float* pos, float* hard_r,
                                      int64_t* hard_r_idx, float* m_c, float* rest_c, int64_t* at_c, float* hard_c,
                                      int64_t* hard_c_idx, int first, int threads) {
-  parallel_for(rows, threads, [=](int64_t a0, int64_t a1) {
-    for (int64_t a = a0; a < a1; ++a) {
+  // one parallel region: tasks of kRowTask rows, then (unless rows only) the column blocks
+  constexpr int64_t kRowTask = 64;
+  const int64_t row_tasks = (rows + kRowTask - 1) / kRowTask;
+  const int64_t col_tasks = m_c == nullptr ? 0 : (B + kColumnBlock - 1) / kColumnBlock;
+  parallel_tasks(row_tasks + col_tasks, threads, [=](int64_t t) {
+    if (t >= row_tasks) {
+      const int64_t c0 = (t - row_tasks) * kColumnBlock;
+      column_stats(P, ld, rows, row0, c0, std::min(B, c0 + kColumnBlock), inv_tau, m_c, rest_c, at_c, hard_c,
+                   hard_c_idx, first != 0);
+      return;
+    }
+    for (int64_t a = t * kRowTask; a < std::min(rows, (t + 1) * kRowTask); ++a) {
       const float* p = P + a * ld;
       const int64_t i = row0 + a;
       const RowStats r = row_stats(p, B, i, inv_tau);
@@ -159,12 +169,5 @@ extern "C" void srem_cpu_stats_panel(const float* P, int64_t ld, int64_t rows, i
       hard_r[i] = r.hard;
       hard_r_idx[i] = r.hard_at;
     }
-  });
-  if (m_c == nullptr) return;  // rows only (a row range of the distributed loss)
-  const int64_t blocks = (B + kColumnBlock - 1) / kColumnBlock;
-  parallel_for(blocks, threads, [=](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k)
-      column_stats(P, ld, rows, row0, k * kColumnBlock, std::min(B, (k + 1) * kColumnBlock), inv_tau, m_c, rest_c,
-                   at_c, hard_c, hard_c_idx, first != 0);
   });
 }
