@@ -16,7 +16,7 @@
 namespace srem {
 namespace {
 
-// The L_cbcl terms SREM_ADD_TERMS leaves out for sample i (row_sums' arguments): those of its row's
+// The L_cbcl terms SREM_ADD_TERMS leaves out for sample i (sums' arguments): those of its row's
 // and its column's maximal elements, where they lie in [0, n) off the diagonal.
 float own_cbcl_at(const float* p, const float* q, int64_t n, int64_t diag, int64_t atr, int64_t atc, float inv_tau,
                   float eps, float unb, float mr, float lr, float mc, float lc, const float* m_r, const float* logl_r,
@@ -28,53 +28,36 @@ float own_cbcl_at(const float* p, const float* q, int64_t n, int64_t diag, int64
 }
 
 // Sample i over columns b in [0, n) (samples j = j0 + b): p[b] = S_ij, q[b] = S_ji; the vectors are
-// offset by j0, and diag, atr, atc are i, at_r[i], at_c[i] minus j0. out: the kSums sums.
-__attribute__((noinline)) void row_sums(const float* __restrict p, const float* __restrict q, int64_t n, int64_t diag,
-                                        int64_t atr, int64_t atc, float inv_tau, float eps, float unb, float mr,
-                                        float lr, float mc, float lc, const float* __restrict m_r,
-                                        const float* __restrict logl_r, const float* __restrict m_c,
-                                        const float* __restrict logl_c, float* out) {
+// offset by j0, and diag, atr, atc are i, at_r[i], at_c[i] minus j0 (diag -1: none). out: sample
+// i's kSums sums. kPaired (no diagonal then): each pair's terms also go to sample j, added to
+// col[k][b], with at_r_j, at_c_j the samples j's at_r, at_c (absolute, int32; offset by j0).
+template <bool kPaired>
+__attribute__((noinline)) void sums(const float* __restrict p, const float* __restrict q, int64_t n, int64_t diag,
+                                    int64_t atr, int64_t atc, float inv_tau, float eps, float unb, float mr, float lr,
+                                    float mc, float lc, const float* __restrict m_r, const float* __restrict logl_r,
+                                    const float* __restrict m_c, const float* __restrict logl_c, float* out,
+                                    int32_t i = 0, const int32_t* __restrict at_r_j = nullptr,
+                                    const int32_t* __restrict at_c_j = nullptr, float* const* col = nullptr) {
   float ent_r = 0, ent_c = 0, s = 0, cb = 0, ar = 0, ac = 0, ar_at = 0, ac_at = 0;
-#pragma omp simd reduction(+ : ent_r, ent_c, s, cb, ar, ac, ar_at, ac_at)
-  for (int64_t b = 0; b < n; ++b) {
-    const float z = p[b] * inv_tau, zq = q[b] * inv_tau;
-    const Prob r = prob(mr, lr, z), c = prob(mc, lc, zq);                // Pr_ij, Pc_ji
-    const Prob rc = prob(m_c[b], logl_c[b], z), cr = prob(m_r[b], logl_r[b], zq);  // Pc_ij, Pr_ji
-    SREM_ADD_TERMS(r, c, vmax(rc.q, unb), vmax(cr.q, unb), eps, b != diag, b == atr, b == atc, ent_r, ent_c, s, cb, ar,
-                   ac, ar_at, ac_at);
-  }
-  cb += own_cbcl_at(p, q, n, diag, atr, atc, inv_tau, eps, unb, mr, lr, mc, lc, m_r, logl_r, m_c, logl_c);
-  out[0] = ent_r, out[1] = ent_c, out[2] = s, out[3] = cb, out[4] = ar, out[5] = ac, out[6] = ar_at, out[7] = ac_at;
-}
-
-// Pairs of sample i with samples j = j0 + b, b in [0, n), none of them i: p[b] = S_ij, q[b] = S_ji.
-// Sample i's sums go to out (as row_sums), sample j's are added to col[k][b]. atr, atc: at_r[i],
-// at_c[i] minus j0; at_r_j, at_c_j: at_r, at_c of the samples j (absolute, int32), offset by j0.
-__attribute__((noinline)) void pair_sums(const float* __restrict p, const float* __restrict q, int64_t n, int32_t i,
-                                         int64_t atr, int64_t atc, float inv_tau, float eps, float unb, float mr,
-                                         float lr, float mc, float lc, const float* __restrict m_r,
-                                         const float* __restrict logl_r, const float* __restrict m_c,
-                                         const float* __restrict logl_c, const int32_t* __restrict at_r_j,
-                                         const int32_t* __restrict at_c_j, float* __restrict c0,
-                                         float* __restrict c1, float* __restrict c2, float* __restrict c3,
-                                         float* __restrict c4, float* __restrict c5, float* __restrict c6,
-                                         float* __restrict c7, float* out) {
-  float ent_r = 0, ent_c = 0, s = 0, cb = 0, ar = 0, ac = 0, ar_at = 0, ac_at = 0;
+  float *__restrict c0 = nullptr, *__restrict c1 = nullptr, *__restrict c2 = nullptr, *__restrict c3 = nullptr;
+  float *__restrict c4 = nullptr, *__restrict c5 = nullptr, *__restrict c6 = nullptr, *__restrict c7 = nullptr;
+  if constexpr (kPaired) c0 = col[0], c1 = col[1], c2 = col[2], c3 = col[3], c4 = col[4], c5 = col[5], c6 = col[6], c7 = col[7];
 #pragma omp simd reduction(+ : ent_r, ent_c, s, cb, ar, ac, ar_at, ac_at)
   for (int64_t b = 0; b < n; ++b) {
     const float z = p[b] * inv_tau, zq = q[b] * inv_tau;
     const Prob r = prob(mr, lr, z), c = prob(mc, lc, zq);                  // Pr_ij, Pc_ji
     const Prob rj = prob(m_r[b], logl_r[b], zq), cj = prob(m_c[b], logl_c[b], z);  // Pr_ji, Pc_ij
-    SREM_ADD_TERMS(r, c, vmax(cj.q, unb), vmax(rj.q, unb), eps, true, b == atr, b == atc, ent_r, ent_c, s, cb, ar, ac,
-                   ar_at, ac_at);
-    SREM_ADD_TERMS(rj, cj, vmax(c.q, unb), vmax(r.q, unb), eps, true, at_r_j[b] == i, at_c_j[b] == i, c0[b], c1[b],
-                   c2[b], c3[b], c4[b], c5[b], c6[b], c7[b]);
+    SREM_ADD_TERMS(r, c, vmax(cj.q, unb), vmax(rj.q, unb), eps, b != diag, b == atr, b == atc, ent_r, ent_c, s, cb, ar,
+                   ac, ar_at, ac_at);
+    if constexpr (kPaired)
+      SREM_ADD_TERMS(rj, cj, vmax(c.q, unb), vmax(r.q, unb), eps, true, at_r_j[b] == i, at_c_j[b] == i, c0[b], c1[b],
+                     c2[b], c3[b], c4[b], c5[b], c6[b], c7[b]);
   }
-  cb += own_cbcl_at(p, q, n, -1, atr, atc, inv_tau, eps, unb, mr, lr, mc, lc, m_r, logl_r, m_c, logl_c);
+  cb += own_cbcl_at(p, q, n, diag, atr, atc, inv_tau, eps, unb, mr, lr, mc, lc, m_r, logl_r, m_c, logl_c);
   out[0] = ent_r, out[1] = ent_c, out[2] = s, out[3] = cb, out[4] = ar, out[5] = ac, out[6] = ar_at, out[7] = ac_at;
 }
 
-// Sample i's statistics from its sums (row_sums' order) and S_ii = sii.
+// Sample i's statistics from its sums (sums' order) and S_ii = sii.
 SREM_INLINE void write_stats(int64_t i, const float* v, float sii, float inv_tau, float mr, float lr, float mc,
                              float lc, float* ce_i2t, float* ce_t2i, float* ent_i2t, float* ent_t2i, float* sce,
                              float* cbcl, float* A_r, float* A_c, float* A_r_rest, float* A_c_rest) {
@@ -113,8 +96,8 @@ struct Pass2Args {
 
 // One panel of pass 2: P = S[row0 : row0+rows, row0 :], Q = S[row0 :, row0 : row0+rows]ᵀ, given as
 // Q itself (q_trans false) or as Qᵀ, read in place from a materialised S (Q[a, b] = Q[b * ldq + a]).
-// Its tasks: the panel's own columns kDiagRows rows at a time (row_sums), then the columns beyond
-// it kPairColumns at a time (pair_sums). Every task writes slots of its own: `part` holds the
+// Its tasks: the panel's own columns kDiagRows rows at a time (sums<false>), then the columns beyond
+// it kPairColumns at a time (sums<true>). Every task writes slots of its own: `part` holds the
 // rows' sums per task, (1 + npair) × rows × kSums (slot 0: own columns, 1 + k: pair task k);
 // `cols` the sums of the samples row0 + rows + b, b < B - row0 - rows, added per column (each
 // column belongs to one task).
@@ -144,8 +127,8 @@ struct Panel {
       for (int64_t a = a0; a < a1; ++a) {
         const int64_t i = row0 + a;
         const float* q = q_trans ? tile.data() + (a - a0) * rows : Q + a * ldq;
-        row_sums(P + a * ldp, q, rows, a, g.at_r[i] - row0, g.at_c[i] - row0, g.inv_tau, g.eps, g.unb, g.m_r[i],
-                 g.logl_r[i], g.m_c[i], g.logl_c[i], m_r, logl_r, m_c, logl_c, &part[a * kSums]);
+        sums<false>(P + a * ldp, q, rows, a, g.at_r[i] - row0, g.at_c[i] - row0, g.inv_tau, g.eps, g.unb, g.m_r[i],
+                    g.logl_r[i], g.m_c[i], g.logl_c[i], m_r, logl_r, m_c, logl_c, &part[a * kSums]);
       }
       return;
     }
@@ -156,16 +139,16 @@ struct Panel {
       transpose(Q + c0 * ldq, ldq, rows, w, tile.data(), w);
     }
     alignas(64) float col[kSums][kPairColumns] = {};
+    float* const cols_k[kSums] = {col[0], col[1], col[2], col[3], col[4], col[5], col[6], col[7]};
     const int64_t j0 = row0 + c0;
     for (int64_t a = 0; a < rows; ++a) {
       const int64_t i = row0 + a;
       const float* q = q_trans ? tile.data() + a * w : Q + a * ldq + c0;
-      pair_sums(P + a * ldp + c0, q, w, static_cast<int32_t>(i), g.at_r[i] - j0, g.at_c[i] - j0, g.inv_tau, g.eps,
-                g.unb, g.m_r[i], g.logl_r[i], g.m_c[i], g.logl_c[i], g.m_r + j0, g.logl_r + j0, g.m_c + j0,
-                g.logl_c + j0, g.at_r + j0, g.at_c + j0, col[0], col[1], col[2], col[3], col[4], col[5], col[6],
-                col[7], &part[((1 + k) * rows + a) * kSums]);
+      sums<true>(P + a * ldp + c0, q, w, -1, g.at_r[i] - j0, g.at_c[i] - j0, g.inv_tau, g.eps, g.unb, g.m_r[i],
+                 g.logl_r[i], g.m_c[i], g.logl_c[i], g.m_r + j0, g.logl_r + j0, g.m_c + j0, g.logl_c + j0,
+                 &part[((1 + k) * rows + a) * kSums], static_cast<int32_t>(i), g.at_r + j0, g.at_c + j0, cols_k);
     }
-    // the column samples' L_cbcl terms pair_sums leaves out: their maximal elements in these rows
+    // the column samples' L_cbcl terms sums<true> leaves out: their maximal elements in these rows
     for (int64_t b = 0; b < w; ++b) {
       const int64_t j = j0 + b, ar = g.at_r[j] - row0, ac = g.at_c[j] - row0;
       if (ar >= 0 && ar < rows) {  // Pr_ji, at S_ji = Q[ar, c0 + b]; bias 1 - Pc_ji under column i's softmax
@@ -211,8 +194,8 @@ void srem_cpu_forward_panel(const float* P, int64_t ldp, const float* Q, int64_t
       const float* p = P + a * ldp;
       const int64_t i = row0 + a;
       float v[kSums];
-      row_sums(p, Q + a * ldq, B, i, at_r[i], at_c[i], inv_tau, eps, unb, m_r[i], logl_r[i], m_c[i], logl_c[i], m_r,
-               logl_r, m_c, logl_c, v);
+      sums<false>(p, Q + a * ldq, B, i, at_r[i], at_c[i], inv_tau, eps, unb, m_r[i], logl_r[i], m_c[i], logl_c[i], m_r,
+                  logl_r, m_c, logl_c, v);
       write_stats(i, v, p[i], inv_tau, m_r[i], logl_r[i], m_c[i], logl_c[i], ce_i2t, ce_t2i, ent_i2t, ent_t2i, sce,
                   cbcl, A_r, A_c, A_r_rest, A_c_rest);
     }
