@@ -217,3 +217,31 @@ def test_public_path_results_survive_the_one_workspace():
     assert torch.equal(out.per_sample, out.loss.detach())
     out.loss.sum().backward()
     assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_triton_routines_on_cuda_tensors(dtype):
+    """The Triton routines as a GPU runs them (compiled, not interpreted): GMM, forward, upstream
+    and the value checks against the torch form and python_ref's GMM."""
+    assert glue.implementation("cuda") == "triton"
+    for kind, B in GMM_CASES + [("two clusters", 100_003)]:
+        e = _energies(kind, B, dtype, seed=B)
+        c, post = glue.gmm_filtration(e.cuda(), posterior=True)
+        ref_post = gmm_low_posterior(e.double())
+        decided = (ref_post - 0.5).abs() > 1e-6
+        assert torch.equal(c.cpu().double()[decided], ref_gmm(e.double())[decided]), (kind, B)
+    for case, (opts, margin, clean) in GLUE_CASES.items():
+        params = SREMParams(**opts)
+        v = {k: t.cuda() for k, t in _vectors(1500, dtype, seed=3).items()}
+        m = (0.1 + 0.2 * torch.rand(1500, device="cuda")) if margin else 0.2
+        cl = torch.rand(1500, device="cuda") if clean else None
+        got, ref = glue.forward(v, params, m, cl, impl="triton"), glue.forward(v, params, m, cl, impl="torch")
+        for k in (*glue.ROWS, "loss"):
+            assert torch.allclose(got[k], ref[k], rtol=1e-6, atol=1e-6), (case, k)
+    good = torch.randn(300, 70, device="cuda", dtype=torch.bfloat16)
+    glue.check_values(img=good, txt=good, impl="triton")
+    bad = good.clone()
+    bad[7, 9] = float("inf")
+    with pytest.raises(ValueError, match="^txt contains NaN or Inf"):
+        glue.check_values(img=good, txt=bad, impl="triton")
