@@ -117,7 +117,7 @@ def table(rows: list[Row], header: str) -> str:
     bad = [r for r in rows if r.status in ("ERROR", "FAIL") and r.check != "tier"]
     if bad:
         lines.append("-- failures --")
-        lines += [f"{r.tier:<12} {r.status:<6} {r.check}: {r.detail}"[:400] for r in bad[:MAX_LISTED_FAILURES]]
+        lines += [f"{r.tier:<12} {r.status:<6} {r.check}: {r.detail}"[:250] for r in bad[:MAX_LISTED_FAILURES]]
         if len(bad) > MAX_LISTED_FAILURES:
             lines.append(f"... {len(bad) - MAX_LISTED_FAILURES} more in results.csv")
     shown = [r for r in rows if r.show]

@@ -134,9 +134,9 @@ def tier_env(ctx: Context, deadline: Deadline) -> None:
     with (ctx.out / "env.txt").open("a") as f:
         f.writelines(f"## {k}\n{v}\n\n" for k, v in sections.items())
     nvcc = re.search(r"release ([\d.]+)", sections["nvcc"])
+    gpu, python = (sections["gpu"].splitlines() or [""])[0], (sections["python"].splitlines() or [""])[-1]
     ctx.results.add(Row(T, "versions", "INFO", show=True,
-                        value=f"GPU, driver, memory: {sections['gpu'].splitlines()[0][:120]}; nvcc {nvcc.group(1) if nvcc else 'not found'}; "
-                              f"{sections['python'].splitlines()[-1][:120]}",
+                        value=f"GPU, driver, memory: {gpu[:120]}; nvcc {nvcc.group(1) if nvcc else 'not found'}; {python[:120]}",
                         detail=f"commit {sections['commit'][:12]}"))  # fmt: skip
     if ctx.dry_run:
         ctx.results.add(Row(T, "install", "SKIP", detail="dry run: the checkout as installed here"))
@@ -159,6 +159,11 @@ def tier_env(ctx: Context, deadline: Deadline) -> None:
             ctx.results.add(Row(T, f"backend {name}", status, detail="" if ok == "yes" else why))
     if rc != 0:
         ctx.results.add(Row(T, "backend import", "ERROR", detail=_last_lines(text)))
+    if not ctx.dry_run:  # the module's static cudart against the driver (the review's setup risk)
+        rc, text = call(ctx, [ctx.py, "-c", "from srem_kernels import cuda_srem; cuda_srem.synchronize(); print('cuda module runs')"],
+                        deadline)  # fmt: skip
+        ok = rc == 0 and "cuda module runs" in text
+        ctx.results.add(Row(T, "backend cuda call", "PASS" if ok else "FAIL", detail="" if ok else _last_lines(text)))
     so = sorted(ROOT.glob("srem_kernels/_srem_cuda*.so"))
     if so and shutil.which("cuobjdump") and not ctx.dry_run:
         dump = _capture(["cuobjdump", "--dump-resource-usage", str(so[0])], ctx.env)
@@ -261,8 +266,8 @@ def tier_pytest(ctx: Context, deadline: Deadline) -> None:
 
 TIERS = {  # name: (estimate_s, cap_s) on the device; the dry run's are small
     "env": (60.0, None),
-    "correctness": (30.0, 110.0),
-    "sanitizer": (30.0, 60.0),
+    "correctness": (30.0, 100.0),
+    "sanitizer": (30.0, 80.0),
     "speed": (45.0, 100.0),
     "pytest": (20.0, None),
 }

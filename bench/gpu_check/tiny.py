@@ -1,6 +1,6 @@
 """The program tier 3 of the GPU check runs under compute-sanitizer: a loss and its backward of
-every variant of one backend at tiny sizes that cross tile and panel edges (B=2, D=1; B=37, D=33
-with 16-row cuda panels), fp32 and bf16. Prints "tiny run ok" when every result is finite.
+every variant of one backend at tiny sizes that cross tile and panel edges (B=2, D=1; B=37, D=64
+with 16-row cuda panels; shapes whose Triton specialisations tier 2 compiled), fp32 and bf16. Prints "tiny run ok" when every result is finite.
 
     compute-sanitizer --tool memcheck python -m bench.gpu_check.tiny --backend cuda
 """
@@ -18,7 +18,7 @@ from bench.gpu_check import backends
 from tests.backend_checks import DTYPES
 from tests.helpers import embeddings
 
-SIZES = ((2, 1), (37, 33))
+SIZES = ((2, 1), (37, 64))
 
 
 def main(argv=None) -> int:
