@@ -172,6 +172,18 @@ def largest_streaming(results: Results, deadline: Deadline, dev, B: int, ms: flo
                     value=f"B={B}: {ms:.1f} ms per fwd+bwd", detail=f"stopped: {stop}", show=True))  # fmt: skip
 
 
+def _guarded(results: Results, step: str, fn, *args):
+    """fn(*args), an exception its ERROR row (the later steps still measure)."""
+    try:
+        return fn(*args)
+    except Exception as err:  # noqa: BLE001
+        results.add(Row(TIER, f"step {step}", "ERROR", detail=f"{type(err).__name__}: {str(err)[:300]}"))
+        return None
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def main(argv=None) -> None:
     args = worker_args(__doc__, argv)
     results, deadline = Results(args.out), Deadline(args.deadline)
@@ -198,15 +210,16 @@ def main(argv=None) -> None:
             results.add(skipped(TIER, f"fwd+bwd {dtype} B={B} D={D}", cfg["first_s"], deadline.left()))
             return
         t0 = time.perf_counter()
-        first = _raced(results, writer, env, [c for c in every if c.name in FIRST[mode]], B, D, dtype, dev, cfg["repeats"])
+        first = _guarded(results, "race", _raced, results, writer, env, [c for c in every if c.name in FIRST[mode]], B, D,
+                         dtype, dev, cfg["repeats"]) or {}  # fmt: skip
         f.flush()
         print(f"first race: {time.perf_counter() - t0:.1f} s")
         triton_kernels(results)
         if dev.type == "cuda" and not backends.unavailable("cuda"):
             if deadline.allows(15):
-                gemm_panels(results, dev, B, D, dtype)
+                _guarded(results, "gemm panels", gemm_panels, results, dev, B, D, dtype)
             if deadline.allows(10):
-                host_syncs(results, dev, B, D, dtype)
+                _guarded(results, "host syncs", host_syncs, results, dev, B, D, dtype)
         big = cfg["big"]
         scale = (big / B) ** 2
         chosen, predicted = [], 0.0
@@ -220,10 +233,11 @@ def main(argv=None) -> None:
                     results.add(skipped(TIER, f"fwd+bwd {dtype} B={big} D={D} {c.name}", cost, deadline.left() - predicted))
         at_big = {}
         if len(chosen) > 1 or (chosen and chosen[0].name != "floor:matmuls"):
-            at_big = _raced(results, writer, env, chosen, big, D, dtype, dev, cfg["big_repeats"])
+            at_big = _guarded(results, "race", _raced, results, writer, env, chosen, big, D, dtype, dev, cfg["big_repeats"]) or {}
         f.flush()
         if "srem:triton:streaming" in at_big:
-            largest_streaming(results, deadline, dev, big, at_big["srem:triton:streaming"], D, dtype, cfg["max_call_s"])
+            _guarded(results, "largest B", largest_streaming, results, deadline, dev, big, at_big["srem:triton:streaming"], D,
+                     dtype, cfg["max_call_s"])  # fmt: skip
 
 
 if __name__ == "__main__":
