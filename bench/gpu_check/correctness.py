@@ -82,7 +82,6 @@ def main(argv=None) -> None:
     args = worker_args(__doc__, argv, lambda ap: ap.add_argument("--backend", required=True, choices=sorted(backends.VARIANTS)))
     results, deadline = Results(args.out), Deadline(args.deadline)
     dev = backends.device()
-    variants = backends.VARIANTS[args.backend]
     why = backends.unavailable(args.backend)
     if why is not None:
         # on the device every backend must run; here (dry run) the GPU ones cannot
@@ -95,42 +94,37 @@ def main(argv=None) -> None:
     shapes = SHAPES["dry" if args.dry_run else "device"]
     for B, D, dt in [(B, D, dt) for B, D in shapes for dt in DTYPE_NAMES]:
         label = f"{dt} B={B} D={D}"
-        need = case_seconds(B, D, len(variants))
-        if not deadline.allows(need):
-            for name, _ in variants:
-                results.add(skipped(TIER, f"{name} {label}", need, deadline.left()))
-            continue
-        img, txt = embeddings(B, D, seed=7 * B + D, noise=0.7, normalize=D > 1, dtype=DTYPES[dt], device=dev)
-        ref_run = reference_run(img, txt, _params(B, "default", B), False)
-        for name, env in variants:
-            with backends.forced(env):
-                check_case(results, name, backends.public(args.backend), img, txt, ref_run, dt, label)
-        if args.backend == "cuda" and (B, D) == shapes[-1]:
+        inputs = run_case(results, deadline, args.backend, B, D, dt, dt, label, dev, seed=7 * B + D)
+        if args.backend == "cuda" and (B, D) == shapes[-1] and inputs is not None:
             try:
-                panels_transpose(results, img, txt, label)
+                panels_transpose(results, *inputs, label)
             except Exception as err:  # noqa: BLE001 - recorded; the next case still runs
                 results.add(Row(TIER, f"cuda P==Qᵀ {label}", "ERROR", detail=f"{type(err).__name__}: {str(err)[:300]}"))
     if args.backend == "triton" and not args.dry_run:
-        tf32(results, deadline, variants, *shapes[-1], dev)
+        # fp32 inputs with matmul precision "high": Triton's TF32 dots truncate (review item 1)
+        B, D = shapes[-1]
+        torch.set_float32_matmul_precision("high")
+        try:
+            run_case(results, deadline, "triton", B, D, "fp32", "tf32", f"tf32 B={B} D={D}", dev, seed=11)
+        finally:
+            torch.set_float32_matmul_precision("highest")
 
 
-def tf32(results: Results, deadline: Deadline, variants, B: int, D: int, dev) -> None:
-    """fp32 inputs with matmul precision "high": Triton's TF32 dots truncate (review item 1)."""
-    label = f"tf32 B={B} D={D}"
+def run_case(results: Results, deadline: Deadline, backend: str, B, D, dtype, tol_key, label, dev, seed):
+    """Every variant of the backend on one input (one reference for all), or skipped rows when
+    the deadline is too near. Returns the inputs, or None when skipped."""
+    variants = backends.VARIANTS[backend]
     need = case_seconds(B, D, len(variants))
     if not deadline.allows(need):
         for name, _ in variants:
             results.add(skipped(TIER, f"{name} {label}", need, deadline.left()))
-        return
-    img, txt = embeddings(B, D, seed=11, noise=0.7, dtype=torch.float32, device=dev)
+        return None
+    img, txt = embeddings(B, D, seed=seed, noise=0.7, normalize=D > 1, dtype=DTYPES[dtype], device=dev)
     ref_run = reference_run(img, txt, _params(B, "default", B), False)
-    torch.set_float32_matmul_precision("high")
-    try:
-        for name, env in variants:
-            with backends.forced(env):
-                check_case(results, name, backends.public("triton"), img, txt, ref_run, "tf32", label)
-    finally:
-        torch.set_float32_matmul_precision("highest")
+    for name, env in variants:
+        with backends.forced(env):
+            check_case(results, name, backends.public(backend), img, txt, ref_run, tol_key, label)
+    return img, txt
 
 
 if __name__ == "__main__":
