@@ -24,6 +24,7 @@ from srem_kernels.train.methods import METHODS, batch_loss
 # 2.0, batch 128, margin 0.2, tau 0.05; the synthetic ones make a run take minutes on a CPU.
 DATASET_DEFAULTS = {
     "synthetic": dict(epochs=12, warmup_epochs=2, lr=1e-3, lr_update=8, embed_dim=256),
+    "synthetic-scenes": dict(epochs=12, warmup_epochs=2, lr=1e-3, lr_update=8, embed_dim=256),
     "digits": dict(epochs=12, warmup_epochs=2, lr=1e-3, lr_update=8, embed_dim=256),
     "f30k": dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024),
     "coco": dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024),
