@@ -73,6 +73,7 @@ import torch
 
 from python_ref.filtration import clean_weights
 from python_ref.srem import STATISTICS, reduce
+from srem_kernels import sensitivity
 from srem_kernels._validate import SREMParams
 
 # The glue computes these statistics; the kernels' forward returns the others as they are.
@@ -196,13 +197,15 @@ def filtration(energy: torch.Tensor, clean, select: str) -> torch.Tensor:
     return c.clone() if clean is not None else c
 
 
-def _glue(saved, params: SREMParams, margin, clean, c=None):
-    """Everything after the kernels: energy, filtration (unless `c` is given), weights, hinge, L_i."""
+def _glue(saved, params: SREMParams, margin, clean, c=None, batch_sce=None, lo=0):
+    """Everything after the kernels: energy, filtration (unless `c` is given), weights, hinge, L_i.
+    batch_sce, lo: the whole batch's sce when `saved` holds its rows lo.. (distributed.py)."""
     e = energy(saved, params.tau)
     c = filtration(e, clean, params.select) if c is None else c
-    w = torch.exp(-saved["sce"]) if params.sce_weight else torch.ones_like(saved["sce"])
     if isinstance(margin, torch.Tensor):
         margin = margin.to(e.dtype)
+    w, m, f = sensitivity.terms(saved["sce"], params.sce_mode, margin, batch_sce=batch_sce, lo=lo)
+    margin, c = (margin if m is None else m), (c if f is None else c * f)
     x_r = margin - saved["pos"] + saved["hard_i2t"]
     x_c = margin - saved["pos"] + saved["hard_t2i"]
     loss_hard = torch.relu(x_r) + torch.relu(x_c)
