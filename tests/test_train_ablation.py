@@ -63,6 +63,24 @@ def test_runner_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, monke
         ablation.run(spec, runs, n_jobs=0)
 
 
+def test_a_failing_run_is_logged_and_the_others_go_on(tmp_path, monkeypatch):
+    calls = []
+    fake = _fake_train(calls)
+
+    def train(cfg):
+        if cfg.seed == 1 and cfg.method == "srem":
+            raise RuntimeError("out of memory")
+        return fake(cfg)
+
+    monkeypatch.setattr(trainer, "train", train)
+    spec = Spec(regimes={"synthetic": (0, 1)}, noises=(0.4,), variants=("srem",), table=False)
+    done = ablation.run(spec, tmp_path, n_jobs=1, executor=ThreadPoolExecutor(1))
+    assert len(done) == 3 and ablation.pending(spec.jobs(), tmp_path) == [Job("synthetic", "srem", 0.4, 1)]
+    log = [json.loads(line) for line in (tmp_path / ablation.WALL_LOG).read_text().splitlines()]
+    assert [e for e in log if e["event"] == "error"][0]["error"] == "RuntimeError: out of memory"
+    assert log[-1]["failed"] == 1
+
+
 def test_two_processes_train_the_tiny_grid(tmp_path):
     """The real pool: spawned workers, one thread each, the trainer end to end."""
     spec = Spec(regimes={"synthetic": (0,)}, noises=(0.4,), variants=("srem",), table=False, size="tiny", epochs=2,
@@ -159,3 +177,15 @@ def test_command_line_lists_and_narrows(tmp_path, capsys):
     assert out.strip().endswith("8 runs (8 in the grid, 0 in the table, 0 shared); 8 to run")
     with pytest.raises(SystemExit, match="--regimes: unknown"):
         ablation.main(["list", "--regimes", "imagenet"])
+
+
+def test_wall_time_counts_an_invocation_killed_before_its_end(tmp_path):
+    lines = [
+        {"event": "start", "jobs": 2, "time": "2026-12-01T10:00:00+00:00"},
+        {"event": "run", "seconds": 1000.0, "time": "2026-12-01T10:30:00+00:00"},  # then killed
+        {"event": "start", "jobs": 2, "time": "2026-12-01T12:00:00+00:00"},
+        {"event": "run", "seconds": 800.0, "time": "2026-12-01T12:15:00+00:00"},
+        {"event": "end", "time": "2026-12-01T12:18:00+00:00"},
+    ]
+    (tmp_path / ablation.WALL_LOG).write_text("".join(json.dumps(e) + "\n" for e in lines))
+    assert ablation._wall(tmp_path) == "0.80 h wall over 2 runner invocation(s) with --jobs 2; 0.50 h of run time summed over runs"

@@ -121,7 +121,8 @@ def _record(runs: Path, entry: dict) -> None:
 
 def run(spec: Spec, runs: Path, n_jobs: int = 2, executor=None) -> list[tuple[Job, float, float]]:
     """Run every job of `spec` that has no results yet, in n_jobs processes (spawned, so no state of
-    this process leaks into them); `executor` (tests) replaces the process pool. Returns the jobs done."""
+    this process leaks into them); `executor` (tests) replaces the process pool. Returns the jobs
+    done; a run that raises is logged (event "error") and the others go on."""
     if n_jobs < 1:
         raise ValueError(f"--jobs must be at least 1; got {n_jobs}")
     todo = pending(spec.jobs(), runs)
@@ -136,18 +137,29 @@ def run(spec: Spec, runs: Path, n_jobs: int = 2, executor=None) -> list[tuple[Jo
         _single_thread_env()  # inherited by the spawned workers before they import torch
         executor = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_worker_init)
+    failed = []
     with executor as pool:
-        futures = [pool.submit(execute, j, *args) for j in todo]
+        futures = {pool.submit(execute, j, *args): j for j in todo}
         for fut in as_completed(futures):
-            job, seconds, rsum = fut.result()
+            try:
+                job, seconds, rsum = fut.result()
+            except Exception as err:  # noqa: BLE001 - one broken run must not stop the grid
+                job = futures[fut]
+                failed.append(job)
+                _record(runs, {"event": "error", "dataset": job.dataset, "method": job.method, "noise": job.noise,
+                               "seed": job.seed, "error": f"{type(err).__name__}: {err}"})  # fmt: skip
+                print(f"FAILED {job.dataset} {job.method} noise {job.noise:.0%} seed {job.seed}: {err}", flush=True)
+                continue
             done.append((job, seconds, rsum))
             _record(runs, {"event": "run", "dataset": job.dataset, "method": job.method, "noise": job.noise,
                            "seed": job.seed, "seconds": round(seconds, 1), "rsum": rsum, "commit": _commit()})  # fmt: skip
-            left = len(todo) - len(done)
+            left = len(todo) - len(done) - len(failed)
             eta = (time.time() - t0) / len(done) * left
             print(f"[{len(done)}/{len(todo)}] {job.dataset} {job.method} noise {job.noise:.0%} seed {job.seed}: "
                   f"test rSum {rsum:.1f} ({seconds:.0f}s; ~{eta / 60:.0f} min left)", flush=True)
-    _record(runs, {"event": "end", "done": len(done), "wall_s": round(time.time() - t0, 1)})
+    _record(runs, {"event": "end", "done": len(done), "failed": len(failed), "wall_s": round(time.time() - t0, 1)})
+    if failed:
+        print(f"{len(failed)} run(s) failed (see {runs / WALL_LOG}); run again to retry them", flush=True)
     return done
 
 
@@ -247,15 +259,24 @@ def _conclusion(spec: Spec, verdicts: dict) -> list[str]:
 
 
 def _wall(runs: Path) -> str:
-    log = runs / WALL_LOG
-    if not log.exists():
+    """The runner invocations' wall time (one killed before its end: up to its last entry) and the
+    runs' time summed."""
+    entries = _wall_entries(runs)
+    if not entries:
         return "unknown"
-    entries = [json.loads(line) for line in log.read_text().splitlines()]
-    ends = [e for e in entries if e["event"] == "end"]
-    wall = sum(e["wall_s"] for e in ends)
+    wall, starts, first, last = 0.0, 0, None, None
+    for e in entries + [{"event": "start"}]:  # a sentinel closes the last invocation
+        t = datetime.fromisoformat(e["time"]).timestamp() if "time" in e else None
+        if e["event"] == "start":
+            if first is not None:
+                wall += last - first
+            first, last = t, t
+            starts += t is not None
+        else:
+            last = t
     work = sum(e["seconds"] for e in entries if e["event"] == "run")
     jobs = sorted({e["jobs"] for e in entries if e["event"] == "start"})
-    return (f"{wall / 3600:.2f} h wall over {len(ends)} runner invocation(s) with --jobs {'/'.join(map(str, jobs))}; "
+    return (f"{wall / 3600:.2f} h wall over {starts} runner invocation(s) with --jobs {'/'.join(map(str, jobs))}; "
             f"{work / 3600:.2f} h of run time summed over runs")
 
 
@@ -459,6 +480,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{len(spec.grid_jobs()) + len(spec.table_jobs()) - len(jobs)} shared); {len(todo)} to run")
     elif args.command == "run":
         run(spec, runs, args.jobs)
+        if pending(spec.jobs(), runs):
+            raise SystemExit(1)
     else:
         print(report(spec, runs, Path(args.report), command))
 
