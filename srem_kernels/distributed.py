@@ -11,7 +11,9 @@ matrix or the whole batch's gradient. What crosses the group, per call:
             2. the embeddings: all-gather of img and txt (2·B·D values)
             3. pass 1's per-sample vectors (lse, split forms, hardest negatives: ~12 per sample):
                the column side of the coupled terms and the GMM over the global batch's energies
-            4. pass 2's per-sample vectors (A, A_rest, at, L_i: ~8 per sample)
+            4. pass 2's per-sample vectors (A, A_rest, at, L_i: ~8 per sample); before it, with
+               sensitivity="clean" or "rank" only, every sample's sce (they rank or cluster the
+               global batch's)
   backward  5. the upstream gradients g, k_r, k_c (3 per sample)
 
 Memory per rank: the gathered embeddings (2·B·D, kept for the backward), O(B) vectors, and the
@@ -32,8 +34,8 @@ import torch
 import torch.distributed as dist
 
 from python_ref.srem import reduce
-from srem_kernels import fused, glue, registry
-from srem_kernels._validate import REDUCTIONS, SELECTS, _flag, check_embeddings, check_params, SREMParams
+from srem_kernels import fused, glue, registry, sensitivity
+from srem_kernels._validate import REDUCTIONS, SELECTS, SENSITIVITIES, _flag, check_embeddings, check_params, SREMParams
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # torch ≥ 2.12 renamed it; the GPU image's 2.11 has only the old name
@@ -72,6 +74,7 @@ def _fields(img, params: SREMParams | None, stats_only, needs_grad) -> list[tupl
         ("tau", p.tau if p else 0), ("lambda_hard", p.lambda_hard if p else 0),
         ("lambda_cbcl", p.lambda_cbcl if p else 0), ("eps", p.eps if p else 0),
         ("bias", p.bias if p else 0), ("sce_weight", p.sce_weight if p else 0),
+        ("sensitivity", SENSITIVITIES.index(p.sensitivity) if p else 0),
         ("select", SELECTS.index(p.select) if p else 0), ("reduction", REDUCTIONS.index(p.reduction) if p else 0),
         ("margin (a float, or a tensor on every rank)", margin),
         ("clean (given on every rank or on none)", p.clean is not None if p else 0),
@@ -161,8 +164,11 @@ def _forward(kernels, img, txt, margin, clean, params: SREMParams, layout: Layou
     if clean is None and p.select == "gmm":  # the GMM over the global batch, the same on every rank
         energy = -p.tau * (first["lse_r"] + first["lse_c"]) / 2  # as the glue forms it
         clean, select = glue.gmm_filtration(energy, impl=impl)[lo:hi], "given"
+    # modes that rank or cluster the batch's sce see the global batch's (all ranks take this branch alike)
+    batch_sce = gather_vectors({"sce": p2["sce"]}, layout, group)["sce"] if p.sce_mode in sensitivity.BATCH_MODES else None
     # L_i of the local rows; the reduction is over the gathered L_i below
-    out = glue.forward(p1 | p2, dataclasses.replace(p, reduction="none"), margin, clean, impl=impl, select=select)
+    out = glue.forward(p1 | p2, dataclasses.replace(p, reduction="none"), margin, clean, impl=impl, select=select,
+                       batch_sce=batch_sce, lo=lo)  # fmt: skip
     per_sample = out["per_sample"]
     second = gather_vectors(({} if stats_only else p2) | {"per_sample": per_sample}, layout, group)
     total = reduce(second.pop("per_sample"), p.reduction) if p.reduction != "none" else per_sample.clone()

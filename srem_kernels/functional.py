@@ -40,6 +40,7 @@ def loss(
     lambda_cbcl: float = 1.0,
     bias: bool = True,
     sce_weight: bool = True,
+    sensitivity: str = "weight",
     clean: torch.Tensor | None = None,
     select: str = "gmm",
     eps: float = 1e-10,
@@ -53,7 +54,9 @@ def loss(
 
     Embeddings are used as given (normalise them first, VSE∞/CLIP style). `margin` is a float or
     a (B,) tensor; `clean` optional (B,) weights in [0, 1] that replace the in-batch filtration
-    chosen by `select` ("gmm" or "none"). `reduction` is "mean", "sum" or "none" (the B-vector).
+    chosen by `select` ("gmm" or "none"). `sensitivity` says how sce enters the hinge: "weight"
+    (SPEC's w = exp(-sce)), "margin", "clean" or "rank" (srem_kernels/sensitivity.py, README);
+    sce_weight=False turns it off. `reduction` is "mean", "sum" or "none" (the B-vector).
     `backend` is "auto" or a name from srem_kernels.backends(). `check_finite=True` checks the
     values of img, txt (or sim), a margin vector and `clean` (NaN/Inf; clean in [0, 1]) in one
     routine with at most one host read (a device sync); `check_finite=False` skips every value
@@ -72,15 +75,15 @@ def loss(
     if group is not None:
         name, total, per_sample, stats = distributed.loss(
             img, txt, group=group, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl,
-            bias=bias, sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction,
-            backend=backend, check_finite=check_finite, stats_only=stats_only,
+            bias=bias, sce_weight=sce_weight, sensitivity=sensitivity, clean=clean, select=select, eps=eps,
+            reduction=reduction, backend=backend, check_finite=check_finite, stats_only=stats_only,
         )  # fmt: skip
         return SREMResult(loss=total, per_sample=per_sample.detach(), stats=SREMStats(**stats), backend=name)
     B, _ = check_embeddings(img, txt, check_finite=False)  # values: _compute, in one routine
     return _compute(
         img, txt, None, B, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,
-        sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction, backend=backend,
-        check_finite=check_finite, stats_only=stats_only,
+        sce_weight=sce_weight, sensitivity=sensitivity, clean=clean, select=select, eps=eps, reduction=reduction,
+        backend=backend, check_finite=check_finite, stats_only=stats_only,
     )  # fmt: skip
 
 
@@ -93,6 +96,7 @@ def loss_from_similarity(
     lambda_cbcl: float = 1.0,
     bias: bool = True,
     sce_weight: bool = True,
+    sensitivity: str = "weight",
     clean: torch.Tensor | None = None,
     select: str = "gmm",
     eps: float = 1e-10,
@@ -106,6 +110,6 @@ def loss_from_similarity(
     B = check_similarity(sim, check_finite=False)  # values: _compute, in one routine
     return _compute(
         None, None, sim, B, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,
-        sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction, backend=backend,
-        check_finite=check_finite, stats_only=stats_only,
+        sce_weight=sce_weight, sensitivity=sensitivity, clean=clean, select=select, eps=eps, reduction=reduction,
+        backend=backend, check_finite=check_finite, stats_only=stats_only,
     )  # fmt: skip

@@ -17,8 +17,10 @@ python_ref's). `implementation()` says which runs.
 
 Workspace rows (ws[k] for ROWS[k], each a B-vector in the accumulation dtype):
     energy_i2t = -tau lse_r          energy_t2i = -tau lse_c        energy = -tau (lse_r + lse_c) / 2
-    clean      = c                   weight = w = exp(-sce) or 1     loss_hard = [x_r]_+ + [x_c]_+
+    clean      = c (times f)         weight = w = exp(-sce) or 1     loss_hard = [x_r]_+ + [x_c]_+
     per_sample = lambda_hard c w loss_hard + lambda_cbcl loss_cbcl
+  (a `sensitivity` mode other than "weight" gives w, the margin m or a factor f on c as
+  B-vectors: srem_kernels/sensitivity.py)
     hinge_r    = lambda_hard c w [x_r > 0]     hinge_c = lambda_hard c w [x_c > 0]
   with x_r = m - pos + hard_i2t, x_c = m - pos + hard_t2i. The backward's vectors are then
     g_cbcl = lambda_cbcl g_i,   k_r = g_i hinge_r,   k_c = g_i hinge_c
@@ -37,7 +39,7 @@ from typing import Optional
 import torch
 
 from python_ref.filtration import gmm_filtration as _reference_gmm, gmm_low_posterior
-from srem_kernels import _alloc
+from srem_kernels import _alloc, sensitivity
 
 ROWS = ("energy_i2t", "energy_t2i", "energy", "clean", "weight", "loss_hard", "per_sample", "hinge_r", "hinge_c")
 SELECT = ("given", "gmm", "none")  # the routines' codes: the index
@@ -87,7 +89,8 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 # ---------------------------------------------------------------- the torch form
 
 
-def _torch_forward(v, margin, clean, margin_value, tau, lambda_hard, lambda_cbcl, sce_weight, select, reduction):
+def _torch_forward(v, margin, clean, weight, factor, margin_value, tau, lambda_hard, lambda_cbcl, sce_weight, select,
+                   reduction):  # fmt: skip
     """(ws, loss) as the module docstring defines them, in plain torch."""
     lse_r, lse_c = v["lse_r"], v["lse_c"]
     energy = -tau * (lse_r + lse_c) / 2
@@ -97,7 +100,12 @@ def _torch_forward(v, margin, clean, margin_value, tau, lambda_hard, lambda_cbcl
         c = _reference_gmm(energy)
     else:
         c = torch.ones_like(energy)
-    w = torch.exp(-v["sce"]) if sce_weight else torch.ones_like(energy)
+    if factor is not None:
+        c = c * factor
+    if weight is not None:
+        w = weight.to(energy.dtype)
+    else:
+        w = torch.exp(-v["sce"]) if sce_weight else torch.ones_like(energy)
     m = margin.to(energy.dtype) if margin is not None else margin_value
     x_r = m - v["pos"] + v["hard_i2t"]
     x_c = m - v["pos"] + v["hard_t2i"]
@@ -122,14 +130,15 @@ def _torch_upstream(g, scale, lambda_cbcl, hinge_r, hinge_c):
 _VECTORS = ("lse_r", "lse_c", "pos", "hard_i2t", "hard_t2i", "sce", "loss_cbcl")
 
 
-def _forward(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clean, margin_value, tau,
+def _forward(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clean, weight, factor, margin_value, tau,
              lambda_hard, lambda_cbcl, sce_weight, select, reduction, impl):  # fmt: skip
     v = dict(zip(_VECTORS, (lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl)))
     if impl == "torch":
-        return _torch_forward(v, margin, clean, margin_value, tau, lambda_hard, lambda_cbcl, sce_weight, select,
-                              reduction)  # fmt: skip
+        return _torch_forward(v, margin, clean, weight, factor, margin_value, tau, lambda_hard, lambda_cbcl,
+                              sce_weight, select, reduction)  # fmt: skip
     acc, B = lse_r.dtype, lse_r.shape[0]
     v = {k: t.contiguous() for k, t in v.items()}  # ours: contiguous already
+    weight, factor = (None if t is None else t.to(acc).contiguous() for t in (weight, factor))
     ws = _alloc.empty((len(ROWS), B), dtype=acc, device=lse_r.device)
     loss = _alloc.empty((), dtype=acc, device=lse_r.device)
     if impl == "cpu":
@@ -137,12 +146,13 @@ def _forward(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clea
         _cpu_module().glue_forward(
             B, *p, margin.data_ptr() if margin is not None else 0, margin.stride(0) if margin is not None else 0,
             margin_value, clean.data_ptr() if clean is not None else 0, clean.stride(0) if clean is not None else 0,
+            weight.data_ptr() if weight is not None else 0, factor.data_ptr() if factor is not None else 0,
             select, sce_weight, reduction, tau, lambda_hard, lambda_cbcl, ws.data_ptr(), loss.data_ptr(),
             acc == torch.float64,
         )  # fmt: skip
     else:
-        _triton_module().glue_forward(v, margin, clean, margin_value, tau, lambda_hard, lambda_cbcl, sce_weight,
-                                      select, reduction, ws, loss)  # fmt: skip
+        _triton_module().glue_forward(v, margin, clean, weight, factor, margin_value, tau, lambda_hard, lambda_cbcl,
+                                      sce_weight, select, reduction, ws, loss)  # fmt: skip
     return ws, loss
 
 
@@ -167,17 +177,17 @@ def _upstream(g, hinge_r, hinge_c, scale, lambda_cbcl, impl):
 def glue_forward_op(
     lse_r: torch.Tensor, lse_c: torch.Tensor, pos: torch.Tensor, hard_i2t: torch.Tensor, hard_t2i: torch.Tensor,
     sce: torch.Tensor, loss_cbcl: torch.Tensor, margin: Optional[torch.Tensor], clean: Optional[torch.Tensor],
-    margin_value: float, tau: float, lambda_hard: float, lambda_cbcl: float, sce_weight: bool, select: int,
+    weight: Optional[torch.Tensor], factor: Optional[torch.Tensor], margin_value: float, tau: float, lambda_hard: float, lambda_cbcl: float, sce_weight: bool, select: int,
     reduction: int, impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    ws, loss = _forward(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clean, margin_value, tau,
-                        lambda_hard, lambda_cbcl, sce_weight, select, reduction, impl)  # fmt: skip
+    ws, loss = _forward(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clean, weight, factor,
+                        margin_value, tau, lambda_hard, lambda_cbcl, sce_weight, select, reduction, impl)  # fmt: skip
     return ws, loss
 
 
 @glue_forward_op.register_fake
-def _(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clean, margin_value, tau, lambda_hard,
-      lambda_cbcl, sce_weight, select, reduction, impl):  # fmt: skip
+def _(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clean, weight, factor, margin_value, tau,
+      lambda_hard, lambda_cbcl, sce_weight, select, reduction, impl):  # fmt: skip
     return lse_r.new_empty((len(ROWS), lse_r.shape[0])), lse_r.new_empty(())
 
 
@@ -195,19 +205,32 @@ def _(g, hinge_r, hinge_c, scale, lambda_cbcl, impl):
 # ---------------------------------------------------------------- what the backends call
 
 
-def forward(vectors: dict, params, margin, clean, *, impl: str, select: str | None = None) -> dict:
+def forward(vectors: dict, params, margin, clean, *, impl: str, select: str | None = None,
+            batch_sce: torch.Tensor | None = None, lo: int = 0) -> dict:  # fmt: skip
     """The workspace's rows (ROWS) and "loss" from the kernels' `vectors`. `params` an
-    SREMParams (tau, lambdas, sce_weight, select, reduction); `margin`, `clean` the call's (a
-    float or a B-vector; None or a B-vector). `select` overrides params.select ("given": `clean`
-    is the c to use, as the distributed path passes the global GMM's flags)."""
+    SREMParams (tau, lambdas, sce_weight, sensitivity, select, reduction); `margin`, `clean` the
+    call's (a float or a B-vector; None or a B-vector). `select` overrides params.select
+    ("given": `clean` is the c to use, as the distributed path passes the global GMM's flags).
+    A sensitivity mode other than SPEC's "weight" (srem_kernels/sensitivity.py) turns sce into a
+    weight vector, a margin vector or a factor on c first (a few B-vector ops, only then);
+    `batch_sce`, `lo`: the whole batch's sce when `vectors` hold its rows lo.. (distributed)."""
     e_dtype = vectors["lse_r"].dtype
     if select is None:
         select = "given" if clean is not None else params.select
-    m_vec = margin.to(e_dtype) if isinstance(margin, torch.Tensor) else None
+    if isinstance(margin, torch.Tensor):
+        margin = margin.to(e_dtype)
+    weight = factor = None
+    mode = params.sce_mode
+    if mode not in (None, "weight"):
+        t = sensitivity.terms(vectors["sce"], mode, margin, batch_sce=batch_sce, lo=lo,
+                              gmm=lambda x: gmm_filtration(x, impl=impl))  # fmt: skip
+        weight, factor = t.weight, t.clean_factor
+        margin = margin if t.margin is None else t.margin
+    m_vec = margin if isinstance(margin, torch.Tensor) else None
     m_val = 0.0 if isinstance(margin, torch.Tensor) else float(margin)
     c_vec = clean.to(e_dtype) if clean is not None else None
-    args = (*(vectors[k] for k in _VECTORS), m_vec, c_vec, m_val, float(params.tau), float(params.lambda_hard),
-            float(params.lambda_cbcl), bool(params.sce_weight), SELECT.index(select),
+    args = (*(vectors[k] for k in _VECTORS), m_vec, c_vec, weight, factor, m_val, float(params.tau),
+            float(params.lambda_hard), float(params.lambda_cbcl), mode == "weight", SELECT.index(select),
             REDUCTION.index(params.reduction), impl)  # fmt: skip
     ws, loss = glue_forward_op(*args) if torch.compiler.is_compiling() else _forward(*args)
     out = dict(zip(ROWS, ws.unbind(0)))

@@ -185,8 +185,9 @@ def _gmm_kernel(x, stride, B, clean, post, WITH_POST: tl.constexpr, ACC: tl.cons
 
 @triton.jit(do_not_specialize=["margin_bits", "tau_bits", "lambda_hard_bits", "lambda_cbcl_bits"])
 def _glue_kernel(lse_r, lse_c, pos, hard_r, hard_c, sce, cbcl, margin, margin_stride, margin_bits, given,
-                 given_stride, tau_bits, lambda_hard_bits, lambda_cbcl_bits, ws, loss, B,
-                 HAS_MARGIN: tl.constexpr, SELECT: tl.constexpr, SCE_WEIGHT: tl.constexpr,
+                 given_stride, weight, factor, tau_bits, lambda_hard_bits, lambda_cbcl_bits, ws, loss, B,
+                 HAS_MARGIN: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_FACTOR: tl.constexpr,
+                 SELECT: tl.constexpr, SCE_WEIGHT: tl.constexpr,
                  REDUCTION: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, ROUNDS: tl.constexpr,
                  FLOOR: tl.constexpr):  # fmt: skip
     """glue.py's forward in one program: rows of ws (glue.ROWS) and the reduced loss.
@@ -215,7 +216,11 @@ def _glue_kernel(lse_r, lse_c, pos, hard_r, hard_c, sce, cbcl, margin, margin_st
             c = c.to(ACC)
         else:
             c = tl.full((BLOCK,), 1.0, ACC)
-        if SCE_WEIGHT:
+        if HAS_FACTOR:  # a sensitivity mode's factor on c (srem_kernels/sensitivity.py)
+            c = c * tl.load(factor + offs, mask=mask, other=0.0)
+        if HAS_WEIGHT:
+            w = tl.load(weight + offs, mask=mask, other=0.0)
+        elif SCE_WEIGHT:
             w = tl.exp(-tl.load(sce + offs, mask=mask, other=0.0))
         else:
             w = tl.full((BLOCK,), 1.0, ACC)
@@ -296,8 +301,8 @@ class _nullcontext:
         return False
 
 
-def glue_forward(v, margin, clean, margin_value, tau, lambda_hard, lambda_cbcl, sce_weight, select, reduction,
-                 ws, loss):  # fmt: skip
+def glue_forward(v, margin, clean, weight, factor, margin_value, tau, lambda_hard, lambda_cbcl, sce_weight, select,
+                 reduction, ws, loss):  # fmt: skip
     """Fill ws (9×B) and loss (a 1-element tensor); see glue.py."""
     lse_r = v["lse_r"]
     B = lse_r.shape[0]
@@ -308,8 +313,9 @@ def glue_forward(v, margin, clean, margin_value, tau, lambda_hard, lambda_cbcl, 
             lse_r, v["lse_c"], v["pos"], v["hard_i2t"], v["hard_t2i"], v["sce"], v["loss_cbcl"],
             margin if margin is not None else dummy, margin.stride(0) if margin is not None else 0, bits(margin_value),
             clean if clean is not None else dummy, clean.stride(0) if clean is not None else 0,
+            weight if weight is not None else dummy, factor if factor is not None else dummy,
             bits(tau), bits(lambda_hard), bits(lambda_cbcl), ws, loss, B,
-            HAS_MARGIN=margin is not None, SELECT=select, SCE_WEIGHT=bool(sce_weight), REDUCTION=reduction,
+            HAS_MARGIN=margin is not None, HAS_WEIGHT=weight is not None, HAS_FACTOR=factor is not None, SELECT=select, SCE_WEIGHT=bool(sce_weight), REDUCTION=reduction,
             ACC=acc, BLOCK=_BLOCK, **_GMM, **_COMPILE_OPTIONS,
         )  # fmt: skip
 

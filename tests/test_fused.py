@@ -19,12 +19,17 @@ OPTIONS = {
     "no-sce": {"sce_weight": False, "reduction": "sum"},
     "clean-given": {"clean": "random", "reduction": "none"},
     "select-none": {"select": "none", "lambda_hard": 0.5, "lambda_cbcl": 2.0, "margin": "vector"},
+    # the sensitivity modes (srem_kernels/sensitivity.py)
+    "sce-margin": {"sensitivity": "margin", "margin": "vector"},
+    "sce-clean": {"sensitivity": "clean", "reduction": "none"},
+    "sce-clean-given": {"sensitivity": "clean", "clean": "random", "reduction": "sum"},
+    "sce-rank": {"sensitivity": "rank"},
 }
 
 
 def _params(B, case, seed):
-    kw = dict(tau=0.05, margin=0.2, lambda_hard=1.0, lambda_cbcl=1.0, bias=True, sce_weight=True, clean=None,
-              select="gmm", eps=1e-10, reduction="mean")  # fmt: skip
+    kw = dict(tau=0.05, margin=0.2, lambda_hard=1.0, lambda_cbcl=1.0, bias=True, sce_weight=True, sensitivity="weight",
+              clean=None, select="gmm", eps=1e-10, reduction="mean")  # fmt: skip
     kw.update(OPTIONS[case])
     g = torch.Generator().manual_seed(seed)
     if kw["clean"] == "random":

@@ -98,6 +98,10 @@ GLUE_CASES = {
     "clean given, sum": ({"reduction": "sum"}, None, "clean"),
     "margin vector, none": ({"reduction": "none", "sce_weight": False}, "margin", None),
     "select none": ({"select": "none", "lambda_hard": 0.5, "lambda_cbcl": 2.0}, None, None),
+    # sensitivity modes (srem_kernels/sensitivity.py): a weight vector, a margin vector, a factor on c
+    "sensitivity rank": ({"sensitivity": "rank"}, None, None),
+    "sensitivity margin": ({"sensitivity": "margin", "reduction": "sum"}, "margin", None),
+    "sensitivity clean, clean given": ({"sensitivity": "clean"}, None, "clean"),
 }
 
 

@@ -165,8 +165,8 @@ enum Reduction { kMean = 0, kSum = 1, kNoReduction = 2 };
 template <class T>
 void glue_forward(int64_t B, const T* lse_r, const T* lse_c, const T* pos, const T* hard_r, const T* hard_c,
                   const T* sce, const T* cbcl, const T* margin, int64_t margin_stride, T margin_value,
-                  const T* given, int64_t given_stride, int select, bool sce_weight, int reduction, T tau,
-                  T lambda_hard, T lambda_cbcl, T* ws, T* loss) {
+                  const T* given, int64_t given_stride, const T* weight, const T* factor, int select,
+                  bool sce_weight, int reduction, T tau, T lambda_hard, T lambda_cbcl, T* ws, T* loss) {
   T* row[kRows];
   for (int k = 0; k < kRows; ++k) row[k] = ws + k * B;
   for (int64_t i = 0; i < B; ++i) {
@@ -182,9 +182,12 @@ void glue_forward(int64_t B, const T* lse_r, const T* lse_c, const T* pos, const
   } else {
     std::fill(c, c + B, T(1));
   }
+  if (factor) {  // a sensitivity mode's factor on c (srem_kernels/sensitivity.py)
+    for (int64_t i = 0; i < B; ++i) c[i] *= factor[i];
+  }
   double total = 0;
   for (int64_t i = 0; i < B; ++i) {
-    const T w = sce_weight ? std::exp(-sce[i]) : T(1);
+    const T w = weight ? weight[i] : sce_weight ? std::exp(-sce[i]) : T(1);
     const T m = margin ? margin[i * margin_stride] : margin_value;
     const T x_r = m - pos[i] + hard_r[i], x_c = m - pos[i] + hard_c[i];
     const T lh = std::max(x_r, T(0)) + std::max(x_c, T(0));
@@ -232,20 +235,21 @@ void register_glue(py::module_& m) {
   }, nogil);
   m.def("glue_forward", [](int64_t B, uintptr_t lse_r, uintptr_t lse_c, uintptr_t pos, uintptr_t hard_r,
                            uintptr_t hard_c, uintptr_t sce, uintptr_t cbcl, uintptr_t margin, int64_t margin_stride,
-                           double margin_value, uintptr_t given, int64_t given_stride, int select, bool sce_weight,
-                           int reduction, double tau, double lambda_hard, double lambda_cbcl, uintptr_t ws,
-                           uintptr_t loss, bool double_) {
+                           double margin_value, uintptr_t given, int64_t given_stride, uintptr_t weight,
+                           uintptr_t factor, int select, bool sce_weight, int reduction, double tau,
+                           double lambda_hard, double lambda_cbcl, uintptr_t ws, uintptr_t loss, bool double_) {
     if (double_)
       glue_forward<double>(B, cptr<double>(lse_r), cptr<double>(lse_c), cptr<double>(pos), cptr<double>(hard_r),
                            cptr<double>(hard_c), cptr<double>(sce), cptr<double>(cbcl), cptr<double>(margin),
-                           margin_stride, margin_value, cptr<double>(given), given_stride, select, sce_weight,
-                           reduction, tau, lambda_hard, lambda_cbcl, mptr<double>(ws), mptr<double>(loss));
+                           margin_stride, margin_value, cptr<double>(given), given_stride, cptr<double>(weight),
+                           cptr<double>(factor), select, sce_weight, reduction, tau, lambda_hard, lambda_cbcl,
+                           mptr<double>(ws), mptr<double>(loss));
     else
       glue_forward<float>(B, cptr<float>(lse_r), cptr<float>(lse_c), cptr<float>(pos), cptr<float>(hard_r),
                           cptr<float>(hard_c), cptr<float>(sce), cptr<float>(cbcl), cptr<float>(margin),
-                          margin_stride, float(margin_value), cptr<float>(given), given_stride, select, sce_weight,
-                          reduction, float(tau), float(lambda_hard), float(lambda_cbcl), mptr<float>(ws),
-                          mptr<float>(loss));
+                          margin_stride, float(margin_value), cptr<float>(given), given_stride, cptr<float>(weight),
+                          cptr<float>(factor), select, sce_weight, reduction, float(tau), float(lambda_hard),
+                          float(lambda_cbcl), mptr<float>(ws), mptr<float>(loss));
   }, nogil);
   m.def("glue_upstream", [](int64_t B, uintptr_t g, int64_t g_stride, double scale, double lambda_cbcl,
                             uintptr_t hinge_r, uintptr_t hinge_c, uintptr_t out, bool double_) {

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-DATASETS = ("synthetic", "digits", "f30k", "coco", "cc152k")
+DATASETS = ("synthetic", "synthetic-scenes", "digits", "f30k", "coco", "cc152k")
 
 
 class DataError(ValueError):
@@ -74,6 +74,10 @@ def load(name: str, *, noise: float, seed: int, data_path: str | None = None, no
         from srem_kernels.train import synthetic
 
         return synthetic.load(noise=noise, seed=seed, size=size)
+    if name == "synthetic-scenes":
+        from srem_kernels.train import scenes
+
+        return scenes.load(noise=noise, seed=seed, size=size)
     if name == "digits":
         from srem_kernels.train import digits
 

@@ -84,6 +84,18 @@ def selection_metrics(clean: torch.Tensor, noisy: torch.Tensor | None) -> dict[s
     return out
 
 
+def hinge_metrics(clean: torch.Tensor, weight: torch.Tensor, noisy: torch.Tensor | None) -> dict[str, float]:
+    """What the hinge actually used over an epoch, per pair: `clean` the clean weights c (after
+    any sensitivity factor), `weight` c·w. The selection metrics of c > 0.5, the mean hinge weight
+    and, with ground truth, `weight_precision`: the share of the total hinge weight on clean pairs."""
+    out = selection_metrics(clean > 0.5, noisy)
+    out["weight_mean"] = weight.double().mean().item()
+    if noisy is not None:
+        total = weight.double().sum().item()
+        out["weight_precision"] = weight.double()[~noisy.bool()].sum().item() / total if total > 0 else float("nan")
+    return out
+
+
 def separation_auc(energy: torch.Tensor, noisy: torch.Tensor) -> float:
     """Probability that a random noisy pair has a higher energy than a random clean pair (ties
     count one half): how well the energy separates them, whatever the GMM's threshold."""

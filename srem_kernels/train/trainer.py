@@ -24,6 +24,7 @@ from srem_kernels.train.methods import METHODS, batch_loss
 # 2.0, batch 128, margin 0.2, tau 0.05; the synthetic ones make a run take minutes on a CPU.
 DATASET_DEFAULTS = {
     "synthetic": dict(epochs=12, warmup_epochs=2, lr=1e-3, lr_update=8, embed_dim=256),
+    "synthetic-scenes": dict(epochs=12, warmup_epochs=2, lr=1e-3, lr_update=8, embed_dim=256),
     "digits": dict(epochs=12, warmup_epochs=2, lr=1e-3, lr_update=8, embed_dim=256),
     "f30k": dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024),
     "coco": dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024),
@@ -253,7 +254,8 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
 
         model.train()
         batches = epoch_batches(len(train_split), global_batch, _epoch_seed(cfg.seed, epoch, 0))
-        inbatch_clean = torch.zeros(len(train_split)) if method.selection == "inbatch" and not warming_up else None
+        # per pair, what the hinge used: the clean weight c (stats.clean) and c·w, w the sensitivity weight
+        used = torch.zeros(len(train_split), 2) if method.selection != "none" and not warming_up else None
         total, bar = 0.0, _progress(batches, cfg, epoch, d)
         for step, idx in enumerate(bar):
             local = d.local(idx)  # this rank's contiguous slice of the global batch
@@ -271,18 +273,20 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             total += loss.item()  # the global batch's loss, the same on every rank
-            if inbatch_clean is not None:
-                inbatch_clean[local] = out.stats.clean.float().cpu()
+            if used is not None:
+                used[local] = torch.stack([out.stats.clean, out.stats.clean * out.stats.weight], dim=1).float().cpu()
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / (step + 1):.4f}")
         sched.step()
         entry["loss"] = total / len(batches)
-        if inbatch_clean is not None:
-            inbatch_clean = dist_mod.merge_rows(inbatch_clean, d)
+        if used is not None:
+            used = dist_mod.merge_rows(used, d)
             seen = torch.zeros(len(train_split), dtype=torch.bool)
             seen[torch.cat(batches)] = True
-            m = selection.selection_metrics(inbatch_clean[seen], None if train_split.noisy is None else train_split.noisy[seen])
-            entry.update({f"sel_{k}": v for k, v in m.items()})
+            noisy = None if train_split.noisy is None else train_split.noisy[seen]
+            if method.selection == "inbatch":
+                entry.update({f"sel_{k}": v for k, v in selection.selection_metrics(used[seen, 0], noisy).items()})
+            entry.update({f"hinge_{k}": v for k, v in selection.hinge_metrics(used[seen, 0], used[seen, 1], noisy).items()})
 
         val = evaluation.evaluate(model, dataset.val)  # on every rank (same weights, same result): no rank waits
         entry.update({"val_rsum": val["rsum"], "val_r1": (val["i2t_r1"] + val["t2i_r1"]) / 2, "seconds": time.time() - t0})
