@@ -23,7 +23,7 @@ def captions_for(rng, n: int) -> list[str]:
     for _ in range(n):
         words = list(rng.choice(WORDS, size=rng.integers(3, 9)))
         if rng.random() < 0.5:
-            words.insert(int(rng.integers(len(words))), str(rng.choice(EXTRA)))
+            words.insert(int(rng.integers(1, len(words) + 1)), str(rng.choice(EXTRA)))  # not first: csv's quoting
         out.append(" ".join(words).capitalize() + ".")
     return out
 
@@ -45,7 +45,7 @@ def write_precomp(root: Path, name: str = "f30k", n_img=(12, 4, 4), per: int | N
         if split in ("train", "dev"):
             tokens.update(t for c in lines for t in captions.tokenize(c))
         if caps == "tsv":
-            lines = [f"{k // per}_{rng.integers(10**9)}\t{c}" for k, c in enumerate(lines)]
+            lines = [f"{k // per}_{k:09d}\t{c}" for k, c in enumerate(lines)]
         (folder / f"{split}_caps.{caps}").write_text("\n".join(lines) + "\n")
     vocab = ["<pad>", "<start>", "<end>", "<unk>", *sorted(tokens - {"kids", "park", "play"})]  # three left out: <unk>
     (root / "vocab").mkdir()

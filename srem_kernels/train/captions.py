@@ -51,37 +51,34 @@ def _text(path: Path) -> str:
         raise DataError(f"{path}, line {line}: not UTF-8 text ({err.reason})") from None
 
 
-def _drop_trailing_blanks(rows: list) -> list:
-    while rows and not rows[-1][1]:
+def _captions(path: Path, rows: list[tuple[int, str | None]], expected: str) -> list[str]:
+    """Rows (line number, caption, None for a blank line) to captions: blank lines at the end are
+    no captions (a file's last newline), an empty caption anywhere else is an error."""
+    while rows and rows[-1][1] is None:
         rows.pop()
-    return rows
+    for n, caption in rows:
+        if not caption:
+            raise DataError(f"{path}, line {n}: empty caption ({expected} expected)")
+    return [c for _, c in rows]
 
 
 def read_txt(path: Path) -> list[str]:
     # split on "\n" only, as iterating over the file does (str.splitlines also splits on \x0b, \u2028, ...)
-    rows = _drop_trailing_blanks([(n, line.strip()) for n, line in enumerate(_text(path).split("\n"), 1)])
-    for n, caption in rows:
-        if not caption:
-            raise DataError(f"{path}, line {n}: empty caption (one caption a line expected)")
-    return [c for _, c in rows]
+    rows = [(n, line.strip() or None) for n, line in enumerate(_text(path).split("\n"), 1)]
+    return _captions(path, rows, "one caption a line")
 
 
 def read_tsv(path: Path) -> list[str]:
     reader = csv.reader(_text(path).split("\n"), delimiter="\t")
     rows = []
     for fields in reader:
-        n = reader.line_num
-        if not fields:
-            rows.append((n, ""))
-            continue
-        if len(fields) < 2:
-            raise DataError(f"{path}, line {n}: no tab; expected image_id<TAB>caption")
-        rows.append((n, fields[1].strip()))
-    rows = _drop_trailing_blanks(rows)
-    for n, caption in rows:
-        if not caption:
-            raise DataError(f"{path}, line {n}: empty caption (image_id<TAB>caption expected)")
-    return [c for _, c in rows]
+        if not "".join(fields).strip():
+            rows.append((reader.line_num, None))
+        elif len(fields) < 2:
+            raise DataError(f"{path}, line {reader.line_num}: no tab; expected image_id<TAB>caption")
+        else:
+            rows.append((reader.line_num, fields[1].strip()))
+    return _captions(path, rows, "image_id<TAB>caption")
 
 
 def read_captions(path: Path) -> list[str]:

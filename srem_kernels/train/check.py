@@ -13,7 +13,7 @@ def _split_line(role: str, split: data_mod.Split) -> str:
     n_img, n_cap = len(split.images), len(split.cap2img)
     per = f"{n_cap // n_img} per image" if n_cap % n_img == 0 else f"{n_cap / n_img:.2f} per image"
     text = "token captions" if split.tokenized else f"captions of {tuple(split.captions.shape[1:])} features"
-    return (f"  {role + ':':<6} {n_img} images {tuple(split.images.shape[1:])} {split.images.dtype}, "
+    return (f"  {role + ':':<6} {n_img} images {tuple(split.images.shape[1:])} {str(split.images.dtype).removeprefix('torch.')}, "
             f"{n_cap} {text} ({per})")
 
 

@@ -208,7 +208,8 @@ def check_output(cfg: TrainConfig) -> str | None:
 
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+    first = lines[0].split(". ")[0][:200] if lines else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def read_checkpoint(path: Path, cfg: TrainConfig, world: int) -> dict:
