@@ -112,7 +112,7 @@ def test_rcl_image_level_file_beside_the_features_mismatches_exactly_the_shuffle
     assert "f30k: 60 training pairs (40% noise, 20 mismatched)" in printed
     assert seen and all(n.tolist() == flags for n in seen)
     res = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert res["protocol"] == {"val": "dev: the first 4 of 4 images (20 captions)", "test": "test: 4 images (4)"}
+    assert res["protocol"] == {"val": "dev's first 4 of 4 images (20 captions)", "test": "test's 4 images (4)"}
     assert res["data"]["noise_file"] == d.info["noise_file"] and res["data"]["test_split"] == "test"
 
 
@@ -252,8 +252,8 @@ def test_validation_is_the_first_1000_dev_images(tmp_path):
     lines = (root / "f30k_precomp" / "dev_caps.txt").read_text().split("\n")
     w2i = json.loads((root / "vocab" / "f30k_precomp_vocab.json").read_text())["word2idx"]
     assert d.val.captions[4999].tolist() == captions.encode([lines[4999]], w2i)[0][0].tolist()
-    assert torch.equal(d.val.cap_key, torch.arange(5000) // 5) and d.info["val"] == "dev: the first 1000 of 1003 images (5000 captions)"
-    assert d.info["test"] == "test: 4 images (4)"
+    assert torch.equal(d.val.cap_key, torch.arange(5000) // 5) and d.info["val"] == "dev's first 1000 of 1003 images (5000 captions)"
+    assert d.info["test"] == "test's 4 images (4)"
 
 
 class _Stub(torch.nn.Module):
@@ -284,7 +284,7 @@ def _ncr_recall(sims: np.ndarray, per: int) -> list[float]:
 def test_coco_testall_is_evaluated_five_fold_and_whole_as_ncr_does(tmp_path):
     root = write_precomp(tmp_path, name="coco", n_img=(12, 5, 40), test_split="testall", dim=6)
     d = _load(root, "coco")
-    assert d.eval_folds == 5 and d.info["test"] == "testall: 40 images, 5-fold 8 and 40"
+    assert d.eval_folds == 5 and d.info["test"] == "testall's 40 images as 5-fold 8 and 40"
     model = _Stub(d.vocab_size, 6)
     out = evaluation.evaluate(model, d.test, folds=5)
     img, cap = evaluation.encode(model, d.test)

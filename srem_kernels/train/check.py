@@ -21,9 +21,9 @@ def summary(dataset: data_mod.Dataset) -> list[str]:
     """What --check-data prints: the splits' sizes, then the loader's notes (noise, vocabulary, protocol)."""
     lines = [f"{dataset.name}: " + dataset.info.get("layout", "generated")]
     lines += [_split_line(role, s) for role, s in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))]
-    for key in ("noise", "vocabulary", "val", "test"):
+    for key, label in (("noise", "noise"), ("vocabulary", "vocabulary"), ("val", "validation"), ("test", "test")):
         if key in dataset.info:
-            lines.append(f"  {key}: {dataset.info[key]}")
+            lines.append(f"  {label}: {dataset.info[key]}")
     return lines
 
 

@@ -102,9 +102,9 @@ def load(data_path: str, name: str, *, noise: float, seed: int, noise_file: str 
         if n_test % COCO_FOLDS:
             raise DataError(f"{m_test['images']}: {n_test} images do not split into {COCO_FOLDS} equal folds")
         folds = COCO_FOLDS
-        test_protocol = f"testall: {n_test} images, {COCO_FOLDS}-fold {size_label(n_test // COCO_FOLDS)} and {size_label(n_test)}"
+        test_protocol = f"testall's {n_test} images as {COCO_FOLDS}-fold {size_label(n_test // COCO_FOLDS)} and {size_label(n_test)}"
     else:
-        test_protocol = f"test: {n_test} images ({size_label(n_test)})"
+        test_protocol = f"test's {n_test} images ({size_label(n_test)})"
         if name == "coco":
             test_protocol += "; COCO's 5-fold 1K and 5K protocol needs testall_ims.npy"
 
@@ -120,7 +120,7 @@ def load(data_path: str, name: str, *, noise: float, seed: int, noise_file: str 
         "noise": drawn.describe(train.cap_key),
         "noise_file": None if drawn.path is None else str(drawn.path),
         "vocabulary": f"{vocab_path}: {len(word2idx)} words; tokens mapped to <unk>: {unk}",
-        "val": f"dev: the first {len(val.images)} of {len(dev.images)} images ({len(val)} captions)",
+        "val": f"dev's first {len(val.images)} of {len(dev.images)} images ({len(val)} captions)",
         "test": test_protocol,
         "test_split": test_name,
         "files": files,
