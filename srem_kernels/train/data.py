@@ -1,5 +1,5 @@
 """What every dataset gives the trainer: three splits of image/caption features with the
-caption → image assignment, and the dispatcher from a dataset name to its loader."""
+caption → image assignment, and the registry of the --dataset choices (name → loader, defaults)."""
 
 from __future__ import annotations
 

@@ -414,7 +414,10 @@ def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Pa
         log.say("selection precision by epoch: " + " ".join(f"{e['epoch']}:{e['sel_precision']:.3f}" for e in sel))
     header = f"{'split':<18}{'i2t R@1':>9}{'R@5':>7}{'R@10':>7}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'rSum':>8}"
     n, folds = len(dataset.test.images), dataset.eval_folds
-    rows = [(f"test {folds}-fold {evaluation.size_label(n // folds)}", {k[5:]: v for k, v in test.items() if k.startswith("fold_")})] if folds > 1 else []
+    rows = []
+    if folds > 1:
+        rows.append((f"test {folds}-fold {evaluation.size_label(n // folds)}",
+                     {k[5:]: v for k, v in test.items() if k.startswith("fold_")}))
     rows.append((f"test {evaluation.size_label(n)}", test))
     log.say(f"\nbest validation rSum {best['rsum']:.1f} at epoch {best['epoch']}; test split ({cfg.method}, noise {cfg.noise:.0%}, seed {cfg.seed}):")
     log.say(f"validation: {protocol['val']}; test: {protocol['test']}")
