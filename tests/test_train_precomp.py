@@ -116,6 +116,29 @@ def test_rcl_image_level_file_beside_the_features_mismatches_exactly_the_shuffle
     assert res["data"]["noise_file"] == d.info["noise_file"] and res["data"]["test_split"] == "test"
 
 
+@pytest.mark.parametrize("name, convention", [("f30k", "ncr"), ("coco", "rcl"), ("cc152k", "ncr"), ("cc152k", "rcl")])
+def test_each_dataset_trains_with_its_codebases_noise_file(tmp_path, capsys, name, convention):
+    n_img = (10, 5, 10) if name == "coco" else (12, 4, 4)
+    root = write_precomp(tmp_path / "data", name=name, n_img=n_img, test_split="testall" if name == "coco" else "test")
+    per = precomp.CAPTIONS_PER_IMAGE[name]
+    idx, _ = _shuffled_images(n_img[0], 4)
+    (_rcl_file if convention == "rcl" else _ncr_file)(root, name, 0.2, idx if convention == "rcl" else np.repeat(idx, per))
+    saved = tmp_path / "saved.npy"
+    argv = ["--dataset", name, "--data-path", str(root), "--noise", "0.2", "--epochs", "2", "--warmup-epochs", "1",
+            "--batch-size", "8", "--embed-dim", "8", "--no-progress", "--output", str(tmp_path / "run"), "--save-noise", str(saved)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "noise: " in printed and f": {4 * per} of {n_img[0] * per} training captions mismatched" in printed
+    assert np.load(saved).tolist() == np.repeat(idx, per).tolist()  # written caption-level, NCR's convention
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert ("fold_rsum" in res["test"]) == (name == "coco") and res["data"]["noise_file"].endswith(".npy")
+
+
+def test_save_noise_to_a_folder_is_refused(tmp_path):
+    with pytest.raises(data.DataError, match=r"--save-noise .* is a folder"):
+        noise.save_index(tmp_path, torch.arange(4))
+
+
 def test_ncr_caption_level_file_in_noise_index(tmp_path):
     root = write_precomp(tmp_path)
     idx = np.random.default_rng(1).integers(0, N_TRAIN, size=60)

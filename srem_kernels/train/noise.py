@@ -121,6 +121,8 @@ def save_index(path: Path, cap2img: torch.Tensor, write: bool = True) -> str:
     A file already there is left alone if it holds the same index and refused otherwise (runs are
     never replaced silently); `write=False` checks without writing (ranks other than 0)."""
     idx = cap2img.numpy().astype(np.int64)
+    if path.is_dir():
+        raise DataError(f"--save-noise {path} is a folder; give the .npy file to write")
     if path.exists():
         try:
             same = np.array_equal(np.load(path, allow_pickle=False), idx)
