@@ -43,9 +43,10 @@ bench-full: $(STAMP)
 bench-micro: $(STAMP)
 	$(PY) -m pytest -q tests/test_bench.py -k micro --benchmark-enable
 
-# On a lent GPU machine (torch, Triton, nvcc in its image; no network): tests and a benchmark, logs in $(OUT)
+# On a lent GPU machine (torch, Triton, nvcc, compute-sanitizer in its image; no network): the
+# budgeted tiers of bench/gpu_check/, results and logs in $(OUT). ARGS: e.g. --budget 300, --dry-run
 gpu-check:
-	OUT=$${OUT:-./gpu-check-out} bash scripts/gpu_check.sh
+	OUT=$${OUT:-./gpu-check-out} bash scripts/gpu_check.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -167,22 +167,25 @@ def check_margin(margin, B: int | None = None, device: torch.device | None = Non
     return _real(margin, "margin")
 
 
-def check_clean(clean, B: int, device: torch.device) -> torch.Tensor | None:
-    """None, or weights in [0, 1] of shape (B,); a bool mask counts as 0/1 weights."""
+def check_clean(clean, B: int, device: torch.device, check_range: bool = True) -> torch.Tensor | None:
+    """None, or weights in [0, 1] of shape (B,); a bool mask counts as 0/1 weights.
+    check_range=False leaves the range to the caller (functional.py: glue.check_values, one
+    host read for every value check of a call)."""
     if clean is None:
         return None
     if isinstance(clean, torch.Tensor) and clean.dtype == torch.bool:
         clean = clean.float()
     clean = _vector(clean, "clean", B, device, check_finite=False)
-    if not bool(((clean >= 0) & (clean <= 1)).all()):  # also catches NaN
+    if check_range and not bool(((clean >= 0) & (clean <= 1)).all()):  # also catches NaN
         raise ValueError("clean weights must lie in [0, 1]")
     return clean
 
 
-def check_params(B: int, device: torch.device, *, margin, clean, check_finite: bool, **options) -> SREMParams:
+def check_params(B: int, device: torch.device, *, margin, clean, check_finite: bool, check_range: bool = True,
+                 **options) -> SREMParams:  # fmt: skip
     """Everything but the input tensors, checked against the batch size B and the inputs' device."""
     return SREMParams(
         margin=check_margin(margin, B, device, check_finite),
-        clean=check_clean(clean, B, device),
+        clean=check_clean(clean, B, device, check_range),
         **check_options(**options),
     )

@@ -77,3 +77,17 @@ def test_confident_unnormalised_inputs(B, D, seed):
     cancels at the row's maximum) and diagonal ones of 1e-30: SPEC's fp32 bar still holds."""
     img, txt = embeddings(B, D, seed=seed, noise=0.7, normalize=False, dtype=torch.float32)
     check_against_reference(functools.partial(fused.run, DenseKernels()), img, txt, _params(B, "default", 0), False, "fp32")
+
+
+def test_workspace_views_are_disjoint_contiguous_and_poisoned():
+    from srem_kernels import _alloc
+
+    layout = {"a": ((5,), torch.float32), "i": ((7,), torch.int64), "S": ((3, 4), torch.float32), "z": ((), torch.float32)}
+    w = _alloc.workspace(layout, device="cpu")
+    assert list(w) == list(layout)
+    for name, (shape, dtype) in layout.items():
+        assert w[name].shape == shape and w[name].dtype == dtype and w[name].is_contiguous(), name
+    assert torch.isnan(w["S"]).all() and (w["i"] == -1).all()
+    for value, name in enumerate(("a", "S", "z")):
+        w[name].fill_(float(value))
+    assert (w["a"] == 0).all() and (w["S"] == 1).all() and w["z"] == 2  # no overlap: each kept its own

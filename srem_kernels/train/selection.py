@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import srem_kernels
-from python_ref.filtration import gmm_filtration
+from srem_kernels import glue
 from srem_kernels.result import SREMStats
 from srem_kernels.train.data import Split
 
@@ -66,8 +66,9 @@ def pair_energies(model, split: Split, *, batch_size: int, tau: float, backend: 
 
 
 def select_clean(energy: torch.Tensor) -> torch.Tensor:
-    """Clean flags (0/1) of SPEC.md's two-component GMM fitted to the energies of all pairs."""
-    return gmm_filtration(energy.double())
+    """Clean flags (0/1) of SPEC.md's two-component GMM fitted to the energies of all pairs: the
+    loss's own GMM routine (glue.py), in fp64."""
+    return glue.gmm_filtration(energy.double())
 
 
 def selection_metrics(clean: torch.Tensor, noisy: torch.Tensor | None) -> dict[str, float]:
