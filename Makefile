@@ -19,10 +19,11 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*/*)  # csrc/: the compiled mo
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
-# The demo trains SREM on the synthetic benchmark at 40 % noise (a few minutes on a CPU);
+# The demo trains SREM on the synthetic benchmark at 40 % noise (a few minutes on a CPU), replacing
+# its own last run (--overwrite);
 # the loss-only demo is python -m srem_kernels.demo.
 demo: $(STAMP)
-	$(PY) -m srem_kernels.train --dataset synthetic --noise 0.4 --method srem --seed 0 --output runs/demo
+	$(PY) -m srem_kernels.train --dataset synthetic --noise 0.4 --method srem --seed 0 --output runs/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q
