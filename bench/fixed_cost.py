@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 from bench import opcount
 from bench.measure import summarise, time_once
-from bench.run import RESULTS, environment
+from bench.run import RESULTS, device_log, environment
 
 CONFIGS = {"defaults": {}, "clean given": {"clean": True}, "check_finite=False": {"check_finite": False}}
 COLUMNS = ["run", "date", "commit", "device", "threads", "torch", "triton", "command", "backend", "B", "D", "config",
@@ -84,8 +83,7 @@ def main(argv: list[str] | None = None) -> Path:
     device = torch.device(args.device)
     env = environment(device)
     env["command"] = " ".join(["python -m bench.fixed_cost", *(sys.argv[1:] if argv is None else argv)])
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = args.out / f"{re.sub(r'[^A-Za-z0-9]+', '-', env['device']).strip('-').lower()}.fixed-cost.csv"
+    log = device_log(args.out, env, ".fixed-cost.csv")
     new = not log.exists()
     with log.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)

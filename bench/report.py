@@ -109,15 +109,17 @@ def device_section(log: Path, plots: Path) -> list[str]:
     return lines
 
 
+def _heading(title: str, r0: dict) -> list[str]:
+    """A section's title and the run it shows: date, commit and the command that made it."""
+    return [f"### {title}, {r0['device']}", "",
+            f"Run {r0['run']} ({r0['date']}), commit `{r0['commit']}`. Command: `{r0['command']}`."]  # fmt: skip
+
+
 def train_step_section(log: Path) -> list[str]:
     rows = _read(log)
     if not rows:
         return []
-    r0 = rows[0]
-    lines = [
-        f"### End to end: one training step, {r0['device']}",
-        "",
-        f"Run {r0['run']} ({r0['date']}), commit `{r0['commit']}`. Command: `{r0['command']}`.",
+    lines = _heading("End to end: one training step", rows[0]) + [
         "",
         "| loss | B | D | step ms (median) | peak MB above the model |",
         "|---|---|---|---|---|",
@@ -134,12 +136,8 @@ def fixed_cost_section(log: Path) -> list[str]:
     rows = _read(log)
     if not rows:
         return []
-    r0 = rows[0]
-    lines = [
-        f"### Fixed cost per call: launches, host reads and time at small B, {r0['device']}",
-        "",
-        f"Run {r0['run']} ({r0['date']}), commit `{r0['commit']}`, {r0['threads']} threads. Command: `{r0['command']}`.",
-        "Per forward+backward of `srem_kernels.loss` (fp32): ATen operators that launch work (views and bare",
+    lines = _heading("Fixed cost per call: launches, host reads and time at small B", rows[0]) + [
+        f"{rows[0]['threads']} threads. Per forward+backward of `srem_kernels.loss` (fp32): ATen operators that launch work (views and bare",
         "allocations not counted), host reads (`_local_scalar_dense`), host-to-device copies (tensors built from",
         "Python data count), Triton launches (interpreted ones counted, not timed); time against the three bare",
         "matmuls of the same size in the same run (interleaved, medians).",
