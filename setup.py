@@ -131,7 +131,7 @@ def ext_modules():
     march = os.environ.get("SREM_CPU_ARCH", "native")
     cpu = Extension(
         "srem_kernels._srem_cpu",
-        sources=[f"csrc/cpu/{name}.cpp" for name in ("stats", "coupled", "backward", "vecmath", "module")],
+        sources=[f"csrc/cpu/{name}.cpp" for name in ("stats", "coupled", "backward", "vecmath", "glue", "module")],
         depends=[str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc" / "cpu").glob("*.h"))],
         include_dirs=[inc],
         language="c++",

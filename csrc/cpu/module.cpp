@@ -22,8 +22,11 @@ int64_t* i64(u p) { return ptr<int64_t>(p); }
 
 }  // namespace
 
+void register_glue(py::module_& m);  // glue.cpp: value checks, GMM, the glue's B-vector work
+
 PYBIND11_MODULE(_srem_cpu, m) {
   m.doc() = "Fused CPU kernels of the SREM loss over panels of S (raw pointers; see srem_kernels/cpu_srem.py)";
+  register_glue(m);
   auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("stats_panel", [](u P, int64_t ld, int64_t rows, int64_t B, int64_t row0, float inv_tau, u m_r, u logl_r,
                           u at_r, u pos, u hard_r, u hard_r_idx, u m_c, u rest_c, u at_c, u hard_c, u hard_c_idx,
