@@ -41,7 +41,7 @@ import python_ref  # noqa: E402
 import srem_kernels  # noqa: E402
 from bench import report  # noqa: E402
 from bench.measure import peak_memory_mb, summarise  # noqa: E402
-from bench.run import COLUMNS, environment, flops, inputs  # noqa: E402
+from bench.run import COLUMNS, device_log, environment, flops, inputs  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 EXTRA = ("strategy", "load_before", "load_after", "min_ms", "max_ms", "ratio_to_compile", "need_mb", "all_ms")
@@ -148,7 +148,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     env = environment(torch.device("cpu"))
     env["command"] = " ".join(["python bench/cpu_backend.py", *(sys.argv[1:] if argv is None else argv)])
-    log = args.out / f"{re.sub(r'[^A-Za-z0-9]+', '-', env['device']).strip('-').lower()}.cpu-backend.csv"
+    log = device_log(args.out, env, ".cpu-backend.csv")
     env["device"] += " (bench/cpu_backend.py)"
     print(f"{env['device']}, {args.threads} threads, torch {env['torch']}, commit {env['commit']}; D={args.dim} fp32, "
           f"{args.reps} interleaved reps; uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")  # fmt: skip
@@ -184,7 +184,6 @@ def main(argv=None):
                      "dtype": "fp32", "median_ms": f"{1e3 * big['seconds']:.4g}", "status": "ok", "strategy": "streaming",
                      "peak_mb": f"{big['growth_mb']:.1f}", "all_ms": f"single run; whole-process peak RSS {big['peak_mb']:.0f} MB"})  # fmt: skip
     print("\n".join(["bar:", *(f"  {v}" for v in verdict)]))
-    args.out.mkdir(parents=True, exist_ok=True)
     new = not log.exists()
     with log.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS) + list(EXTRA), restval="")
