@@ -4,15 +4,17 @@ reference, at several batch sizes, each strategy named.
     python bench/cpu_backend.py [--batch 256 1024 2048 4096] [--dim 256] [--threads 2] [--reps 9]
                                 [--no-compile] [--no-eager] [--big 32768] [--no-report]
 
-Forward + backward, fp32, per batch size all candidates interleaved rep by rep (a noisy neighbour
-hits every candidate alike), after one warm-up (and compile) call each: the three bare matmuls of
-the loss (S = I·Tᵀ, G·T, Gᵀ·I), srem_kernels.loss(backend="cpu") with the strategy `auto` picks
-and with each strategy forced (SREM_CPU_STRATEGY), torch.compile of python_ref.srem, and
-python_ref.srem eager. Median, 20th/80th percentile, min and max per candidate, the ratios to the
+Forward + backward, fp32, per batch size all candidates interleaved rep by rep, their order
+rotated from round to round (a noisy neighbour, or what the previous call leaves in the caches
+and the allocator, hits every candidate alike), after one warm-up (and compile) call each: the
+three bare matmuls of the loss (S = I·Tᵀ, G·T, Gᵀ·I), srem_kernels.loss(backend="cpu") with the
+strategy `auto` picks and with each strategy forced (SREM_CPU_STRATEGY), torch.compile of
+python_ref.srem, and python_ref.srem eager. Median, 20th/80th percentile, min and max per candidate, the ratios to the
 matmuls and to torch.compile, the peak memory one call adds (bench/measure.py: peak-RSS growth),
 and the load average (os.getloadavg) before and after each size. The materialised strategy's
 peak is checked against its stated need (CPUKernels.materialised_bytes, within the budget); then
-one B=--big run of the streaming strategy in a fresh process, its whole peak RSS against 1 GB.
+one B=--big run of the streaming strategy in a fresh process, its whole peak RSS against 1 GB
+(phase "fwd+bwd, one call" in the log, outside the report's tables).
 
 Rows go to bench/results/<device>.cpu-backend.csv in bench/run.py's columns (plus strategy, load,
 min/max, every sample), so bench/report.py shows the latest run in bench/RESULTS.md (rewritten
@@ -101,10 +103,11 @@ def race(B, D, threads, reps, compile_ok, eager_ok):
     for name, f in fns.items():  # warm-up (and compile)
         strategy[name] = f() if name.startswith("srem:cpu") else ""
     samples = {k: [] for k in fns}
-    for _ in range(reps):
-        for name, f in fns.items():
+    names = list(fns)
+    for rep in range(reps):  # the order rotates round by round: no candidate always follows the same one
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
             t0 = time.perf_counter()
-            f()
+            fns[name]()
             samples[name].append(1e3 * (time.perf_counter() - t0))
     peak = {name: peak_memory_mb(f, torch.device("cpu")) for name, f in fns.items()}
     load_after = os.getloadavg()[0]
@@ -116,7 +119,7 @@ def race(B, D, threads, reps, compile_ok, eager_ok):
     for name, ts in samples.items():
         t = summarise(ts)
         rows.append({
-            "contender": name, "family": "floor" if name.startswith("floor") else "srem", "B": B, "D": D,
+            "contender": f"{name} (auto: {strategy[name]})" if name == "srem:cpu" else name, "family": "floor" if name.startswith("floor") else "srem", "B": B, "D": D,
             "phase": "fwd+bwd", "dtype": "fp32", "median_ms": f"{t.median_ms:.4g}", "p20_ms": f"{t.p20_ms:.4g}",
             "p80_ms": f"{t.p80_ms:.4g}", "ratio_to_floor": f"{t.median_ms / floor:.3g}",
             "tflops": f"{flops('fwd+bwd', B, D) / t.median_ms / 1e9:.4g}", "peak_mb": f"{peak[name]:.1f}",
@@ -156,11 +159,11 @@ def main(argv=None):
     for B in args.batch:
         rs = race(B, args.dim, args.threads, args.reps, not args.no_compile, not args.no_eager)
         print(f"B={B} (load {rs[0]['load_before']} -> {rs[0]['load_after']})")
-        print(f"  {'candidate':<24}{'strategy':>14}{'median':>9}{'p20':>9}{'p80':>9}{'x floor':>9}{'x compile':>10}{'peak MB':>9}")
+        print(f"  {'candidate':<30}{'strategy':>14}{'median':>9}{'p20':>9}{'p80':>9}{'x floor':>9}{'x compile':>10}{'peak MB':>9}")
         for r in rs:
-            print(f"  {r['contender']:<24}{r['strategy']:>14}{r['median_ms']:>9}{r['p20_ms']:>9}{r['p80_ms']:>9}"
+            print(f"  {r['contender']:<30}{r['strategy']:>14}{r['median_ms']:>9}{r['p20_ms']:>9}{r['p80_ms']:>9}"
                   f"{r['ratio_to_floor']:>9}{r['ratio_to_compile']:>10}{r['peak_mb']:>9}")  # fmt: skip
-        auto = next(r for r in rs if r["contender"] == "srem:cpu")
+        auto = next(r for r in rs if r["contender"].startswith("srem:cpu (auto"))
         bar = {4096: 1.6, 1024: 2.0}.get(B)
         if bar:
             verdict.append(f"B={B}: {auto['ratio_to_floor']}x the matmuls (bar {bar}x): "
@@ -180,7 +183,7 @@ def main(argv=None):
         big = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
         verdict.append(f"B={args.big} streaming: {big['seconds']:.1f} s, whole-process peak RSS {big['peak_mb']:.0f} MB "
                        f"({'under' if big['peak_mb'] < 1024 else 'OVER'} 1 GB)")  # fmt: skip
-        rows.append({"contender": "srem:cpu:streaming", "family": "srem", "B": args.big, "D": args.dim, "phase": "fwd+bwd",
+        rows.append({"contender": "srem:cpu:streaming", "family": "srem", "B": args.big, "D": args.dim, "phase": "fwd+bwd, one call",
                      "dtype": "fp32", "median_ms": f"{1e3 * big['seconds']:.4g}", "status": "ok", "strategy": "streaming",
                      "peak_mb": f"{big['growth_mb']:.1f}", "all_ms": f"single run; whole-process peak RSS {big['peak_mb']:.0f} MB"})  # fmt: skip
     print("\n".join(["bar:", *(f"  {v}" for v in verdict)]))

@@ -26,7 +26,7 @@ def _latest_run(rows: list[dict]) -> list[dict]:
 def _read(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    return _latest_run(rows) if rows and "run" in rows[0] else []
+    return _latest_run(rows) if rows and {"run", "contender", "phase"} <= rows[0].keys() else []  # sweep-format logs only
 
 
 def _cell(r: dict) -> str:
