@@ -1,4 +1,4 @@
-// What every CPU kernel file shares: forced inlining, NaN-explicit min/max, bit casts, and the
+// What every CPU kernel file shares: forced inlining, a NaN-explicit max, bit casts, and the
 // thread split (parallel_for) whose results do not depend on the thread count.
 #pragma once
 
@@ -22,9 +22,8 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 // By value (std::max returns a reference, which keeps `omp simd` loops from vectorising).
-// Same NaN behaviour as std::max / std::min: the first argument wins unless the comparison holds.
+// Same NaN behaviour as std::max: the first argument wins unless the comparison holds.
 SREM_INLINE float vmax(float a, float b) { return a < b ? b : a; }
-SREM_INLINE float vmin(float a, float b) { return b < a ? b : a; }
 
 SREM_INLINE float as_float(int32_t i) { return __builtin_bit_cast(float, i); }
 SREM_INLINE int32_t as_int(float f) { return __builtin_bit_cast(int32_t, f); }
