@@ -4,9 +4,9 @@ reference, at several batch sizes, each strategy named.
     python bench/cpu_backend.py [--batch 256 1024 2048 4096] [--dim 256] [--threads 2] [--reps 9]
                                 [--no-compile] [--no-eager] [--big 32768] [--no-report]
 
-Forward + backward, fp32, per batch size all candidates interleaved rep by rep, their order
-rotated from round to round (a noisy neighbour, or what the previous call leaves in the caches
-and the allocator, hits every candidate alike), after one warm-up (and compile) call each: the
+Forward + backward, fp32, per batch size all candidates interleaved rep by rep, in a new (seeded)
+order every round (a noisy neighbour, or what the previous call leaves in the caches and the
+allocator, hits every candidate alike), after one warm-up (and compile) call each: the
 three bare matmuls of the loss (S = I·Tᵀ, G·T, Gᵀ·I), srem_kernels.loss(backend="cpu") with the
 strategy `auto` picks and with each strategy forced (SREM_CPU_STRATEGY), torch.compile of
 python_ref.srem, and python_ref.srem eager. Median, 20th/80th percentile, min and max per candidate, the ratios to the
@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -103,9 +104,10 @@ def race(B, D, threads, reps, compile_ok, eager_ok):
     for name, f in fns.items():  # warm-up (and compile)
         strategy[name] = f() if name.startswith("srem:cpu") else ""
     samples = {k: [] for k in fns}
-    names = list(fns)
-    for rep in range(reps):  # the order rotates round by round: no candidate always follows the same one
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
+    for rep in range(reps):  # a new order each round (seeded): no candidate always follows the same one
+        names = list(fns)
+        random.Random(rep).shuffle(names)
+        for name in names:
             t0 = time.perf_counter()
             fns[name]()
             samples[name].append(1e3 * (time.perf_counter() - t0))

@@ -23,11 +23,8 @@ reproducible and the same for any thread count.
 
 from __future__ import annotations
 
-import math
-import mmap
 import os
 import re
-from pathlib import Path
 
 import torch
 
@@ -75,33 +72,6 @@ def _outputs(B: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def _huge_pages() -> bool:
-    """Whether anonymous mappings can be advised to transparent huge pages (Linux THP)."""
-    try:
-        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return False
-    return hasattr(mmap, "MADV_HUGEPAGE") and ("[madvise]" in mode or "[always]" in mode)
-
-
-_HUGE_PAGES = _huge_pages()
-_MALLOC_RECYCLES = 32 << 20  # glibc keeps freed blocks up to this size for the next call (its mmap threshold)
-
-
-def _scratch(shape) -> torch.Tensor:
-    """An fp32 work buffer, contents undefined. From 32 MiB on, and where the kernel offers
-    transparent huge pages, its own anonymous mapping advised MADV_HUGEPAGE: malloc maps such a
-    block afresh every call in 4 KiB pages, and faulting them in costs about a third of the GEMM
-    that writes S (B=4096 on this CPU: 16384 faults, ~30 ms, against 32 in 2 MiB pages). The
-    mapping lives as long as the tensor (and its views)."""
-    n = math.prod(shape)
-    if not _HUGE_PAGES or 4 * n < _MALLOC_RECYCLES:
-        return torch.empty(shape, dtype=_F32)
-    m = mmap.mmap(-1, 4 * n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    m.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(m, dtype=_F32, count=n).view(shape)
-
-
 def _as_f32(t):
     return None if t is None else t.to(_F32)
 
@@ -110,7 +80,7 @@ def _sim_f32(sim):
     """sim as fp32 with unit column stride (read in place when it already is)."""
     if sim.dtype == _F32 and sim.stride(1) == 1:
         return sim
-    return _scratch(sim.shape).copy_(sim)
+    return torch.empty(sim.shape, dtype=_F32).copy_(sim)
 
 
 def _available_memory() -> int:
@@ -214,7 +184,7 @@ class CPUKernels(PanelRows):
             self._forward_whole(_sim_f32(sim), o, tau, eps, bias)
         elif self.strategy_for(img.shape[0], img.shape[1], img.dtype, img.device) == "materialised":
             x, y = _as_f32(img), _as_f32(txt)
-            o["S"] = torch.mm(x, y.T, out=_scratch((x.shape[0], y.shape[0])))
+            o["S"] = torch.mm(x, y.T)
             self._forward_whole(o["S"], o, tau, eps, bias)
         else:
             self._forward_streaming(_as_f32(img), _as_f32(txt), o, tau, eps, bias)

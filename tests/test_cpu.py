@@ -5,8 +5,6 @@ bitwise determinism across thread counts; the strategy choice."""
 
 from __future__ import annotations
 
-import mmap
-
 import pytest
 import torch
 
@@ -130,27 +128,6 @@ def test_cpu_confident_mismatches(small_panels, path):
         assert Pr[a, b] > 0.5 and Pr[b, a] > 0.5 and Pc[a, b] > 0.5 and Pc[b, a] > 0.5
     # select="none": on such a batch the GMM's clean flags flip with the last bit of an energy
     check_against_reference(_run(strategy), img, txt, _params(301, "select-none", 4), from_sim, "fp32")
-
-
-@pytest.mark.parametrize("path", ["materialised", "sim"])
-def test_cpu_huge_page_buffers(monkeypatch, path):
-    """S (and a 16-bit similarity matrix's fp32 copy) in their own huge-page mappings, as from
-    32 MiB on: same results as from torch's allocator."""
-    from srem_kernels import cpu_srem
-
-    if not cpu_srem._HUGE_PAGES:
-        pytest.skip("no transparent huge pages on this machine")
-    strategy, from_sim = PATHS[path]
-    img, txt = _inputs(130, 33, torch.float16 if from_sim else torch.float32, seed=21)
-    kw = _params(130, "default", 5)
-    expected = check_against_reference(_run(strategy), img, txt, kw, from_sim, "fp16" if from_sim else "fp32")
-    monkeypatch.setattr(cpu_srem, "_MALLOC_RECYCLES", 0)
-    maps, real = [], mmap.mmap
-    monkeypatch.setattr(mmap, "mmap", lambda *a, **k: maps.append(a) or real(*a, **k))
-    out = check_against_reference(_run(strategy), img, txt, kw, from_sim, "fp16" if from_sim else "fp32")
-    assert maps, "no buffer came from a huge-page mapping"
-    for x, y in zip(expected[2].values(), out[2].values()):
-        assert torch.equal(x, y)
 
 
 def _one_call(img, txt, sim=False):
