@@ -82,6 +82,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _load(rows: list[dict]) -> str:
+    """The 1-minute load average during the run, where the log records it."""
+    loads = [float(r[k]) for r in rows for k in ("load_before", "load_after") if r.get(k)]
+    return f" Load average {min(loads):.2f}–{max(loads):.2f} (1 min)." if loads else ""
+
+
 def device_section(log: Path, plots: Path) -> list[str]:
     rows = _read(log)
     if not rows:
@@ -91,7 +97,7 @@ def device_section(log: Path, plots: Path) -> list[str]:
         f"## {r0['device']}",
         "",
         f"Run {r0['run']} ({r0['date']}), commit `{r0['commit']}`, torch {r0['torch']}, triton {r0['triton'] or '—'}, "
-        f"{r0['threads']} CPU threads. Command: `{r0['command']}`.",
+        f"{r0['threads']} CPU threads. Command: `{r0['command']}`." + _load(rows),
         "",
     ]
     groups = defaultdict(list)
