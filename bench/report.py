@@ -26,7 +26,13 @@ def _latest_run(rows: list[dict]) -> list[dict]:
 def _read(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    return _latest_run(rows) if rows and {"run", "contender", "phase"} <= rows[0].keys() else []  # sweep-format logs only
+    return _latest_run(rows) if rows and "run" in rows[0] else []
+
+
+def _is_sweep(path: Path) -> bool:
+    """A log in bench/run.py's columns (the scoring log, say, has a run column but no contenders)."""
+    rows = _read(path)
+    return bool(rows) and {"contender", "phase"} <= rows[0].keys()
 
 
 def _cell(r: dict) -> str:
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     # sweep logs of bench/run.py only (other scripts keep their own CSVs beside them)
     logs = sorted(p for p in args.results.glob("*.csv")
-                  if not p.name.endswith((".train-step.csv", ".fixed-cost.csv")) and _read(p))  # fmt: skip
+                  if not p.name.endswith((".train-step.csv", ".fixed-cost.csv")) and _is_sweep(p))  # fmt: skip
     lines = [
         "# Benchmark results",
         "",
