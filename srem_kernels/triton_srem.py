@@ -29,8 +29,10 @@ torch.get_float32_matmul_precision(). Plain pointer arithmetic only (Triton 3.6 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -39,6 +41,11 @@ from srem_kernels import _alloc, fused
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 STRATEGIES = ("streaming", "materialised")
+
+@triton.jit
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
 
 if INTERPRET:
 
@@ -64,6 +71,18 @@ if INTERPRET:
     def _log(x):
         return tl.log(x)
 
+    @triton.jit
+    def _mma_tf32(x):
+        # the tf32 MMA reads the top 19 bits of its fp32 operands; the interpreter's dot computes
+        # in fp32, so it is told to (the rounding before it must make this a no-op)
+        return ((x.to(tl.uint32, bitcast=True) >> 13) << 13).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _rowmax(x, AXIS: tl.constexpr):
+        # tl.max drops NaN here too (nanmax, as on the GPU) and a custom tl.reduce is slow: the
+        # sum of the NaNs (0 without any) makes the max NaN
+        return tl.max(x, axis=AXIS) + tl.sum(tl.where(x == x, 0.0, x), axis=AXIS)
+
 else:  # pragma: no cover - GPU only
     try:
         from triton.language.extra import libdevice  # dispatching module, Triton ≥ 3.0
@@ -81,6 +100,15 @@ else:  # pragma: no cover - GPU only
     @triton.jit
     def _log(x):
         return libdevice.log(x)
+
+    @triton.jit
+    def _mma_tf32(x):
+        return x  # the MMA itself drops the low 13 bits
+
+    @triton.jit
+    def _rowmax(x, AXIS: tl.constexpr):
+        # tl.max drops NaN on the GPU (maxnum): a NaN of S must reach lse and the hardest negative
+        return tl.reduce(x, AXIS, _max_nan)
 
 
 @triton.jit
@@ -108,12 +136,33 @@ def _log_1m_eps(p, q, eps):
 
 
 @triton.jit
+def _round_tf32(x):
+    """fp32 -> the nearest TF32 (10 mantissa bits, ties away from zero: cvt.rna.tf32.f32, as
+    cuBLAS/CUTLASS round operands), Inf and NaN unchanged. The tf32 MMA truncates whatever bits
+    it is given; integer arithmetic, so the interpreter runs the same rounding the GPU does."""
+    u = x.to(tl.uint32, bitcast=True)
+    r = (((u + 0x1000) >> 13) << 13).to(tl.float32, bitcast=True)
+    return tl.where((u & 0x7F800000) == 0x7F800000, x, r)
+
+
+@triton.jit
+def _scalar(hi, lo, ACC: tl.constexpr):
+    """A host float passed as two fp32 kernel arguments (hi = fp32(v), lo = fp32(v - hi)): fp32(v)
+    for fp32 accumulation, v to ~2^-48 for fp64. No device tensor, so no host-to-device copy."""
+    if ACC == tl.float64:
+        return tl.cast(hi, tl.float64) + tl.cast(lo, tl.float64)
+    else:
+        return hi
+
+
+@triton.jit
 def _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
             FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
-            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
-    """S[rows, cols] in ACC, zeros outside [0, B)². Every kernel gets its tiles from here with the
-    same BK, so an element of S is bitwise the same whichever kernel or tile computes it: the
-    passes rely on it (m - z is exactly 0 at a row's maximum)."""
+            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ROUND_TF32: tl.constexpr):  # fmt: skip
+    """S[rows, cols] in ACC, zeros outside [0, B)². An element of S need not be bitwise the same
+    in every kernel (the dS kernel's 64×64 tiles compile to wgmma, the passes' 32×32 to mma.sync,
+    and the interpreter's BLAS rounds by offset): nothing depends on it, since at a row's maximal
+    element -log P is log l by construction (_nlp)."""
     rmask = rows < B
     cmask = cols < B
     r64 = rows.to(tl.int64)
@@ -132,6 +181,9 @@ def _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
             if UPCAST:  # the interpreter's dot on 16-bit operands is wrong; products are exact in fp32
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
+            if ROUND_TF32:
+                a = _mma_tf32(_round_tf32(a))
+                b = _mma_tf32(_round_tf32(b))
             s = tl.dot(a, b, s, input_precision=DOT_PREC, out_dtype=ACC)
     return s
 
@@ -142,31 +194,31 @@ def _lse_hard_update(m, l1, at, hard, hidx, s, z, rows, cols, valid, B):
     the maximal element l1 leaves out (the row's first), and the hardest off-diagonal s with its
     lowest index."""
     zm = tl.where(valid, z, float("-inf"))
-    tm = tl.max(zm, axis=1)
+    tm = _rowmax(zm, 1)
     first = tl.min(tl.where(zm == tm[:, None], cols[None, :], B), axis=1)
     ts = tl.sum(tl.where(cols[None, :] == first[:, None], 0.0, tl.exp(zm - tm[:, None])), axis=1)
     up = tm > m  # strict: on a tie the earlier maximum stays the one left out
     l1 = tl.where(up, ts + (1.0 + l1) * tl.exp(m - tm), l1 + (1.0 + ts) * tl.exp(tm - m))
     at = tl.where(up, first, at)
-    m = tl.maximum(m, tm)
+    m = _max_nan(m, tm)
     sm = tl.where(valid & (rows[:, None] != cols[None, :]), s, float("-inf"))
-    th = tl.max(sm, axis=1)
+    th = _rowmax(sm, 1)
     tidx = tl.min(tl.where(sm == th[:, None], cols[None, :], B), axis=1)
-    better = th > hard  # strict: earlier tiles hold lower indices
+    better = (th > hard) | (th != th)  # strict: earlier tiles hold lower indices; a NaN sticks
     hidx = tl.where(better, tidx, hidx)
     hard = tl.where(better, th, hard)
     return m, l1, at, hard, hidx
 
 
 @triton.jit
-def _stats_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, r0, r1,
+def _stats_kernel(img, txt, sim, inv_hi, inv_lo, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, r0, r1,
                   m_r, logl_r, at_r, m_c, logl_c, at_c, lse_r, lse_c, pos, ce_r, ce_c,
                   hard_r, hidx_r, hard_c, hidx_c, FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
-                  BLOCK: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+                  BLOCK: tl.constexpr, BK: tl.constexpr, ROUND_TF32: tl.constexpr):  # fmt: skip
     """Samples r0..r1-1 (rows and columns of S); their statistics at [i - r0] of the outputs."""
     rows = r0 + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     rmask = rows < r1
-    inv_tau = tl.load(consts)
+    inv_tau = _scalar(inv_hi, inv_lo, ACC)
     mr = tl.full((BLOCK,), float("-inf"), ACC)
     mc = tl.full((BLOCK,), float("-inf"), ACC)
     lr = tl.zeros((BLOCK,), ACC)
@@ -182,9 +234,9 @@ def _stats_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_s
         cols = b0 + tl.arange(0, BLOCK)
         valid = rmask[:, None] & (cols < B)[None, :]
         x = _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
-                    FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK)  # fmt: skip
+                    FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK, ROUND_TF32)  # fmt: skip
         c = tl.trans(_s_tile(img, txt, sim, cols, rows, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
-                             FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK))  # fmt: skip
+                             FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK, ROUND_TF32))  # fmt: skip
         mr, lr, ar, hr, ir = _lse_hard_update(mr, lr, ar, hr, ir, x, x * inv_tau, rows, cols, valid, B)
         mc, lc, ac, hc, ic = _lse_hard_update(mc, lc, ac, hc, ic, c, c * inv_tau, rows, cols, valid, B)
         p += tl.sum(tl.where(rows[:, None] == cols[None, :], x, 0.0), axis=1)
@@ -210,16 +262,16 @@ def _stats_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_s
 
 
 @triton.jit
-def _coupled_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, r0, r1,
+def _coupled_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, r0, r1,
                     m_r, logl_r, at_r, m_c, logl_c, at_c, ent_r, ent_c, sce, cbcl, A_r, A_c, A_r_rest, A_c_rest,
                     BIAS: tl.constexpr, WITH_A: tl.constexpr,
                     FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
-                    BLOCK: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+                    BLOCK: tl.constexpr, BK: tl.constexpr, ROUND_TF32: tl.constexpr):  # fmt: skip
     """Samples r0..r1-1, from pass 1's vectors of the whole batch; outputs at [i - r0]."""
     rows = r0 + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     rmask = rows < r1
-    inv_tau = tl.load(consts)
-    eps = tl.load(consts + 1)
+    inv_tau = _scalar(inv_hi, inv_lo, ACC)
+    eps = _scalar(eps_hi, eps_lo, ACC)
     # own statistics: rows a of Pr and columns a of Pc
     mr_a = tl.load(m_r + rows, mask=rmask, other=0.0)[:, None]
     lr_a = tl.load(logl_r + rows, mask=rmask, other=0.0)[:, None]
@@ -241,9 +293,9 @@ def _coupled_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s
         valid = rmask[:, None] & cmask[None, :]
         off = valid & (rows[:, None] != cols[None, :])
         zx = inv_tau * _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
-                               FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK)  # fmt: skip
+                               FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK, ROUND_TF32)  # fmt: skip
         zc = inv_tau * tl.trans(_s_tile(img, txt, sim, cols, rows, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
-                                        FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK))  # fmt: skip
+                                        FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK, ROUND_TF32))  # fmt: skip
         nx = _nlp(mr_a, zx, lr_a, cols[None, :] == at_ra)  # -log Pr_ij
         nc = _nlp(mc_a, zc, lc_a, cols[None, :] == at_ca)  # -log Pc_ji
         px = tl.exp(-nx)
@@ -287,21 +339,21 @@ def _coupled_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s
 
 
 @triton.jit
-def _dsim_kernel(img, txt, sim, consts, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+def _dsim_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                  m_r, logl_r, m_c, logl_c, A_r, A_c, A_r_rest, A_c_rest, at_r, at_c, hidx_r, hidx_c, g, k_r, k_c,
                  ds, ld_ds, r0, r1,
                  BIAS: tl.constexpr,
                  FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
-                 BLOCK: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+                 BLOCK: tl.constexpr, BK: tl.constexpr, ROUND_TF32: tl.constexpr):  # fmt: skip
     """dS[r0:r1, :] (fused.py's docstring), row i of the panel at ds + (i - r0) * ld_ds."""
     rows = r0 + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     rmask = rows < r1
     cmask = cols < B
-    inv_tau = tl.load(consts)
-    eps = tl.load(consts + 1)
+    inv_tau = _scalar(inv_hi, inv_lo, ACC)
+    eps = _scalar(eps_hi, eps_lo, ACC)
     z = inv_tau * _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
-                          FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK)  # fmt: skip
+                          FROM_SIM, ACC, DOT_PREC, UPCAST, BLOCK, BLOCK, BK, ROUND_TF32)  # fmt: skip
     at_i = tl.load(at_r + rows, mask=rmask, other=-1)[:, None]
     at_j = tl.load(at_c + cols, mask=cmask, other=-1)[None, :]
     is_at_r = cols[None, :] == at_i
@@ -396,6 +448,23 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32"  # 16-bit operands: the tensor-core default; precision is not a choice there
 
 
+def _split(v: float) -> tuple[float, float]:
+    """v as two fp32 kernel arguments (hi, lo) for _scalar."""
+    hi = float(np.float32(v))
+    return hi, float(np.float32(v - hi))
+
+
+def _on(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensors' (cuda:1 as well)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _tile_size(name: str, value: int, least: int) -> int:
+    if value < least or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two ≥ {least} (tl.dot on a GPU needs 16); got {value}")
+    return value
+
+
 def _matmul_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with a result in the accumulation dtype (fp32 for 16-bit inputs)."""
     acc = _acc_dtype(a.dtype)
@@ -423,9 +492,9 @@ class TritonKernels:
         if strategy not in (None, "auto", *STRATEGIES):
             raise ValueError(f"strategy must be one of 'auto', {', '.join(map(repr, STRATEGIES))}; got {strategy!r}")
         self.strategy = strategy
-        self.block = block or _BLOCK
-        self.ds_block = ds_block or block or _DS_BLOCK
-        self.bk = bk or _BK
+        self.block = _tile_size("block", _BLOCK if block is None else block, 16)
+        self.ds_block = _tile_size("ds_block", ds_block if ds_block is not None else block or _DS_BLOCK, 16)
+        self.bk = _tile_size("bk", _BK if bk is None else bk, 16)
         self.panel_rows = panel_rows
         self._chosen: dict[tuple, str] = {}
         fused.register_kernels(self)
@@ -477,6 +546,7 @@ class TritonKernels:
             ACC=tl.float64 if acc == torch.float64 else tl.float32,
             DOT_PREC=_dot_precision(dtype),
             UPCAST=INTERPRET and dtype in (torch.float16, torch.bfloat16),
+            ROUND_TF32=dtype == torch.float32 and _dot_precision(dtype) == "tf32",
             BLOCK=block or self.block,
             BK=self.bk,
             num_warps=num_warps,
@@ -506,24 +576,24 @@ class TritonKernels:
         """_stats_kernel on samples lo..hi-1 of src = (img, txt, sim) into out's vectors (hi - lo
         long, or whole-batch ones when lo=0, hi=B)."""
         B, ptrs, acc, meta = self._launch_args(*src)
-        consts = torch.tensor([1.0 / tau, 0.0], dtype=acc, device=out["m_r"].device)
-        _stats_kernel[(triton.cdiv(hi - lo, self.block),)](
-            ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:], lo, hi,
-            out["m_r"], out["logl_r"], out["at_r"], out["m_c"], out["logl_c"], out["at_c"], out["lse_r"],
-            out["lse_c"], out["pos"], out["ce_i2t"], out["ce_t2i"], out["hard_i2t"], out["hard_i2t_index"],
-            out["hard_t2i"], out["hard_t2i_index"], **meta,
-        )  # fmt: skip
+        with _on(out["m_r"]):
+            _stats_kernel[(triton.cdiv(hi - lo, self.block),)](
+                ptrs[0], ptrs[1], ptrs[2], *_split(1.0 / tau), B, *ptrs[3:], lo, hi,
+                out["m_r"], out["logl_r"], out["at_r"], out["m_c"], out["logl_c"], out["at_c"], out["lse_r"],
+                out["lse_c"], out["pos"], out["ce_i2t"], out["ce_t2i"], out["hard_i2t"], out["hard_i2t_index"],
+                out["hard_t2i"], out["hard_t2i_index"], **meta,
+            )  # fmt: skip
 
     def _pass2(self, src, lo, hi, first, out, tau, eps, bias, stats_only):
         """_coupled_kernel on samples lo..hi-1, reading pass 1's whole-batch vectors `first`."""
         B, ptrs, acc, meta = self._launch_args(*src)
-        consts = torch.tensor([1.0 / tau, eps], dtype=acc, device=out["sce"].device)
         a = [out.get(k, out["sce"]) for k in ("A_r", "A_c", *REST_KEYS)]  # placeholders without WITH_A: never written
-        _coupled_kernel[(triton.cdiv(hi - lo, self.block),)](
-            ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:], lo, hi,
-            *(first[k].contiguous() for k in SPLIT_KEYS), out["entropy_i2t"],
-            out["entropy_t2i"], out["sce"], out["loss_cbcl"], *a, BIAS=bool(bias), WITH_A=not stats_only, **meta,
-        )  # fmt: skip
+        with _on(out["sce"]):
+            _coupled_kernel[(triton.cdiv(hi - lo, self.block),)](
+                ptrs[0], ptrs[1], ptrs[2], *_split(1.0 / tau), *_split(eps), B, *ptrs[3:], lo, hi,
+                *(first[k].contiguous() for k in SPLIT_KEYS), out["entropy_i2t"],
+                out["entropy_t2i"], out["sce"], out["loss_cbcl"], *a, BIAS=bool(bias), WITH_A=not stats_only, **meta,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ row ranges (fused.py)
     # Tiles are always recomputed from the gathered img/txt (streaming): a rank never holds B×B.
@@ -599,12 +669,12 @@ class TritonKernels:
 
     def _dsim(self, img, txt, sim, saved, tau, eps, bias, g_cbcl, k_r, k_c, out, r0, r1):
         B, ptrs, acc, meta = self._launch_args(img, txt, sim, self.ds_block, _DS_NUM_WARPS)
-        consts = torch.tensor([1.0 / tau, eps], dtype=acc, device=out.device)
         vec = [saved[k].contiguous() for k in ("m_r", "logl_r", "m_c", "logl_c", "A_r", "A_c", "A_r_rest", "A_c_rest",
                                                   "at_r", "at_c", "hard_i2t_index", "hard_t2i_index")]  # fmt: skip
         gk = [v.to(acc).contiguous() for v in (g_cbcl, k_r, k_c)]
         grid = (triton.cdiv(r1 - r0, self.ds_block), triton.cdiv(B, self.ds_block))
-        _dsim_kernel[grid](
-            ptrs[0], ptrs[1], ptrs[2], consts, B, *ptrs[3:], *vec, *gk, out, out.stride(0), r0, r1,
-            BIAS=bool(bias), **meta,
-        )  # fmt: skip
+        with _on(out):
+            _dsim_kernel[grid](
+                ptrs[0], ptrs[1], ptrs[2], *_split(1.0 / tau), *_split(eps), B, *ptrs[3:], *vec, *gk, out, out.stride(0), r0, r1,
+                BIAS=bool(bias), **meta,
+            )  # fmt: skip

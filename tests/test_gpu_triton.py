@@ -85,3 +85,18 @@ def test_strategies_agree_and_are_deterministic_at_32768():
 def test_row_ranges_at_size(dtype, B, D, parts):
     img, txt = embeddings(B, D, seed=B + D, noise=0.7, dtype=DTYPES[dtype], device="cuda")
     check_rows_against_dense(triton_srem.TritonKernels(), img, txt, split(B, parts), bias=True, tol_key=dtype)
+
+
+@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+def test_nan_reaches_the_statistics_at_size(strategy):
+    """The GPU's max drops NaN (maxnum): check_finite=False with a NaN row of S gives NaN, not
+    finite wrong statistics (tests/test_triton_numerics.py has the small case)."""
+    B, D, bad = 4096, 256, 1234
+    img, txt = embeddings(B, D, seed=2, noise=0.7, dtype=torch.bfloat16, device="cuda")
+    img[bad, 7] = float("nan")
+    out = triton_srem.TritonKernels(strategy).forward(img, txt, None, tau=0.05, eps=1e-10, bias=True)
+    others = torch.arange(B, device="cuda") != bad
+    assert out["lse_r"][bad].isnan() and out["lse_r"][others].isfinite().all()
+    assert out["hard_i2t"][bad].isnan() and out["hard_i2t"][others].isfinite().all()
+    assert out["lse_c"].isnan().all() and out["hard_t2i"][others].isnan().all()
+    assert out["sce"].isnan().all() and out["A_c"].isnan().all()

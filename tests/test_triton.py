@@ -156,7 +156,7 @@ def test_fp64_gradcheck():
     params = check_params(B, img.device, check_finite=True, tau=0.5, margin=0.3, lambda_hard=1.0, lambda_cbcl=1.0,
                           bias=False, sce_weight=False, clean=None, select="none", eps=1e-10, reduction="sum")  # fmt: skip
     for strategy in triton_srem.STRATEGIES:
-        k = kernels(strategy, block=4 if triton_srem.INTERPRET else 16, panel_rows=4)
+        k = kernels(strategy, block=16, panel_rows=4)
         assert torch.autograd.gradcheck(lambda a, b: fused.run(k, a, b, None, params)[0], (img, txt))
 
 
@@ -289,3 +289,37 @@ def test_row_ranges_match_dense_contract(dtype, B, D, parts, bias):
     always streamed from the gathered embeddings."""
     img, txt = embeddings(B, D, seed=B, noise=0.7, dtype=DTYPES[dtype], device=DEVICE)
     check_rows_against_dense(kernels("streaming", panel_rows=16), img, txt, split(B, parts), bias=bias, tol_key=dtype)
+
+
+@pytest.mark.parametrize("strategy", [*triton_srem.STRATEGIES, "similarity"])
+def test_hot_path_has_no_host_reads_or_copies(strategy):
+    """The kernels' forward and backward read nothing back to the host and copy nothing to the
+    device (bench/opcount.py counts both; the interpreter's runs show what a GPU run would do), so
+    a training step can be captured in a CUDA graph. The glue around them (fused.py) is not
+    counted here."""
+    from bench import opcount
+
+    B, D = 37, 20
+    img, txt = embeddings(B, D, seed=1, noise=0.7, dtype=torch.float32, device=DEVICE)
+    sim = img @ txt.T if strategy == "similarity" else None
+    x, y = (None, None) if sim is not None else (img, txt)
+    k = kernels(None if sim is not None else strategy, panel_rows=16)
+    g = torch.rand(B, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    kw = dict(tau=0.05, eps=1e-10, bias=True)
+
+    def step():
+        saved = k.forward(x, y, sim, **kw)
+        k.backward(x, y, sim, saved, g_cbcl=g, k_r=g, k_c=g, **kw)
+        k.forward(x, y, sim, stats_only=True, **kw)
+
+    step()
+    c = opcount.count(step)
+    assert (c.reads, c.h2d) == (0, 0), c.by_op
+    assert c.triton > 0
+
+
+@pytest.mark.parametrize("name,value", [("bk", 8), ("block", 48), ("ds_block", 0), ("bk", 24)])
+def test_tile_sizes_are_checked(name, value):
+    """tl.dot on a GPU needs every dimension ≥ 16 (the interpreter takes any): refused up front."""
+    with pytest.raises(ValueError, match=name):
+        triton_srem.TritonKernels("streaming", **{name: value})

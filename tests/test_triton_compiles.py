@@ -22,4 +22,4 @@ def test_kernels_compile_for_sm90():
     proc = subprocess.run([sys.executable, "scripts/triton_aot_check.py", "--quick"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count(" ok (") == 8, proc.stdout
+    assert proc.stdout.count(" ok (") >= 8 and "specialisations compiled" in proc.stdout, proc.stdout
