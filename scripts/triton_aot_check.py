@@ -45,21 +45,26 @@ VARIANTS = [
     ("fp32 from sim", torch.float32, None, "highest", True),
     ("fp64 streaming", torch.float64, "streaming", "highest", False),
     ("fp64 materialised", torch.float64, "materialised", "highest", False),
+    ("bf16 row ranges", torch.bfloat16, "rows", "highest", False),
+    ("fp32 ieee row ranges", torch.float32, "rows", "highest", False),
 ]
-QUICK = ("bf16 streaming", "fp32 ieee materialised")
+QUICK = ("bf16 streaming", "fp32 ieee streaming", "fp32 ieee materialised")
 
 
 class Compiler:
     """Stands in for JITFunction.run: compiles a launch for `target` instead of running it."""
 
-    def __init__(self, target: GPUTarget):
+    def __init__(self, target: GPUTarget, only: str | None = None):
         self.target = target
+        self.only = only
         self.backend = make_backend(target)
         self.binders: dict = {}
         self.done: dict = {}  # specialisation key -> report line
         self.order: list = []
 
     def run(self, fn, *args, grid, warmup, **kwargs):
+        if self.only and self.only not in fn.__name__:
+            return None
         kwargs.setdefault("debug", False)
         if fn not in self.binders:
             self.binders[fn] = jit.create_function_from_signature(fn.signature, fn.params, self.backend)
@@ -72,11 +77,13 @@ class Compiler:
             log = io.StringIO()
             with contextlib.redirect_stdout(log):
                 knobs.nvidia.dump_ptxas_log = True
+                knobs.compilation.always_compile = True  # ptxas runs (and reports) also when cached
                 try:
                     k = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=self.target,
                                        options=options.__dict__)  # fmt: skip
                 finally:
                     knobs.nvidia.dump_ptxas_log = False
+                    knobs.compilation.always_compile = False
             named = {fn.arg_names[p[0]]: v for p, v in constexprs.items() if len(p) == 1}
             shown = {n: v for n, v in named.items() if n.isupper() or n.startswith("s_")}
             self.done[key] = dict(kernel=fn.__name__, warps=options.num_warps, **usage(log.getvalue()),
@@ -95,23 +102,32 @@ def usage(ptxas_log: str) -> dict:
                 spill_loads=int(loads[-1]) if loads else -1, stack=int(stack[-1]) if stack else -1)  # fmt: skip
 
 
-def drive(label, dtype, strategy, precision, from_sim, B, D):
-    """One forward (full and stats-only) and backward of the kernels, on CPU tensors."""
+def drive(label, dtype, strategy, precision, from_sim, B, D, **tiles):
+    """One forward (full and stats-only) and backward of the kernels (or the row-range methods of
+    the distributed loss), on CPU tensors."""
     g = torch.Generator().manual_seed(0)
     img = torch.randn(B, D, generator=g).to(dtype)
     txt = torch.randn(B, D, generator=g).to(dtype)
     old = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
-        k = T.TritonKernels(strategy or "streaming")
+        k = T.TritonKernels("streaming" if strategy in (None, "rows") else strategy, **tiles)
+        acc = T._acc_dtype(dtype)
+        v = torch.ones(B, dtype=acc)
+        if strategy == "rows":
+            lo, hi = B // 3, B // 3 + B // 4
+            first = k.pass1_rows(img, txt, lo, hi, tau=0.05)
+            full = {key: torch.zeros(B, dtype=t.dtype) for key, t in first.items()}
+            full |= {key: torch.zeros(B, dtype=acc) for key in ("A_r", "A_c", "A_r_rest", "A_c_rest")}
+            k.pass2_rows(img, txt, lo, hi, full, tau=0.05, eps=1e-10, bias=True)
+            k.backward_rows(img, txt, lo, hi, full, tau=0.05, eps=1e-10, bias=True, g_cbcl=v, k_r=v, k_c=v)
+            return
         sim = (img.float() @ txt.float().T).to(dtype) if from_sim else None
         a, b = (None, None) if from_sim else (img, txt)
         kw = dict(tau=0.05, eps=1e-10, bias=True)
         k.forward(a, b, sim, stats_only=True, **kw)
         k.forward(a, b, sim, bias=False, tau=0.05, eps=1e-10)
         saved = k.forward(a, b, sim, **kw)
-        acc = T._acc_dtype(dtype)
-        v = torch.ones(B, dtype=acc)
         k.backward(a, b, sim, saved, g_cbcl=v, k_r=v, k_c=v, **kw)
     finally:
         torch.set_float32_matmul_precision(old)
@@ -123,8 +139,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"only {' and '.join(QUICK)}")
     ap.add_argument("--batch", type=int, default=1024, help="B of the driving call (a multiple of 16, as in training)")
     ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--only", help="compile only the kernels whose name contains this")
+    ap.add_argument("--variant", action="append", help="only these variants (labels above)")
+    ap.add_argument("--tiles", default="", help="TritonKernels keyword arguments, e.g. block=64,block_n=32,bk=32")
     args = ap.parse_args(argv)
-    comp = Compiler(GPUTarget("cuda", args.arch, 32))
+    comp = Compiler(GPUTarget("cuda", args.arch, 32), args.only)
     orig = jit.JITFunction.run
     jit.JITFunction.run = lambda self, *a, **kw: comp.run(self, *a, **kw)
     print(f"triton {triton.__version__}, sm_{args.arch}, launches of B={args.batch} D={args.dim}")
@@ -132,10 +151,11 @@ def main(argv=None) -> int:
     spills = 0
     try:
         for label, dtype, strategy, precision, from_sim in VARIANTS:
-            if args.quick and label not in QUICK:
+            if (args.quick and label not in QUICK) or (args.variant and label not in args.variant):
                 continue
             n = len(comp.order)
-            drive(label, dtype, strategy, precision, from_sim, args.batch, args.dim)
+            tiles = {k: int(v) for k, v in (kv.split("=") for kv in args.tiles.split(",") if kv)}
+            drive(label, dtype, strategy, precision, from_sim, args.batch, args.dim, **tiles)
             for key in comp.order[n:]:
                 r = comp.done[key]
                 spills += r["spill_stores"] > 0
