@@ -61,6 +61,7 @@ class Compiler:
         self.binders: dict = {}
         self.done: dict = {}  # specialisation key -> report line
         self.order: list = []
+        self.labels: list = []  # (variant, key) in order of first compilation
 
     def run(self, fn, *args, grid, warmup, **kwargs):
         if self.only and self.only not in fn.__name__:
@@ -86,6 +87,7 @@ class Compiler:
                     knobs.compilation.always_compile = False
             named = {fn.arg_names[p[0]]: v for p, v in constexprs.items() if len(p) == 1}
             shown = {n: v for n, v in named.items() if n.isupper() or n.startswith("s_")}
+            shown = {n: (v.name if hasattr(v, "name") else v) for n, v in shown.items()}
             self.done[key] = dict(kernel=fn.__name__, warps=options.num_warps, **usage(log.getvalue()),
                                   smem=k.metadata.shared, wgmma="wgmma" in k.asm["ptx"], seconds=time.time() - t,
                                   constexprs=shown)  # fmt: skip
@@ -142,6 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="compile only the kernels whose name contains this")
     ap.add_argument("--variant", action="append", help="only these variants (labels above)")
     ap.add_argument("--tiles", default="", help="TritonKernels keyword arguments, e.g. block=64,block_n=32,bk=32")
+    ap.add_argument("--markdown", action="store_true", help="also print the table in markdown (bench/RESULTS.md)")
     args = ap.parse_args(argv)
     comp = Compiler(GPUTarget("cuda", args.arch, 32), args.only)
     orig = jit.JITFunction.run
@@ -157,6 +160,7 @@ def main(argv=None) -> int:
             tiles = {k: int(v) for k, v in (kv.split("=") for kv in args.tiles.split(",") if kv)}
             drive(label, dtype, strategy, precision, from_sim, args.batch, args.dim, **tiles)
             for key in comp.order[n:]:
+                comp.labels.append((label, key))
                 r = comp.done[key]
                 spills += r["spill_stores"] > 0
                 print(f"{label:<24} {r['kernel']:<18} {r['warps']:>5} {r['regs']:>4} {r['spill_stores']:>5}/{r['spill_loads']:<5} "
@@ -165,6 +169,17 @@ def main(argv=None) -> int:
     finally:
         jit.JITFunction.run = orig
     print(f"{len(comp.order)} specialisations compiled, {spills} with spills")
+    if args.markdown:
+        print("\n| variant | kernel | specialisation | tile | warps | registers | spill stores/loads (B) | shared (B) | wgmma |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for label, key in comp.labels:
+            r = comp.done[key]
+            c = r["constexprs"]
+            flags = " ".join(f"{n}={int(c[n])}" for n in ("PAIRS", "BIAS", "WITH_A") if n in c)
+            tile = (f"{c['BM']}×{c['BN'] * c['SPLIT']}/{c['BN']}" if "BM" in c else f"{c['T']}×{c['T']}") if (
+                "BM" in c or "T" in c) else f"{c.get('TM', '')}"  # fmt: skip
+            print(f"| {label} | `{r['kernel']}` | {flags} | {tile} | {r['warps']} | {r['regs']} | "
+                  f"{r['spill_stores']}/{r['spill_loads']} | {r['smem']} | {'yes' if r['wgmma'] else 'no'} |")
     return 0
 
 

@@ -9,12 +9,15 @@ The kernels (triton_passes.py, triton_merge.py; tile helpers in triton_tiles.py)
   dS       _dsim_kernel: one tile per program; dS·txt and dSᵀ·img are torch.matmul.
 
 A pass kernel's program owns a pair of super-blocks of tiles and forms each tile pair
-{S[a, b], S[b, a]} of it once, so every element of S is formed once per pass and its
-probabilities are evaluated once in pass 2; each sample's statistics come out as K partials
-(one per super-block) in a partials buffer, combined in a fixed order by the merge kernel.
-Grid: K·(K//2 + 1) programs, K chosen to fill the device (two programs per SM). The partials
-buffer holds 8 ACC + 4 int32 words per sample and super-block: 48·K·B bytes in fp32, e.g.
-K = 23: 72 MiB at B = 65536 (0.41 % of one B×B fp32 matrix), 289 MiB at 262144 (0.10 %).
+{S[a, b], S[b, a]} of it once (a block's own block of S as plain tiles), so every element of S is
+formed once per pass and its probabilities are evaluated once in pass 2; each sample's
+statistics come out as K partials (one per super-block) in a partials buffer, combined in a
+fixed order by the merge kernel. Grid: K·(K//2 + 1) programs (K(K+1)/2 live), K from the SM
+count (TritonKernels.plan). The partials buffer holds 8 ACC + 4 int32 words per sample and
+super-block, 48·K·B bytes in fp32, plus pass 2's staging of diagonal blocks (K·4·BM² words): on
+a 132-SM H100/H200, K = 32 from B = 65536 on: 96 MiB at B = 65536 (0.59 % of one B×B fp32
+matrix), 384 MiB at 262144 (0.15 %); below, K = 16 (136 programs, one per SM): 12 MiB at
+16384 (1.2 %), 3 MiB at 4096 (4.7 %; auto takes the materialised strategy there, S is 64 MiB).
 
 Strategies (TritonKernels(strategy=...) or SREM_TRITON_STRATEGY, else chosen by size/memory):
   materialised  S = img·txtᵀ once (torch.matmul, fp32 out), both passes read it, backward forms dS
@@ -65,7 +68,8 @@ _PASS_TILES = {"mma": (64, 16, 2, 32, 8), "fma": (64, 16, 1, 16, 8), "fp64": (32
 _DS_TILES = {"mma": (64, 8), "fma": (64, 8), "fp64": (32, 8)}  # dS: square tiles, warps
 _MERGE_BLOCK = 128
 _SPLITS_INTERPRET = 3  # super-blocks under the interpreter (tests pass their own)
-_PROGRAMS_PER_SM = 2
+_WAVES = 4  # programs per SM a pass aims at (one fits at a time: ~245 registers × 256 threads)
+_PARTIALS_SHARE = 0.01  # the partials buffer's bound, as a share of one B×B fp32 matrix
 _MATERIALISE_MAX_B = 32768  # S alone is 4 GiB there; beyond it streaming wins on memory anyway
 _CPU_MEMORY = 8 << 30  # what the interpreter pretends is free
 _PANEL_BYTES = 64 << 20  # streaming backward: the dS panel (< 1 % of a 65536² fp32 matrix)
@@ -134,6 +138,12 @@ def _tile_size(name: str, value: int, least: int) -> int:
     if value < least or value & (value - 1):
         raise ValueError(f"{name} must be a power of two ≥ {least} (tl.dot on a GPU needs 16); got {value}")
     return value
+
+
+def _triangle_root(n: int) -> int:
+    """The smallest K with K(K+1)/2 ≥ n."""
+    k = int(np.ceil((np.sqrt(8 * n + 1) - 1) / 2))
+    return k if k * (k + 1) // 2 >= n else k + 1
 
 
 def partials_bytes(B: int, K: int, dtype: torch.dtype = torch.float32) -> int:
@@ -212,17 +222,26 @@ class TritonKernels:
 
     def plan(self, B: int, R: int, device: torch.device, tiles: dict, *, pairs: bool) -> tuple[int, int, tuple]:
         """(G, K, grid) of a pass over a range of R samples (R = B with pairs). pairs: the row
-        blocks grouped into K super-blocks of G; row ranges: the column blocks."""
+        blocks grouped into K super-blocks of G, K(K+1)/2 programs; row ranges: the column
+        blocks, (row blocks of the range)·K programs. On a GPU K aims at _WAVES programs per
+        SM (the diagonal super-pairs hold half the work: several waves even it out), but
+        keeps the partials buffer within _PARTIALS_SHARE of one B×B fp32 matrix unless that
+        would leave SMs idle (small B, where the buffer is a few MiB)."""
         nb = triton.cdiv(B, tiles["BM"] if pairs else tiles["BN"] * tiles["SPLIT"])
-        programs = _PROGRAMS_PER_SM * _sm_count(device) if device.type == "cuda" else 0
         if self.splits is not None:
             k = self.splits
         elif device.type != "cuda":
             k = _SPLITS_INTERPRET
-        elif pairs:  # the smallest K with K(K+1)/2 ≥ programs
-            k = int(np.ceil((np.sqrt(8 * programs + 1) - 1) / 2))
         else:
-            k = triton.cdiv(programs, triton.cdiv(R, tiles["BM"]))
+            sms = _sm_count(device)
+            slot = PARTIAL_FLOATS * 8 + PARTIAL_INTS * 4  # bytes per sample and super-block (fp64 bound)
+            k_mem = int(_PARTIALS_SHARE * 4 * B * B // (R * slot))
+            if pairs:
+                k_fill, k_target = _triangle_root(sms), _triangle_root(_WAVES * sms)
+            else:
+                k_fill = triton.cdiv(sms, triton.cdiv(R, tiles["BM"]))
+                k_target = _WAVES * k_fill
+            k = max(k_fill, min(k_target, k_mem))
         G = triton.cdiv(nb, max(1, min(k, nb)))
         K = triton.cdiv(nb, G)
         grid = (K, K // 2 + 1) if pairs else (triton.cdiv(R, tiles["BM"]), K)

@@ -3,8 +3,10 @@ tolerances: every statistic, the loss and both gradients, both strategies, every
 shapes, the similarity path, non-contiguous inputs, determinism, stats_only and torch.compile.
 
 Without a GPU the kernels run on CPU tensors through Triton's interpreter (tests/conftest.py sets
-TRITON_INTERPRET=1): shapes stay small, and small tiles (block=32) and dS panels (panel_rows=48)
-make B=37 and B=130 cross tile and panel edges. tests/test_gpu_triton.py repeats this at real sizes.
+TRITON_INTERPRET=1): shapes stay small, and small tiles (32-row blocks, 32-column dot tiles
+reduced 16 columns at a time), three super-blocks and dS panels of 48 rows make B=37 and B=130
+cross tile, super-block and panel edges; test_work_splits varies the tiling and the split.
+tests/test_gpu_triton.py repeats this at real sizes.
 The comparison itself is tests/backend_checks.py, shared with the other fused backends.
 """
 
@@ -14,6 +16,7 @@ import functools
 
 import pytest
 import torch
+import triton
 
 import srem_kernels
 from srem_kernels import fused, registry
@@ -36,6 +39,7 @@ OPTIONS = {
 
 
 def kernels(strategy, **kw):
+    """Small tiles: 32 rows × 32 columns per dot, reduced 16 columns at a time."""
     kw.setdefault("block", 32)
     kw.setdefault("block_n", 16)
     kw.setdefault("split", 2)
@@ -85,6 +89,23 @@ CASES = [
 def test_matches_reference(strategy, dtype, B, D, case):
     img, txt = embeddings(B, D, seed=B * 7 + D, noise=0.7, dtype=DTYPES[dtype], device=DEVICE)
     check_against_reference(run_with(kernels(strategy)), img, txt, params_for(B, case, seed=B), False, dtype)
+
+
+# (strategy, dtype, B, tiles): square and rectangular tiles, one or two dot tiles per block's own
+# block, K = 1 (one diagonal program), 2 and 4 (even: the pair at distance K/2 owned once), 3
+SPLITS = [
+    ("streaming", "fp32", 130, dict(block=32, block_n=16, split=1, splits=2)),
+    ("streaming", "bf16", 250, dict(block=32, block_n=16, split=2, splits=4)),
+    ("streaming", "fp32", 37, dict(block=16, block_n=16, split=1, splits=1)),
+    ("materialised", "fp32", 250, dict(block=64, block_n=16, split=2, splits=3)),
+    ("materialised", "fp16", 70, dict(block=32, block_n=16, split=1, splits=4)),
+]
+
+
+@pytest.mark.parametrize("strategy,dtype,B,tiles", SPLITS)
+def test_work_splits(strategy, dtype, B, tiles):
+    img, txt = embeddings(B, 24, seed=B + 1, noise=0.7, dtype=DTYPES[dtype], device=DEVICE)
+    check_against_reference(run_with(kernels(strategy, **tiles)), img, txt, params_for(B, "default"), False, dtype)
 
 
 @pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
@@ -317,11 +338,15 @@ def test_hot_path_has_no_host_reads_or_copies(strategy):
     step()
     c = opcount.count(step)
     assert (c.reads, c.h2d) == (0, 0), c.by_op
-    assert c.triton > 0
+    # pass 1 + merge, pass 2 + merge (twice: full and stats only), dS (panels of 16 rows streaming)
+    assert c.triton == 8 + (triton.cdiv(B, 16) if strategy == "streaming" else 1)
 
 
-@pytest.mark.parametrize("name,value", [("bk", 8), ("block", 48), ("ds_block", 0), ("bk", 24)])
-def test_tile_sizes_are_checked(name, value):
+@pytest.mark.parametrize("kw,name", [({"bk": 8}, "bk"), ({"block": 48}, "block"), ({"ds_block": 0}, "ds_block"),
+                                     ({"bk": 24}, "bk"), ({"block_n": 8}, "block_n"), ({"split": 3}, "split"),
+                                     ({"block": 16, "block_n": 16, "split": 2}, "block_n · split"),
+                                     ({"splits": 0}, "splits")])  # fmt: skip
+def test_tile_sizes_are_checked(kw, name):
     """tl.dot on a GPU needs every dimension ≥ 16 (the interpreter takes any): refused up front."""
     with pytest.raises(ValueError, match=name):
-        triton_srem.TritonKernels("streaming", **{name: value})
+        triton_srem.TritonKernels("streaming", **kw)
