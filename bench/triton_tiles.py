@@ -111,6 +111,15 @@ def count(strategy: str, B: int = 256, D: int = 64, dtype=torch.float32, **kerne
                 dsim_nlp_per_element=counts["_dsim_kernel"]["nlp"] / unit)  # fmt: skip
 
 
+def _device() -> str:
+    """Where the count ran (it does not depend on it): the interpreter on this CPU."""
+    try:
+        model = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "CPU"
+    return f"Triton interpreter, {model}, {os.cpu_count()} cores"
+
+
 def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
@@ -129,7 +138,7 @@ def main(argv=None) -> list[dict]:
     from srem_kernels.triton_srem import STRATEGIES
 
     rows = []
-    stamp = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit=_commit(),
+    stamp = dict(device=_device(), date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit=_commit(),
                  command="python -m bench.triton_tiles " + " ".join(argv if argv is not None else sys.argv[1:]))  # fmt: skip
     print(f"B={args.batch} D={args.dim}: GEMM-equivalents (B×B×D) per forward+backward; floor {FLOOR:g}")
     for strategy in STRATEGIES:
