@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from srem_kernels.triton_tiles import (
-    _halves, _nlp, _one_minus_p, _program, _s_tile, _scalar, _side_put, _stats_merge, _sums_put, _terms,
+    _half, _nlp, _one_minus_p, _pair_halves, _program, _s_tile, _scalar, _side_put, _stats_merge, _sums_put, _terms,
     _tile_stats,
 )  # fmt: skip
 
@@ -38,7 +38,6 @@ def _pass1_kernel(img, txt, sim, inv_hi, inv_lo, B, D, s_im, s_ik, s_tm, s_tk, s
     into pf/pi; S_ii into pos[i - r0]. Tiles of BM × BD (BD = SPLIT·BN), reduced BN columns at
     a time."""
     BD: tl.constexpr = BN * SPLIT
-    RT: tl.constexpr = BM // BN
     a0, a1, d0, d1, slot_a, slot_b, diag, live = _program(NBM, NBD, G, K, BM // BD, PAIRS)
     if live:
         inv_tau = _scalar(inv_hi, inv_lo, ACC)
@@ -64,22 +63,12 @@ def _pass1_kernel(img, txt, sim, inv_hi, inv_lo, B, D, s_im, s_ik, s_tm, s_tk, s
             hic = hir
             for bd in range(tl.where(diag, a * (BM // BD), d0), d1):
                 own = (bd * BD) // BM == a  # block a's own block of S: no transposed tile
-                xd = _s_tile(img, txt, sim, rows, bd * BD + ard, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
-                             FROM_SIM, ACC, DOT_PREC, UPCAST, TF32, BM, BD, BK)  # fmt: skip
-                if own & PAIRS:
-                    yd = xd
-                else:
-                    yd = _s_tile(txt, img, sim, rows, bd * BD + ard, B, D, s_tm, s_tk, s_im, s_ik, s_sn, s_sm,
-                                 FROM_SIM, ACC, DOT_PREC, UPCAST, TF32, BM, BD, BK)  # fmt: skip
-                x0, x1 = _halves(xd, SPLIT)
-                y0, y1 = _halves(yd, SPLIT)
+                x0, x1, y0, y1 = _pair_halves(img, txt, sim, rows, bd * BD + ard, B, D, s_im, s_ik, s_tm, s_tk, s_sm,
+                                              s_sn, own & PAIRS, FROM_SIM, ACC, DOT_PREC, UPCAST, TF32, BM, BD, BK,
+                                              SPLIT)  # fmt: skip
                 for h in tl.static_range(SPLIT):
-                    if h == 0:
-                        x = x0
-                        yt = y0
-                    else:
-                        x = x1
-                        yt = y1
+                    x = _half(x0, x1, h)
+                    yt = _half(y0, y1, h)
                     b = bd * SPLIT + h
                     if b * BN < B:  # the last dot tile's second half may lie beyond B
                         cols = b * BN + arn
@@ -157,22 +146,12 @@ def _pass2_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_i
             A_cr = e_r
             for bd in range(tl.where(diag, a * (BM // BD), d0), d1):
                 own = (bd * BD) // BM == a
-                zxd = inv_tau * _s_tile(img, txt, sim, rows, bd * BD + ard, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
-                                        FROM_SIM, ACC, DOT_PREC, UPCAST, TF32, BM, BD, BK)  # fmt: skip
-                if own & PAIRS:
-                    zyd = zxd
-                else:
-                    zyd = inv_tau * _s_tile(txt, img, sim, rows, bd * BD + ard, B, D, s_tm, s_tk, s_im, s_ik, s_sn,
-                                            s_sm, FROM_SIM, ACC, DOT_PREC, UPCAST, TF32, BM, BD, BK)  # fmt: skip
-                x0, x1 = _halves(zxd, SPLIT)
-                y0, y1 = _halves(zyd, SPLIT)
+                x0, x1, y0, y1 = _pair_halves(img, txt, sim, rows, bd * BD + ard, B, D, s_im, s_ik, s_tm, s_tk, s_sm,
+                                              s_sn, own & PAIRS, FROM_SIM, ACC, DOT_PREC, UPCAST, TF32, BM, BD, BK,
+                                              SPLIT)  # fmt: skip
                 for h in tl.static_range(SPLIT):
-                    if h == 0:
-                        zx = x0
-                        zy = y0
-                    else:
-                        zx = x1
-                        zy = y1
+                    zx = _half(x0, x1, h) * inv_tau
+                    zy = _half(y0, y1, h) * inv_tau
                     b = bd * SPLIT + h
                     if b * BN < B:  # the last dot tile's second half may lie beyond B
                         cols = b * BN + arn

@@ -145,15 +145,35 @@ def _dot_tile(x, y, r64, c64, rmask, cmask, D, s_xm, s_xk, s_ym, s_yk, ACC: tl.c
 
 
 @triton.jit
-def _halves(x, SPLIT: tl.constexpr):
-    """The column halves of a BM × 2BN tile (SPLIT = 2), or the tile twice (SPLIT = 1): the dot
-    forms a wide tile, the elementwise epilogue runs on BM × BN at a time (registers)."""
-    if SPLIT == 2:
-        BM: tl.constexpr = x.shape[0]
-        BN: tl.constexpr = x.shape[1] // 2
-        return tl.split(tl.permute(tl.reshape(x, (BM, 2, BN)), (0, 2, 1)))
+def _pair_halves(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, own,
+                 FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+                 TF32: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+                 SPLIT: tl.constexpr):  # fmt: skip
+    """X = S[rows, cols] and Yᵀ = S[cols, rows]ᵀ (not formed where `own`: X again), each as its
+    SPLIT column halves (x0, x1, y0, y1; SPLIT = 1: the tiles twice). The dot forms BM × BD, the
+    elementwise epilogue runs on BM × BD/SPLIT at a time (registers)."""
+    x = _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+                FROM_SIM, ACC, DOT_PREC, UPCAST, TF32, BM, BD, BK)  # fmt: skip
+    if own:
+        y = x
     else:
-        return x, x
+        y = _s_tile(txt, img, sim, rows, cols, B, D, s_tm, s_tk, s_im, s_ik, s_sn, s_sm,
+                    FROM_SIM, ACC, DOT_PREC, UPCAST, TF32, BM, BD, BK)  # fmt: skip
+    if SPLIT == 2:
+        BN: tl.constexpr = BD // 2
+        x0, x1 = tl.split(tl.permute(tl.reshape(x, (BM, 2, BN)), (0, 2, 1)))
+        y0, y1 = tl.split(tl.permute(tl.reshape(y, (BM, 2, BN)), (0, 2, 1)))
+        return x0, x1, y0, y1
+    else:
+        return x, x, y, y
+
+
+@triton.jit
+def _half(t0, t1, h: tl.constexpr):
+    if h == 0:
+        return t0
+    else:
+        return t1
 
 
 # ---------------------------------------------------------------------------- probabilities
@@ -171,14 +191,6 @@ def _one_minus_p(nlp):
     """1 - P for P = exp(-nlp), nlp = -log P ≥ 0: -expm1(-nlp), exact also where P is within an
     ulp of 1 (a confident off-diagonal), where 1 - exp(-nlp) is 0 or one ulp."""
     return -_expm1(-nlp)
-
-
-@triton.jit
-def _log_1m_eps(p, q, eps):
-    """log(1 - p + eps), q = 1 - p from _one_minus_p: log1p(eps - p) while p is small (keeps eps
-    and p), log(q + eps) for p ≥ 1/2 (eps - p rounds to -1 in fp32 once p rounds to 1, and
-    log1p(-1) = -inf where the value is log(q + eps))."""
-    return tl.where(p < 0.5, _log1p(eps - p), _log(q + eps))
 
 
 @triton.jit
@@ -200,7 +212,9 @@ def _terms(u, v, pu, pv, at_u, at_v, valid, off, eps, BIAS: tl.constexpr, WITH_A
     else:
         bu = 1.0
         bv = 1.0
-    # log(1 - P + eps) as _log_1m_eps
+    # log(1 - P + eps): log1p(eps - P) while P is small (keeps eps and P), log(q + eps) for
+    # P ≥ 1/2 (eps - P rounds to -1 in fp32 once P rounds to 1, and log1p(-1) = -inf where the
+    # value is log(q + eps))
     lu = tl.where(pu < 0.5, _log1p(eps - pu), _log(qu + eps))
     lv = tl.where(pv < 0.5, _log1p(eps - pv), _log(qv + eps))
     cb_i = -tl.sum(tl.where(off, bu * lu, 0.0), axis=1)
