@@ -19,10 +19,11 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*/*)  # csrc/: the compiled mo
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
-# The demo trains SREM on the synthetic benchmark at 40 % noise (a few minutes on a CPU);
+# The demo trains SREM on the synthetic benchmark at 40 % noise (a few minutes on a CPU), replacing
+# its own last run (--overwrite);
 # the loss-only demo is python -m srem_kernels.demo.
 demo: $(STAMP)
-	$(PY) -m srem_kernels.train --dataset synthetic --noise 0.4 --method srem --seed 0 --output runs/demo
+	$(PY) -m srem_kernels.train --dataset synthetic --noise 0.4 --method srem --seed 0 --output runs/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -42,9 +43,10 @@ bench-full: $(STAMP)
 bench-micro: $(STAMP)
 	$(PY) -m pytest -q tests/test_bench.py -k micro --benchmark-enable
 
-# On a lent GPU machine (torch, Triton, nvcc in its image; no network): tests and a benchmark, logs in $(OUT)
+# On a lent GPU machine (torch, Triton, nvcc, compute-sanitizer in its image; no network): the
+# budgeted tiers of bench/gpu_check/, results and logs in $(OUT). ARGS: e.g. --budget 300, --dry-run
 gpu-check:
-	OUT=$${OUT:-./gpu-check-out} bash scripts/gpu_check.sh
+	OUT=$${OUT:-./gpu-check-out} bash scripts/gpu_check.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -131,7 +131,7 @@ def ext_modules():
     march = os.environ.get("SREM_CPU_ARCH", "native")
     cpu = Extension(
         "srem_kernels._srem_cpu",
-        sources=["csrc/cpu/srem_cpu.cpp"],
+        sources=["csrc/cpu/srem_cpu.cpp", "csrc/cpu/glue.cpp"],
         include_dirs=[inc],
         language="c++",
         extra_compile_args=["-std=c++17", "-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", f"-march={march}",

@@ -82,19 +82,29 @@ def _compiled_reference(img, txt):
     return loss_phases(fn, img, txt)
 
 
-def _backend(name: str) -> list[Contender]:
-    """The backend through the public API, and for triton each strategy forced."""
-    fn = lambda a, b: srem_kernels.loss(a, b, backend=name, check_finite=False).loss  # noqa: E731
-    out = [Contender(f"srem:{name}", lambda i, t: loss_phases(fn, i, t), "srem", name == "reference")]
+def _variants(name: str) -> dict:
+    """A backend's kernels with each choice forced: triton's strategies, cuda's panel GEMMs."""
     if name == "triton":
-        from srem_kernels import fused
-        from srem_kernels._validate import SREMParams
         from srem_kernels.triton_srem import STRATEGIES, TritonKernels
 
-        for strategy in STRATEGIES:
-            kernels = TritonKernels(strategy=strategy)
-            run = lambda a, b, k=kernels: fused.run(k, a, b, None, SREMParams())[0]  # noqa: E731
-            out.append(Contender(f"srem:triton:{strategy}", lambda i, t, r=run: loss_phases(r, i, t), "srem", strategy == "materialised"))
+        return {strategy: TritonKernels(strategy=strategy) for strategy in STRATEGIES}
+    if name == "cuda":
+        from srem_kernels.cuda_srem import GEMMS, CUDAKernels
+
+        return {gemm: CUDAKernels(gemm=gemm) for gemm in GEMMS}
+    return {}
+
+
+def _backend(name: str) -> list[Contender]:
+    """The backend through the public API, and each of its _variants forced."""
+    from srem_kernels import fused
+    from srem_kernels._validate import SREMParams
+
+    fn = lambda a, b: srem_kernels.loss(a, b, backend=name, check_finite=False).loss  # noqa: E731
+    out = [Contender(f"srem:{name}", lambda i, t: loss_phases(fn, i, t), "srem", name == "reference")]
+    for variant, kernels in _variants(name).items():
+        run = lambda a, b, k=kernels: fused.run(k, a, b, None, SREMParams())[0]  # noqa: E731
+        out.append(Contender(f"srem:{name}:{variant}", lambda i, t, r=run: loss_phases(r, i, t), "srem", variant == "materialised"))
     return out
 
 

@@ -109,15 +109,17 @@ def device_section(log: Path, plots: Path) -> list[str]:
     return lines
 
 
+def _heading(title: str, r0: dict) -> list[str]:
+    """A section's title and the run it shows: date, commit and the command that made it."""
+    return [f"### {title}, {r0['device']}", "",
+            f"Run {r0['run']} ({r0['date']}), commit `{r0['commit']}`. Command: `{r0['command']}`."]  # fmt: skip
+
+
 def train_step_section(log: Path) -> list[str]:
     rows = _read(log)
     if not rows:
         return []
-    r0 = rows[0]
-    lines = [
-        f"### End to end: one training step, {r0['device']}",
-        "",
-        f"Run {r0['run']} ({r0['date']}), commit `{r0['commit']}`. Command: `{r0['command']}`.",
+    lines = _heading("End to end: one training step", rows[0]) + [
         "",
         "| loss | B | D | step ms (median) | peak MB above the model |",
         "|---|---|---|---|---|",
@@ -129,13 +131,35 @@ def train_step_section(log: Path) -> list[str]:
     return lines + [""]
 
 
+def fixed_cost_section(log: Path) -> list[str]:
+    """bench/fixed_cost.py's latest run: what a call launches and reads, and its time at small B."""
+    rows = _read(log)
+    if not rows:
+        return []
+    lines = _heading("Fixed cost per call: launches, host reads and time at small B", rows[0]) + [
+        f"{rows[0]['threads']} threads. Per forward+backward of `srem_kernels.loss` (fp32): ATen operators that launch work (views and bare",
+        "allocations not counted), host reads (`_local_scalar_dense`), host-to-device copies (tensors built from",
+        "Python data count), Triton launches (interpreted ones counted, not timed); time against the three bare",
+        "matmuls of the same size in the same run (interleaved, medians).",
+        "",
+        "| backend | B | D | options | ATen ops | host reads | H2D | Triton launches | ms (× matmuls) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        t = f"{r['median_ms']} ({float(r['ratio_to_floor']):.3g}×)" if r.get("median_ms") else "—"
+        lines.append(f"| `{r['backend']}` | {r['B']} | {r['D']} | {r['config']} | {r['aten_ops']} | {r['host_reads']} "
+                     f"| {r['h2d_copies']} | {r['triton_launches']} | {t} |")  # fmt: skip
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=HERE / "results")
     ap.add_argument("--output", type=Path, default=RESULTS_MD)
     args = ap.parse_args(argv)
     # sweep logs of bench/run.py only (other scripts keep their own CSVs beside them)
-    logs = sorted(p for p in args.results.glob("*.csv") if not p.name.endswith(".train-step.csv") and _read(p))
+    logs = sorted(p for p in args.results.glob("*.csv")
+                  if not p.name.endswith((".train-step.csv", ".fixed-cost.csv")) and _read(p))  # fmt: skip
     lines = [
         "# Benchmark results",
         "",
@@ -153,6 +177,9 @@ def main(argv: list[str] | None = None) -> Path:
         step = log.with_name(f"{log.stem}.train-step.csv")
         if step.exists():
             lines += train_step_section(step)
+        fixed = log.with_name(f"{log.stem}.fixed-cost.csv")
+        if fixed.exists():
+            lines += fixed_cost_section(fixed)
     args.output.write_text("\n".join(lines))
     print(f"wrote {args.output}")
     return args.output

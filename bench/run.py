@@ -78,6 +78,12 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def device_log(out: Path, env: dict, suffix: str = ".csv") -> Path:
+    """The CSV log of this device under `out` (bench/results/<device>.csv, or <device><suffix>)."""
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"{re.sub(r'[^A-Za-z0-9]+', '-', env['device']).strip('-').lower()}{suffix}"
+
+
 def flops(phase: str, B: int, D: int) -> float:
     """The matmul floor's floating-point operations: 2·B²·D per matmul, one forward, two backward."""
     return {"fwd": 1, "bwd": 2, "fwd+bwd": 3}[phase] * 2.0 * B * B * D
@@ -173,8 +179,7 @@ def main(argv: list[str] | None = None) -> Path:
     for line in skipped:
         print(f"  not racing {line}")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = args.out / f"{re.sub(r'[^A-Za-z0-9]+', '-', env['device']).strip('-').lower()}.csv"
+    log = device_log(args.out, env)
     new = not log.exists()
     with log.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["GMM_ROUNDS", "GMM_VAR_FLOOR", "gmm_posterior", "gmm_filtration", "clean_weights"]
+__all__ = ["GMM_ROUNDS", "GMM_VAR_FLOOR", "gmm_posterior", "gmm_fit", "gmm_low_posterior", "gmm_filtration", "clean_weights"]
 
 GMM_ROUNDS = 20
 GMM_VAR_FLOOR = 1e-6
@@ -22,12 +22,11 @@ def gmm_posterior(
     return torch.softmax(log_joint, dim=1)
 
 
-def gmm_filtration(energy: torch.Tensor, rounds: int = GMM_ROUNDS) -> torch.Tensor:
-    """c_i = 1 where the posterior of the lower-mean component exceeds 0.5, else 0.
+def gmm_fit(energy: torch.Tensor, rounds: int = GMM_ROUNDS):
+    """(weights, means, variances) after `rounds` rounds of EM.
 
     Init: means at the batch's min and max, weights 1/2 each, both variances
-    max(population variance, 1e-6); then `rounds` rounds of E-step and M-step. The posterior
-    that decides is the one under the final parameters (one E-step after the last M-step).
+    max(population variance, 1e-6); then `rounds` rounds of E-step and M-step.
     A component that ends up with no responsibility at all keeps its previous mean and
     variance (its weight becomes 0), since its M-step would divide 0 by 0.
     """
@@ -45,10 +44,27 @@ def gmm_filtration(energy: torch.Tensor, rounds: int = GMM_ROUNDS) -> torch.Tens
         means = torch.where(live, (r * x[:, None]).sum(dim=0) / n_safe, means)
         spread = (r * (x[:, None] - means) ** 2).sum(dim=0) / n_safe
         variances = torch.where(live, spread.clamp_min(GMM_VAR_FLOOR), variances)
-    r = gmm_posterior(x, weights, means, variances)
+    return weights, means, variances
+
+
+def gmm_low_posterior(energy: torch.Tensor, rounds: int = GMM_ROUNDS) -> torch.Tensor:
+    """The posterior of the lower-mean component under the final parameters (one E-step after the
+    last M-step): the number the filtration thresholds at 1/2. Equal means: 1/2 everywhere."""
+    weights, means, variances = gmm_fit(energy, rounds)
+    r = gmm_posterior(energy.detach(), weights, means, variances)
     low = torch.argmin(means)  # equal means: component 0, and both posteriors are then 1/2
     # gather, not r[:, low]: indexing by a tensor value is data-dependent, torch.compile(fullgraph) refuses it
-    return (r.gather(1, low.view(1, 1).expand(B, 1)).squeeze(1) > 0.5).to(x.dtype)
+    return r.gather(1, low.view(1, 1).expand(r.shape[0], 1)).squeeze(1)
+
+
+def gmm_filtration(energy: torch.Tensor, rounds: int = GMM_ROUNDS) -> torch.Tensor:
+    """c_i = 1 where the posterior of the lower-mean component exceeds 0.5, else 0; every c_i = 1
+    when the two final means are equal (a batch without spread carries no evidence of noise)."""
+    weights, means, variances = gmm_fit(energy, rounds)
+    r = gmm_posterior(energy.detach(), weights, means, variances)
+    low = torch.argmin(means)
+    clean = r.gather(1, low.view(1, 1).expand(r.shape[0], 1)).squeeze(1) > 0.5
+    return (clean | (means[0] == means[1])).to(energy.dtype)
 
 
 def clean_weights(energy: torch.Tensor, clean: torch.Tensor | None, select: str) -> torch.Tensor:

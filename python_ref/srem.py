@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from python_ref.filtration import clean_weights
+from python_ref.filtration import clean_weights, gmm_filtration
 
 __all__ = [
     "compute_dtype",
@@ -33,6 +33,7 @@ __all__ = [
     "hard_t2i",
     "sce",
     "weight",
+    "sensitivity_terms",
     "bias_weights",
     "loss_hard",
     "loss_cbcl",
@@ -190,6 +191,32 @@ def weight(sce: torch.Tensor, sce_weight: bool) -> torch.Tensor:
     return torch.exp(-sce.detach()) if sce_weight else torch.ones_like(sce).detach()
 
 
+def sensitivity_terms(sce: torch.Tensor, sce_weight: bool, sensitivity: str, margin) -> dict:
+    """The package's `sensitivity` modes (README, "Design decisions"; srem_kernels/sensitivity.py),
+    written literally: {"weight": w, "margin": m_i, "clean_factor": f}, all constants.
+    "weight": w = exp(-sce). "margin": w = 1, m_i = margin_i exp(-sce_i). "clean": w = 1, f = the
+    GMM filtration of the batch's sce. "rank": w_i = 2 (B - r_i) / (B + 1), r_i = #{j: sce_j < sce_i}
+    + #{j ≠ i: sce_j = sce_i} / 2. Off (sce_weight=False): w = 1."""
+    sce = sce.detach()
+    one = torch.ones_like(sce)
+    out = {"weight": weight(sce, sce_weight), "margin": margin, "clean_factor": one}
+    if not sce_weight or sensitivity == "weight":
+        return out
+    out["weight"] = one
+    if sensitivity == "margin":
+        out["margin"] = margin * torch.exp(-sce)
+    elif sensitivity == "clean":
+        out["clean_factor"] = gmm_filtration(sce)
+    elif sensitivity == "rank":
+        B = sce.shape[0]
+        less = (sce[None, :] < sce[:, None]).sum(dim=1).to(sce.dtype)  # [i]: how many j have sce_j < sce_i
+        ties = ((sce[None, :] == sce[:, None]).sum(dim=1) - 1).to(sce.dtype)
+        out["weight"] = 2 * (B - (less + ties / 2)) / (B + 1)
+    else:
+        raise ValueError(f"unknown sensitivity {sensitivity!r}")
+    return out
+
+
 # ---------------------------------------------------------------- loss terms
 
 
@@ -233,18 +260,21 @@ def loss_cbcl(
 
 
 def constants(
-    S: torch.Tensor, tau: float, *, bias: bool, sce_weight: bool, clean: torch.Tensor | None, select: str
-) -> dict[str, torch.Tensor]:
+    S: torch.Tensor, tau: float, *, bias: bool, sce_weight: bool, clean: torch.Tensor | None, select: str,
+    sensitivity: str = "weight", margin: float | torch.Tensor = 0.2,
+) -> dict[str, torch.Tensor]:  # fmt: skip
     """The quantities SPEC.md holds constant in the gradient, at the point S: the clean weights
-    c, the sensitivity weights w and the CBCL bias weights (b_r, b_c). All detached."""
+    c, the sensitivity weights w, the margin m and the CBCL bias weights (b_r, b_c). All detached."""
     S = S.detach()
     Z = logits(S, tau)
     lr, lc = lse_r(Z), lse_c(Z)
     e = energy(energy_i2t(lr, tau), energy_t2i(lc, tau))
     b_r, b_c = bias_weights(prob_r(Z, lr), prob_c(Z, lc), bias)
+    sens = sensitivity_terms(sce(Z, lr, lc), sce_weight, sensitivity, margin)
     return {
-        "clean": clean_weights(e, clean, select).to(S.dtype),
-        "weight": weight(sce(Z, lr, lc), sce_weight),
+        "clean": clean_weights(e, clean, select).to(S.dtype) * sens["clean_factor"],
+        "weight": sens["weight"],
+        "margin": sens["margin"],
         "b_r": b_r,
         "b_c": b_c,
     }
@@ -314,6 +344,7 @@ def srem(
     lambda_cbcl: float = 1.0,
     bias: bool = True,
     sce_weight: bool = True,
+    sensitivity: str = "weight",
     clean: torch.Tensor | None = None,
     select: str = "gmm",
     eps: float = 1e-10,
@@ -334,9 +365,10 @@ def srem(
     if isinstance(margin, torch.Tensor):
         margin = margin.detach().to(cd)
 
-    const = constants(S, tau, bias=bias, sce_weight=sce_weight, clean=clean, select=select)
+    const = constants(S, tau, bias=bias, sce_weight=sce_weight, clean=clean, select=select, sensitivity=sensitivity,
+                      margin=margin)  # fmt: skip
     per_sample, l_hard, l_cbcl = per_sample_loss(
-        S, const, tau=tau, margin=margin, eps=eps, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl
+        S, const, tau=tau, margin=const["margin"], eps=eps, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl
     )
     loss = reduce(per_sample, reduction)
     stats = statistics(S, tau)

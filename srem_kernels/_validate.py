@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from srem_kernels.sensitivity import MODES as SENSITIVITIES
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
 SELECTS = ("gmm", "none")
@@ -26,6 +28,7 @@ class SREMParams:
     lambda_cbcl: float = 1.0
     bias: bool = True
     sce_weight: bool = True
+    sensitivity: str = "weight"  # how sce enters (srem_kernels/sensitivity.py); off with sce_weight=False
     clean: torch.Tensor | None = None
     select: str = "gmm"
     eps: float = 1e-10
@@ -33,6 +36,11 @@ class SREMParams:
 
     def as_kwargs(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def sce_mode(self) -> str | None:
+        """The sensitivity mode in force: None when sce_weight=False turns the term off."""
+        return self.sensitivity if self.sce_weight else None
 
 
 def _tensor(x, name: str) -> torch.Tensor:
@@ -143,17 +151,24 @@ def _vector(x, name: str, B: int, device: torch.device, check_finite: bool) -> t
     return x
 
 
-def check_options(*, tau, lambda_hard, lambda_cbcl, bias, sce_weight, select, eps, reduction) -> dict:
+def check_options(*, tau, lambda_hard, lambda_cbcl, bias, sce_weight, select, eps, reduction,
+                  sensitivity="weight") -> dict:
     """The scalar options, which do not depend on the batch (SREMLoss checks them at construction)."""
     tau = _real(tau, "tau")
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
+    sce_weight = _flag(sce_weight, "sce_weight")
+    sensitivity = _choice(sensitivity, "sensitivity", SENSITIVITIES)
+    if not sce_weight and sensitivity != "weight":
+        raise ValueError(f"sensitivity={sensitivity!r} needs sce_weight=True (sce_weight=False turns the "
+                         "sensitivity term off in every mode)")
     return dict(
         tau=tau,
         lambda_hard=_nonnegative(lambda_hard, "lambda_hard"),
         lambda_cbcl=_nonnegative(lambda_cbcl, "lambda_cbcl"),
         bias=_flag(bias, "bias"),
-        sce_weight=_flag(sce_weight, "sce_weight"),
+        sce_weight=sce_weight,
+        sensitivity=sensitivity,
         select=_choice(select, "select", SELECTS),
         eps=_nonnegative(eps, "eps"),
         reduction=_choice(reduction, "reduction", REDUCTIONS),
@@ -167,22 +182,25 @@ def check_margin(margin, B: int | None = None, device: torch.device | None = Non
     return _real(margin, "margin")
 
 
-def check_clean(clean, B: int, device: torch.device) -> torch.Tensor | None:
-    """None, or weights in [0, 1] of shape (B,); a bool mask counts as 0/1 weights."""
+def check_clean(clean, B: int, device: torch.device, check_range: bool = True) -> torch.Tensor | None:
+    """None, or weights in [0, 1] of shape (B,); a bool mask counts as 0/1 weights.
+    check_range=False leaves the range to the caller (functional.py: glue.check_values, one
+    host read for every value check of a call)."""
     if clean is None:
         return None
     if isinstance(clean, torch.Tensor) and clean.dtype == torch.bool:
         clean = clean.float()
     clean = _vector(clean, "clean", B, device, check_finite=False)
-    if not bool(((clean >= 0) & (clean <= 1)).all()):  # also catches NaN
+    if check_range and not bool(((clean >= 0) & (clean <= 1)).all()):  # also catches NaN
         raise ValueError("clean weights must lie in [0, 1]")
     return clean
 
 
-def check_params(B: int, device: torch.device, *, margin, clean, check_finite: bool, **options) -> SREMParams:
+def check_params(B: int, device: torch.device, *, margin, clean, check_finite: bool, check_range: bool = True,
+                 **options) -> SREMParams:  # fmt: skip
     """Everything but the input tensors, checked against the batch size B and the inputs' device."""
     return SREMParams(
         margin=check_margin(margin, B, device, check_finite),
-        clean=check_clean(clean, B, device),
+        clean=check_clean(clean, B, device, check_range),
         **check_options(**options),
     )

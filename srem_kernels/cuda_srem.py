@@ -2,12 +2,21 @@
 contract.
 
 The same streaming as the cpu backend (srem_kernels/cpu_srem.py): S is walked in row panels of
-`_panel_rows(B)` rows, never held whole. Every panel is formed by the module's own tiled
-similarity kernel (tensor cores via WMMA for fp16/bf16, IEEE fp32 FMAs for fp32; inputs read in
-their dtype and strides, no copies), reduced by the panel kernels, and in backward turned into dS,
-then dS·T and dSᵀ·I by the module's GEMM kernel. The module links the CUDA runtime only: all
-pointers, strides and the current stream cross its C ABI as integers. Extra memory:
-two R×B fp32 panels plus O(B·D). No atomics: results are bitwise reproducible.
+`_panel_rows(B)` rows, never held whole. Every panel is formed, reduced by the panel kernels, and
+in backward turned into dS, then multiplied into dS·T and dSᵀ·I. The module links the CUDA
+runtime only: all pointers, strides and the current stream cross its C ABI as integers. Extra
+memory: two R×B fp32 panels plus O(B·D) (a third panel with the torch GEMMs). No atomics: results
+are bitwise reproducible.
+
+Who forms the panels P, Q and the products (CUDAKernels(gemm=...), else SREM_CUDA_GEMM, read at
+each call; default "own"):
+  own    the module's tiled similarity and GEMM kernels: tensor cores via WMMA for fp16/bf16, IEEE
+         fp32 FMAs for fp32; inputs read in their dtype and strides, no copies; dS·T, dSᵀ·I in fp32.
+  torch  torch.mm (cuBLAS), as the cpu backend does: 16-bit panels on the tensor cores with fp32
+         output; the products take dS in bf16 for bf16 inputs (the tensor-core path, as the triton
+         backend), in fp32 otherwise (fp16 would underflow dS). fp32 operands follow torch's
+         float32 matmul precision (TF32 where allowed), as torch.matmul does.
+  The fused reductions and dS stay the module's kernels in both.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ if not torch.cuda.is_available():
 
 _F32 = torch.float32
 _CODES = {torch.float32: _C.F32, torch.float16: _C.F16, torch.bfloat16: _C.BF16}
+GEMMS = ("own", "torch")
 
 
 def _panel_rows(B: int) -> int:
@@ -42,29 +52,33 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+def _mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a·b by torch.mm (cuBLAS) with an fp32 result; 16-bit operands on the tensor cores."""
+    return torch.mm(a, b) if a.dtype == _F32 else torch.mm(a, b, out_dtype=_F32)
+
+
+def _grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Operand dtype of the torch products dS·T, dSᵀ·I: bf16 keeps the tensor cores (its range
+    is fp32's); fp16 would underflow dS (g/B/tau), so fp16 and fp32 inputs go through fp32."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else _F32
+
+
 class _Launch:
     """Device, stream and the panel forming of one call."""
 
-    def __init__(self, ref: torch.Tensor, img, txt, sim):
+    def __init__(self, kernels, ref: torch.Tensor, img, txt, sim):
         self.dev = ref.device.index if ref.device.index is not None else torch.cuda.current_device()
         self.stream = torch.cuda.current_stream(ref.device).cuda_stream
-        self.img, self.txt, self.sim = img, txt, sim
+        self.kernels, self.img, self.txt, self.sim = kernels, img, txt, sim
         self.B = ref.shape[0]
 
     def vec(self, dtype=_F32):
         return _alloc.empty((self.B,), dtype=dtype, device=torch.device("cuda", self.dev))
 
-    def _sim(self, X, Y, r0, r1, buf):
-        p = buf[: r1 - r0]
-        x = X[r0:r1]
-        _C.similarity(_ptr(x), x.stride(0), x.stride(1), _ptr(Y), Y.stride(0), Y.stride(1), _CODES[X.dtype], r1 - r0,
-                      self.B, X.shape[1], _ptr(p), p.stride(0), self.dev, self.stream)  # fmt: skip
-        return p
-
     def rows(self, r0, r1, buf):
         """S[r0:r1, :] as an fp32 panel with unit column stride."""
         if self.sim is None:
-            return self._sim(self.img, self.txt, r0, r1, buf)
+            return self.kernels._panel(self.img, self.txt, r0, r1, buf)
         p = self.sim[r0:r1]
         if p.dtype != _F32 or p.stride(1) != 1:
             p = buf[: r1 - r0].copy_(p)
@@ -73,14 +87,28 @@ class _Launch:
     def cols(self, r0, r1, buf):
         """S[:, r0:r1]ᵀ: row a holds column r0 + a of S."""
         if self.sim is None:
-            return self._sim(self.txt, self.img, r0, r1, buf)
+            return self.kernels._panel(self.txt, self.img, r0, r1, buf)
         return buf[: r1 - r0].copy_(self.sim[:, r0:r1].T)
 
 
 class CUDAKernels(PanelRows):
+    """gemm: "own" or "torch" (module docstring), or None: SREM_CUDA_GEMM, else "own"."""
+
     # the row ranges of the distributed loss (panels.py)
     _C = _C
     _panel_rows = staticmethod(_panel_rows)
+
+    def __init__(self, gemm: str | None = None):
+        if gemm not in (None, *GEMMS):
+            raise ValueError(f"gemm must be one of {', '.join(map(repr, GEMMS))} or None; got {gemm!r}")
+        self.gemm = gemm
+
+    def gemm_for_call(self) -> str:
+        """"own" or "torch": the constructor's choice, else SREM_CUDA_GEMM, else "own"."""
+        choice = self.gemm or os.environ.get("SREM_CUDA_GEMM") or "own"
+        if choice not in GEMMS:
+            raise ValueError(f"SREM_CUDA_GEMM must be one of {', '.join(map(repr, GEMMS))}; got {choice!r}")
+        return choice
 
     def _tail(self, ref):
         dev = ref.device.index if ref.device.index is not None else torch.cuda.current_device()
@@ -90,18 +118,37 @@ class CUDAKernels(PanelRows):
         return img, txt  # read in their dtype and strides
 
     def _panel(self, X, Y, r0, r1, buf):
-        p, x = buf[: r1 - r0], X[r0:r1]
+        """X[r0:r1]·Yᵀ in fp32 (in buf, or a new tensor from torch)."""
+        x = X[r0:r1]
+        if self.gemm_for_call() == "torch":
+            return _mm32(x, Y.T)
+        p = buf[: r1 - r0]
         _C.similarity(_ptr(x), x.stride(0), x.stride(1), _ptr(Y), Y.stride(0), Y.stride(1), _CODES[X.dtype], r1 - r0,
                       Y.shape[0], X.shape[1], _ptr(p), p.stride(0), *self._tail(X))  # fmt: skip
         return p
 
     def _times(self, d, Y, out):
+        """out = d·Y, d an fp32 panel (torch: cast to _grad_dtype first)."""
+        if self.gemm_for_call() == "torch":
+            g = _grad_dtype(Y.dtype)
+            out.copy_(_mm32(d.to(g), Y.to(g)))
+            return
         _C.gemm(_ptr(d), d.stride(0), 1, _ptr(Y), Y.stride(0), Y.stride(1), _CODES[Y.dtype], _ptr(out), out.stride(0),
                 d.shape[0], Y.shape[1], d.shape[1], False, *self._tail(Y))  # fmt: skip
 
+    def _times_t(self, d, X, out, accumulate: bool):
+        """out = dᵀ·X, or out += dᵀ·X with accumulate (d an R×B panel, X the R matching rows)."""
+        if self.gemm_for_call() == "torch":
+            g = _grad_dtype(X.dtype)
+            p = _mm32(d.T.to(g), X.to(g))
+            out.add_(p) if accumulate else out.copy_(p)
+            return
+        _C.gemm(_ptr(d), 1, d.stride(0), _ptr(X), X.stride(0), X.stride(1), _CODES[X.dtype], _ptr(out), out.stride(0),
+                d.shape[1], X.shape[1], d.shape[0], accumulate, *self._tail(X))  # fmt: skip
+
     def forward(self, img, txt, sim, *, tau, eps, bias):
         ref = sim if sim is not None else img
-        L = _Launch(ref, img, txt, sim)
+        L = _Launch(self, ref, img, txt, sim)
         B = L.B
         rows = _panel_rows(B)
         buf = torch.empty(rows, B, dtype=_F32, device=ref.device)
@@ -139,7 +186,7 @@ class CUDAKernels(PanelRows):
 
     def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
         ref = sim if sim is not None else img
-        L = _Launch(ref, img, txt, sim)
+        L = _Launch(self, ref, img, txt, sim)
         B = L.B
         rows = _panel_rows(B)
         buf = torch.empty(rows, B, dtype=_F32, device=ref.device)
@@ -149,7 +196,9 @@ class CUDAKernels(PanelRows):
             D = img.shape[1]
             d_img = _alloc.empty((B, D), dtype=_F32, device=ref.device)
             d_txt = _alloc.empty((B, D), dtype=_F32, device=ref.device)
-            code = _CODES[img.dtype]
+            with_torch = self.gemm_for_call() == "torch"
+            gd = _grad_dtype(img.dtype)
+            x, y = (img.to(gd), txt.to(gd)) if with_torch else (img, txt)  # torch: converted once, not per panel
         else:
             d_sim = _alloc.empty((B, B), dtype=sim.dtype, device=ref.device)
         for r0 in range(0, B, rows):
@@ -165,12 +214,10 @@ class CUDAKernels(PanelRows):
             if sim is not None:
                 d_sim[r0:r1].copy_(d)
                 continue
-            out = d_img[r0:r1]  # dS[I, :] · T
-            _C.gemm(_ptr(d), d.stride(0), 1, _ptr(txt), txt.stride(0), txt.stride(1), code, _ptr(out), out.stride(0),
-                    r1 - r0, D, B, False, L.dev, L.stream)  # fmt: skip
-            x = img[r0:r1]  # d_txt += dS[I, :]ᵀ · I[I]
-            _C.gemm(_ptr(d), 1, d.stride(0), _ptr(x), x.stride(0), x.stride(1), code, _ptr(d_txt), d_txt.stride(0),
-                    B, D, r1 - r0, r0 > 0, L.dev, L.stream)  # fmt: skip
+            if with_torch:
+                d = d.to(gd)  # once for both products
+            self._times(d, y, d_img[r0:r1])  # dS[I, :] · T
+            self._times_t(d, x[r0:r1], d_txt, accumulate=r0 > 0)  # d_txt += dS[I, :]ᵀ · I[I]
         if sim is not None:
             return d_sim
         return d_img.to(img.dtype), d_txt.to(txt.dtype)

@@ -11,7 +11,9 @@ matrix or the whole batch's gradient. What crosses the group, per call:
             2. the embeddings: all-gather of img and txt (2·B·D values)
             3. pass 1's per-sample vectors (lse, split forms, hardest negatives: ~12 per sample):
                the column side of the coupled terms and the GMM over the global batch's energies
-            4. pass 2's per-sample vectors (A, A_rest, at, L_i: ~8 per sample)
+            4. pass 2's per-sample vectors (A, A_rest, at, L_i: ~8 per sample); before it, with
+               sensitivity="clean" or "rank" only, every sample's sce (they rank or cluster the
+               global batch's)
   backward  5. the upstream gradients g, k_r, k_c (3 per sample)
 
 Memory per rank: the gathered embeddings (2·B·D, kept for the backward), O(B) vectors, and the
@@ -32,8 +34,8 @@ import torch
 import torch.distributed as dist
 
 from python_ref.srem import reduce
-from srem_kernels import fused, registry
-from srem_kernels._validate import REDUCTIONS, SELECTS, _flag, check_embeddings, check_params, SREMParams
+from srem_kernels import fused, glue, registry, sensitivity
+from srem_kernels._validate import REDUCTIONS, SELECTS, SENSITIVITIES, _flag, check_embeddings, check_params, SREMParams
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # torch ≥ 2.12 renamed it; the GPU image's 2.11 has only the old name
@@ -72,6 +74,7 @@ def _fields(img, params: SREMParams | None, stats_only, needs_grad) -> list[tupl
         ("tau", p.tau if p else 0), ("lambda_hard", p.lambda_hard if p else 0),
         ("lambda_cbcl", p.lambda_cbcl if p else 0), ("eps", p.eps if p else 0),
         ("bias", p.bias if p else 0), ("sce_weight", p.sce_weight if p else 0),
+        ("sensitivity", SENSITIVITIES.index(p.sensitivity) if p else 0),
         ("select", SELECTS.index(p.select) if p else 0), ("reduction", REDUCTIONS.index(p.reduction) if p else 0),
         ("margin (a float, or a tensor on every rank)", margin),
         ("clean (given on every rank or on none)", p.clean is not None if p else 0),
@@ -156,14 +159,21 @@ def _forward(kernels, img, txt, margin, clean, params: SREMParams, layout: Layou
     p1 = kernels.pass1_rows(x, y, lo, hi, tau=p.tau)
     first = gather_vectors(p1, layout, group)
     p2 = kernels.pass2_rows(x, y, lo, hi, first, tau=p.tau, eps=p.eps, bias=p.bias, stats_only=stats_only)
-    if clean is None:  # the GMM over the global batch, the same on every rank
-        c = fused.filtration(fused.energy(first, p.tau), None, p.select)[lo:hi]
-    else:
-        c = fused.filtration(fused.energy(p1, p.tau), clean, p.select)
-    per_sample, stats, hard_weight, active_r, active_c = fused._glue(p1 | p2, p, margin, clean, c=c)
+    impl = fused.glue_impl(kernels, x.device)
+    select = None
+    if clean is None and p.select == "gmm":  # the GMM over the global batch, the same on every rank
+        energy = -p.tau * (first["lse_r"] + first["lse_c"]) / 2  # as the glue forms it
+        clean, select = glue.gmm_filtration(energy, impl=impl)[lo:hi], "given"
+    # modes that rank or cluster the batch's sce see the global batch's (all ranks take this branch alike)
+    batch_sce = gather_vectors({"sce": p2["sce"]}, layout, group)["sce"] if p.sce_mode in sensitivity.BATCH_MODES else None
+    # L_i of the local rows; the reduction is over the gathered L_i below
+    out = glue.forward(p1 | p2, dataclasses.replace(p, reduction="none"), margin, clean, impl=impl, select=select,
+                       batch_sce=batch_sce, lo=lo)  # fmt: skip
+    per_sample = out["per_sample"]
     second = gather_vectors(({} if stats_only else p2) | {"per_sample": per_sample}, layout, group)
     total = reduce(second.pop("per_sample"), p.reduction) if p.reduction != "none" else per_sample.clone()
-    return total, per_sample, fused.statistics(stats, p.tau), (x, y, first | second, hard_weight, active_r, active_c)
+    stats = fused.statistics(p1 | p2 | out)
+    return total, per_sample, stats, (x, y, first | second, out["hinge_r"], out["hinge_c"], impl)
 
 
 class _DistributedSREM(torch.autograd.Function):
@@ -171,23 +181,28 @@ class _DistributedSREM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, img, txt, margin, clean, kernels, params: SREMParams, layout: Layout, group):
-        total, per_sample, stats, (x, y, saved, hard_weight, active_r, active_c) = _forward(
+        ctx.set_materialize_grads(False)  # the statistics get no gradient: no zero-filled ones
+        total, per_sample, stats, (x, y, saved, hinge_r, hinge_c, impl) = _forward(
             kernels, img, txt, margin, clean, params, layout, group, stats_only=False
         )
         ctx.kernels, ctx.params, ctx.layout, ctx.group, ctx.names = kernels, params, layout, group, list(saved)
-        ctx.save_for_backward(x, y, hard_weight, active_r, active_c, *saved.values())
+        ctx.impl = impl
+        ctx.save_for_backward(x, y, hinge_r, hinge_c, *saved.values())
         outs = tuple(stats[k] for k in STATISTICS_ORDER)
         ctx.mark_non_differentiable(per_sample, *outs)
         return (total, per_sample, *outs)
 
     @staticmethod
     def backward(ctx, g_total, *_):
-        x, y, hard_weight, active_r, active_c, *vectors = ctx.saved_tensors
+        if g_total is None:
+            return (None,) * 8
+        x, y, hinge_r, hinge_c, *vectors = ctx.saved_tensors
         p, layout = ctx.params, ctx.layout
-        g = g_total.to(hard_weight.dtype)
+        g = g_total.to(hinge_r.dtype)
         if p.reduction == "mean":
-            g = g / layout.B
-        mine = fused.upstream(g.expand(hard_weight.shape), hard_weight, active_r, active_c, p.lambda_cbcl)
+            g = g / layout.B  # of the global batch
+        g = g.expand(hinge_r.shape)  # a scalar's gradient reaches every local L_i
+        mine = glue.upstream(g, hinge_r, hinge_c, reduction="none", lambda_cbcl=p.lambda_cbcl, impl=ctx.impl)
         every = gather_vectors(mine, layout, ctx.group)
         d_img, d_txt = ctx.kernels.backward_rows(
             x, y, layout.lo, layout.hi, dict(zip(ctx.names, vectors)), tau=p.tau, eps=p.eps, bias=p.bias, **every
@@ -195,7 +210,7 @@ class _DistributedSREM(torch.autograd.Function):
         return d_img, d_txt, None, None, None, None, None, None
 
 
-STATISTICS_ORDER = tuple(fused.KERNEL_STATISTICS) + ("energy_i2t", "energy_t2i", "energy", "clean", "weight", "loss_hard")
+STATISTICS_ORDER = fused.KERNEL_STATISTICS + fused.GLUE_STATISTICS
 
 
 def row_kernels(name: str, run):

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import torch
 
-from srem_kernels import distributed, registry
+from srem_kernels import distributed, glue, registry
 from srem_kernels._validate import _flag, check_embeddings, check_params, check_similarity
 from srem_kernels.result import SREMResult, SREMStats
 
 
 def _compute(img, txt, sim, B: int, *, backend, check_finite, stats_only, **options) -> SREMResult:
-    """Shared by both entry points once the input tensors are checked: the options, the backend,
-    the call (under no_grad for the statistics call) and the result."""
+    """Shared by both entry points once the input tensors' shapes are checked: the options, the
+    backend, the value checks (one routine, at most one host read), the call (under no_grad for
+    the statistics call) and the result."""
     x = sim if sim is not None else img
-    params = check_params(B, x.device, check_finite=check_finite, **options)
+    check_finite = _flag(check_finite, "check_finite")
+    params = check_params(B, x.device, check_finite=False, check_range=False, **options)
     stats_only = _flag(stats_only, "stats_only")
     name, run = registry.resolve(backend, x.device, x.dtype)
+    if check_finite:
+        margin = params.margin if isinstance(params.margin, torch.Tensor) else None
+        impl = glue.implementation(x.device, prefer=getattr(getattr(run, "kernels", None), "glue", None))
+        glue.check_values(img=img, txt=txt, sim=sim, margin=margin, clean=params.clean, impl=impl)
     if stats_only:
         with torch.no_grad():
             loss, per_sample, stats = run(img, txt, sim, params, stats_only=True)
@@ -34,6 +40,7 @@ def loss(
     lambda_cbcl: float = 1.0,
     bias: bool = True,
     sce_weight: bool = True,
+    sensitivity: str = "weight",
     clean: torch.Tensor | None = None,
     select: str = "gmm",
     eps: float = 1e-10,
@@ -47,9 +54,13 @@ def loss(
 
     Embeddings are used as given (normalise them first, VSE∞/CLIP style). `margin` is a float or
     a (B,) tensor; `clean` optional (B,) weights in [0, 1] that replace the in-batch filtration
-    chosen by `select` ("gmm" or "none"). `reduction` is "mean", "sum" or "none" (the B-vector).
-    `backend` is "auto" or a name from srem_kernels.backends(). `check_finite=False` skips the
-    NaN/Inf scan of the inputs (one device sync per tensor). `stats_only=True` is the forward-only
+    chosen by `select` ("gmm" or "none"). `sensitivity` says how sce enters the hinge: "weight"
+    (SPEC's w = exp(-sce)), "margin", "clean" or "rank" (srem_kernels/sensitivity.py, README);
+    sce_weight=False turns it off. `reduction` is "mean", "sum" or "none" (the B-vector).
+    `backend` is "auto" or a name from srem_kernels.backends(). `check_finite=True` checks the
+    values of img, txt (or sim), a margin vector and `clean` (NaN/Inf; clean in [0, 1]) in one
+    routine with at most one host read (a device sync); `check_finite=False` skips every value
+    check, clean's range included (then NaN inputs give NaN results). `stats_only=True` is the forward-only
     statistics call (scoring a training set batch by batch): no gradient work, `.loss` without grad.
     Returns an SREMResult: .loss (differentiable), .per_sample (L_i), .stats (SREMStats).
 
@@ -64,15 +75,15 @@ def loss(
     if group is not None:
         name, total, per_sample, stats = distributed.loss(
             img, txt, group=group, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl,
-            bias=bias, sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction,
-            backend=backend, check_finite=check_finite, stats_only=stats_only,
+            bias=bias, sce_weight=sce_weight, sensitivity=sensitivity, clean=clean, select=select, eps=eps,
+            reduction=reduction, backend=backend, check_finite=check_finite, stats_only=stats_only,
         )  # fmt: skip
         return SREMResult(loss=total, per_sample=per_sample.detach(), stats=SREMStats(**stats), backend=name)
-    B, _ = check_embeddings(img, txt, check_finite)
+    B, _ = check_embeddings(img, txt, check_finite=False)  # values: _compute, in one routine
     return _compute(
         img, txt, None, B, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,
-        sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction, backend=backend,
-        check_finite=check_finite, stats_only=stats_only,
+        sce_weight=sce_weight, sensitivity=sensitivity, clean=clean, select=select, eps=eps, reduction=reduction,
+        backend=backend, check_finite=check_finite, stats_only=stats_only,
     )  # fmt: skip
 
 
@@ -85,6 +96,7 @@ def loss_from_similarity(
     lambda_cbcl: float = 1.0,
     bias: bool = True,
     sce_weight: bool = True,
+    sensitivity: str = "weight",
     clean: torch.Tensor | None = None,
     select: str = "gmm",
     eps: float = 1e-10,
@@ -95,9 +107,9 @@ def loss_from_similarity(
 ) -> SREMResult:
     """The SREM loss from a precomputed B×B similarity matrix, sim[i, j] = s(image i, text j),
     for models whose similarity is not a dot product (e.g. SGRAF). Parameters as in `loss`."""
-    B = check_similarity(sim, check_finite)
+    B = check_similarity(sim, check_finite=False)  # values: _compute, in one routine
     return _compute(
         None, None, sim, B, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,
-        sce_weight=sce_weight, clean=clean, select=select, eps=eps, reduction=reduction, backend=backend,
-        check_finite=check_finite, stats_only=stats_only,
+        sce_weight=sce_weight, sensitivity=sensitivity, clean=clean, select=select, eps=eps, reduction=reduction,
+        backend=backend, check_finite=check_finite, stats_only=stats_only,
     )  # fmt: skip

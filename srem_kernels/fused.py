@@ -2,8 +2,10 @@
 
 A fused backend (triton, cuda, cpu) supplies a `Kernels` object with two methods that do all the
 B×B work; this module turns them into a backend `run` with autograd. Everything that is only
-B-vectors — the energies, the GMM filtration, the weights, the hinge, the reduction — happens
-here, once, for every backend.
+B-vectors — the energies, the GMM filtration, the weights, the hinge, the reduction, the
+backward's upstream vectors — is srem_kernels/glue.py's, one routine per device class, the same
+for every backend. A Kernels object may name the glue it prefers (`glue = "triton"`: the Triton
+routines also for CPU tensors under the interpreter).
 
 forward(img, txt, sim, *, tau, eps, bias) -> dict of B-vectors, from (img, txt) or from sim:
     lse_r, lse_c            log-sum-exp of the rows / columns of Z = S / tau
@@ -71,8 +73,8 @@ from typing import Optional, Protocol
 
 import torch
 
-from python_ref.filtration import clean_weights
-from python_ref.srem import STATISTICS, reduce
+from python_ref.srem import STATISTICS
+from srem_kernels import glue
 from srem_kernels._validate import SREMParams
 
 # The glue computes these statistics; the kernels' forward returns the others as they are.
@@ -91,8 +93,8 @@ CONTRACT_KEYS = (
     "lse_r", "lse_c", "pos", "ce_i2t", "ce_t2i", "entropy_i2t", "entropy_t2i", "hard_i2t", "hard_i2t_index",
     "hard_t2i", "hard_t2i_index", "sce", "loss_cbcl", "A_r", "A_c",
 )  # fmt: skip
-# What run's autograd.Function returns besides per_sample, in this order (all constants).
-_STAT_OUTPUTS = KERNEL_STATISTICS + ("lse_r", "lse_c", "energy", "clean", "weight", "loss_hard")
+# What run's autograd.Function returns besides the loss and per_sample, in this order (constants).
+_STAT_OUTPUTS = KERNEL_STATISTICS + GLUE_STATISTICS
 
 # What a side of the problem is called in the i2t (rows) and t2i (columns) direction.
 _SIDES = (("m_r", "m_c"), ("logl_r", "logl_c"), ("at_r", "at_c"), ("A_r", "A_c"), ("A_r_rest", "A_c_rest"),
@@ -183,77 +185,54 @@ def _(img, txt, sim, saved, kernels, tau, eps, bias, g_cbcl, k_r, k_c):
     return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in like]
 
 
-# ---------------------------------------------------------------- the glue
+# ---------------------------------------------------------------- autograd around kernels and glue
 
 
-def energy(saved, tau: float) -> torch.Tensor:
-    return -tau * (saved["lse_r"] + saved["lse_c"]) / 2
-
-
-def filtration(energy: torch.Tensor, clean, select: str) -> torch.Tensor:
-    """c: the given clean weights (a copy, never an alias of the caller's tensor) or the GMM's."""
-    c = clean_weights(energy, clean, select)
-    return c.clone() if clean is not None else c
-
-
-def _glue(saved, params: SREMParams, margin, clean, c=None):
-    """Everything after the kernels: energy, filtration (unless `c` is given), weights, hinge, L_i."""
-    e = energy(saved, params.tau)
-    c = filtration(e, clean, params.select) if c is None else c
-    w = torch.exp(-saved["sce"]) if params.sce_weight else torch.ones_like(saved["sce"])
-    if isinstance(margin, torch.Tensor):
-        margin = margin.to(e.dtype)
-    x_r = margin - saved["pos"] + saved["hard_i2t"]
-    x_c = margin - saved["pos"] + saved["hard_t2i"]
-    loss_hard = torch.relu(x_r) + torch.relu(x_c)
-    per_sample = params.lambda_hard * c * w * loss_hard + params.lambda_cbcl * saved["loss_cbcl"]
-    stats = dict(saved, energy=e, clean=c, weight=w, loss_hard=loss_hard)
-    return per_sample, stats, params.lambda_hard * c * w, x_r > 0, x_c > 0
+def glue_impl(kernels, device) -> str:
+    """The glue routine (glue.py) for these kernels' tensors on `device`."""
+    return glue.implementation(device, prefer=getattr(kernels, "glue", None))
 
 
 def _forward_saved(kernels, key, img, txt, sim, params, stats_only):
-    if key is None:
+    if key is None or not torch.compiler.is_compiling():  # eager: the kernels directly (no op dispatch)
         return _kernel_forward(kernels, img, txt, sim, params.tau, params.eps, params.bias, stats_only)
     layout = kernels.saved_layout(img, txt, sim, stats_only=stats_only)
     out = fused_forward(img, txt, sim, key, params.tau, params.eps, params.bias, stats_only)
     return dict(zip(layout, out))
 
 
-def upstream(g, hard_weight, active_r, active_c, lambda_cbcl) -> dict[str, torch.Tensor]:
-    """The backward's B-vectors from dLoss/dL_i = g: g_cbcl, and k_r, k_c where the i2t / t2i
-    hinge is active (the contract's docstring)."""
-    g = g.to(hard_weight.dtype)
-    k = g * hard_weight
-    return {"g_cbcl": g * lambda_cbcl, "k_r": torch.where(active_r, k, 0), "k_c": torch.where(active_c, k, 0)}
-
-
 class _FusedSREM(torch.autograd.Function):
-    """per_sample L_i, differentiable, and the statistics it came from (constants)."""
+    """The loss (reduced as asked, differentiable), per_sample L_i (None for reduction "none":
+    the loss is it) and the statistics it came from (constants)."""
 
     @staticmethod
     def forward(ctx, img, txt, sim, margin, clean, kernels, key, params: SREMParams):
+        ctx.set_materialize_grads(False)  # the statistics get no gradient: no zero-filled ones
         saved = _forward_saved(kernels, key, img, txt, sim, params, stats_only=False)
-        per_sample, stats, hard_weight, active_r, active_c = _glue(saved, params, margin, clean)
+        impl = glue_impl(kernels, _device(img, sim))
+        out = glue.forward(saved, params, margin, clean, impl=impl)
         names = list(saved)
-        ctx.kernels, ctx.key, ctx.params, ctx.names = kernels, key, params, names
-        ctx.save_for_backward(img, txt, sim, hard_weight, active_r, active_c, *(saved[n] for n in names))
-        outs = tuple(stats[k] for k in _STAT_OUTPUTS)
-        ctx.mark_non_differentiable(*outs)
-        return (per_sample, *outs)
+        ctx.kernels, ctx.key, ctx.params, ctx.names, ctx.impl = kernels, key, params, names, impl
+        ctx.save_for_backward(img, txt, sim, out["hinge_r"], out["hinge_c"], *(saved[n] for n in names))
+        stats = tuple((saved | out)[k] for k in _STAT_OUTPUTS)
+        per_sample = None if params.reduction == "none" else out["per_sample"]
+        ctx.mark_non_differentiable(*stats, *(() if per_sample is None else (per_sample,)))
+        return (out["loss"], per_sample, *stats)
 
     @staticmethod
     def backward(ctx, g, *_):
-        img, txt, sim, hard_weight, active_r, active_c, *vectors = ctx.saved_tensors
+        if g is None:
+            return (None,) * 8
+        img, txt, sim, hinge_r, hinge_c, *vectors = ctx.saved_tensors
         p = ctx.params
-        g_cbcl, k_r, k_c = upstream(g, hard_weight, active_r, active_c, p.lambda_cbcl).values()
-        if ctx.key is None:
-            grads = ctx.kernels.backward(
-                img, txt, sim, dict(zip(ctx.names, vectors)), tau=p.tau, eps=p.eps, bias=p.bias,
-                g_cbcl=g_cbcl, k_r=k_r, k_c=k_c,
-            )  # fmt: skip
+        up = glue.upstream(g, hinge_r, hinge_c, reduction=p.reduction, lambda_cbcl=p.lambda_cbcl, impl=ctx.impl)
+        if ctx.key is None or not torch.compiler.is_compiling():
+            grads = ctx.kernels.backward(img, txt, sim, dict(zip(ctx.names, vectors)), tau=p.tau, eps=p.eps,
+                                         bias=p.bias, **up)  # fmt: skip
             grads = [grads] if sim is not None else list(grads)
         else:
-            grads = fused_backward(img, txt, sim, vectors, ctx.key, p.tau, p.eps, p.bias, g_cbcl, k_r, k_c)
+            grads = fused_backward(img, txt, sim, vectors, ctx.key, p.tau, p.eps, p.bias, up["g_cbcl"], up["k_r"],
+                                   up["k_c"])  # fmt: skip
         if sim is not None:
             return None, None, grads[0], None, None, None, None, None
         return grads[0], grads[1], None, None, None, None, None, None
@@ -268,19 +247,16 @@ def run(kernels: Kernels, img, txt, sim, params: SREMParams, *, stats_only: bool
     if stats_only:
         with torch.no_grad():
             saved = _forward_saved(kernels, key, img, txt, sim, bare, stats_only=True)
-            per_sample, out, *_ = _glue(saved, bare, margin, clean)
+            out = glue.forward(saved, bare, margin, clean, impl=glue_impl(kernels, _device(img, sim)))
+            loss, per_sample, stats = out["loss"], out["per_sample"], saved | out
     else:
-        per_sample, *outs = _FusedSREM.apply(img, txt, sim, margin, clean, kernels, key, bare)
-        out = dict(zip(_STAT_OUTPUTS, outs))
-    return reduce(per_sample, params.reduction), per_sample, statistics(out, params.tau)
+        loss, per_sample, *outs = _FusedSREM.apply(img, txt, sim, margin, clean, kernels, key, bare)
+        stats = dict(zip(_STAT_OUTPUTS, outs))
+        if per_sample is None:
+            per_sample = loss.detach()
+    return loss, per_sample, statistics(stats)
 
 
-def statistics(out: dict, tau: float) -> dict:
+def statistics(out: dict) -> dict:
     """SPEC's statistics from the kernels' vectors and the glue's."""
-    stats = {k: out[k] for k in KERNEL_STATISTICS}
-    stats.update(
-        energy_i2t=-tau * out["lse_r"],
-        energy_t2i=-tau * out["lse_c"],
-        **{k: out[k] for k in ("energy", "clean", "weight", "loss_hard")},
-    )
-    return stats
+    return {k: out[k] for k in STATISTICS}

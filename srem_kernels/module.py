@@ -29,6 +29,7 @@ class SREMLoss(nn.Module):
         lambda_cbcl: float = 1.0,
         bias: bool = True,
         sce_weight: bool = True,
+        sensitivity: str = "weight",
         select: str = "gmm",
         eps: float = 1e-10,
         reduction: str = "mean",
@@ -39,7 +40,7 @@ class SREMLoss(nn.Module):
         super().__init__()
         self.options = check_options(
             tau=tau, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,
-            sce_weight=sce_weight, select=select, eps=eps, reduction=reduction,
+            sce_weight=sce_weight, sensitivity=sensitivity, select=select, eps=eps, reduction=reduction,
         )  # fmt: skip
         self.margin = check_margin(margin)
         self.backend = backend

@@ -24,7 +24,7 @@ class SREMStats:
     hard_t2i: torch.Tensor  # max_{j≠i} S_ji
     hard_t2i_index: torch.Tensor  # its j (int64)
     sce: torch.Tensor  # swapped classification entropy (D)
-    weight: torch.Tensor  # w_i = exp(-sce_i), or 1 with sce_weight=False
+    weight: torch.Tensor  # w_i = exp(-sce_i) (sensitivity="weight"; see srem_kernels/sensitivity.py), 1 with sce_weight=False
     clean: torch.Tensor  # the clean weight c_i actually used
     loss_hard: torch.Tensor  # L_hard_i, unweighted
     loss_cbcl: torch.Tensor  # L_cbcl_i, unweighted

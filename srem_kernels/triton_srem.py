@@ -163,6 +163,7 @@ class TritonKernels:
     """
 
     supports_stats_only = True  # forward(..., stats_only=True) skips A_r, A_c and the saved S
+    glue = "triton"  # glue.py's Triton routines, also for CPU tensors under the interpreter
 
     def __init__(self, strategy: str | None = None, *, block: int | None = None, block_n: int | None = None,
                  ds_block: int | None = None, bk: int | None = None, panel_rows: int | None = None,

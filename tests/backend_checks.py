@@ -13,33 +13,50 @@ from tests.helpers import TOLERANCES, assert_rel_close
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def run_both(run, img, txt, kw, from_sim):
-    """(backend result, reference result, backend grads, reference grads); img, txt in the
-    backend's dtype and device, the reference in fp64 on the CPU from the same rounded values."""
+def _sim_input(img, txt):
+    return (img.float() @ txt.float().T).to(img.dtype)  # the backend's input, rounded
+
+
+def reference_run(img, txt, kw, from_sim):
+    """(params, reference result, reference grads, upstream gradient g): the fp64 reference on
+    the CPU from the same rounded values as the backend's inputs (img, txt, or their sim)."""
     B = img.shape[0]
     kw = {k: (v.to(img.device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
     params = check_params(B, img.device, check_finite=True, **kw)
     ref_kw = {k: (v.double().cpu() if isinstance(v, torch.Tensor) else v) for k, v in params.as_kwargs().items()}
-    x, y = img.detach().double().cpu().requires_grad_(), txt.detach().double().cpu().requires_grad_()
     if from_sim:
-        s = (img.float() @ txt.float().T).to(img.dtype).requires_grad_()  # the backend's input, rounded
-        out = run(None, None, s, params)
-        sx = s.detach().double().cpu().requires_grad_()
-        ref = R.srem(sim=sx, **ref_kw)
-        leaves, ref_leaves = (s,), (sx,)
+        leaves = (_sim_input(img, txt).detach().double().cpu().requires_grad_(),)
+        ref = R.srem(sim=leaves[0], **ref_kw)
     else:
-        a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
-        out = run(a, b, None, params)
-        ref = R.srem(x, y, **ref_kw)
-        leaves, ref_leaves = (a, b), (x, y)
-    g = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    (out[0] * g.to(device=out[0].device, dtype=out[0].dtype)).sum().backward()
+        leaves = (img.detach().double().cpu().requires_grad_(), txt.detach().double().cpu().requires_grad_())
+        ref = R.srem(*leaves, **ref_kw)
+    g = torch.randn(ref[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     (ref[0] * g).sum().backward()
-    return out, ref, [t.grad for t in leaves], [t.grad for t in ref_leaves]
+    return params, ref, [t.grad for t in leaves], g
 
 
-def check_against_reference(run, img, txt, kw, from_sim, tol_key):
-    out, ref, grads, ref_grads = run_both(run, img, txt, kw, from_sim)
+def backend_run(run, img, txt, params, g, from_sim):
+    """(backend result, grads) of `run` on fresh leaves, backward with the upstream gradient g."""
+    if from_sim:
+        leaves = (_sim_input(img, txt).requires_grad_(),)
+        out = run(None, None, leaves[0], params)
+    else:
+        leaves = (img.clone().requires_grad_(), txt.clone().requires_grad_())
+        out = run(*leaves, None, params)
+    (out[0] * g.to(device=out[0].device, dtype=out[0].dtype)).sum().backward()
+    return out, [t.grad for t in leaves]
+
+
+def run_both(run, img, txt, kw, from_sim):
+    """(backend result, reference result, backend grads, reference grads); img, txt in the
+    backend's dtype and device, the reference in fp64 on the CPU from the same rounded values."""
+    params, ref, ref_grads, g = reference_run(img, txt, kw, from_sim)
+    out, grads = backend_run(run, img, txt, params, g, from_sim)
+    return out, ref, grads, ref_grads
+
+
+def compare(out, ref, grads, ref_grads, img, txt, from_sim, tol_key):
+    """Every statistic, the loss and the gradients of a backend run against the reference's."""
     tol, gtol = TOLERANCES[tol_key]
     assert_rel_close(out[0], ref[0], tol, "loss")
     assert_rel_close(out[1], ref[1], tol, "per_sample")
@@ -61,6 +78,11 @@ def check_against_reference(run, img, txt, kw, from_sim, tol_key):
     for name, gr, rg in zip(("d img", "d txt") if not from_sim else ("d sim",), grads, ref_grads):
         assert gr.dtype == (img.dtype), name
         assert_rel_close(gr, rg, gtol, name)
+
+
+def check_against_reference(run, img, txt, kw, from_sim, tol_key):
+    out, ref, grads, ref_grads = run_both(run, img, txt, kw, from_sim)
+    compare(out, ref, grads, ref_grads, img, txt, from_sim, tol_key)
     return out
 
 

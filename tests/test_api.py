@@ -213,6 +213,9 @@ BAD_INPUTS = {
     "negative eps": (lambda i, t: dict(img=i, txt=t, eps=-1e-10), ValueError, "eps must be ≥ 0"),
     "bias not a bool": (lambda i, t: dict(img=i, txt=t, bias=1), TypeError, "bias must be True or False"),
     "sce_weight not a bool": (lambda i, t: dict(img=i, txt=t, sce_weight="yes"), TypeError, "sce_weight must be True or False"),
+    "unknown sensitivity": (lambda i, t: dict(img=i, txt=t, sensitivity="entropy"), ValueError, "sensitivity must be one of"),
+    "sensitivity without sce_weight": (lambda i, t: dict(img=i, txt=t, sensitivity="rank", sce_weight=False), ValueError,
+                                       "sensitivity='rank' needs sce_weight=True"),
 }
 
 
@@ -255,6 +258,7 @@ def test_bad_similarity_input_is_rejected(pair, no_backend_runs, case):
         (dict(select="loss"), ValueError, "select must be one of"),
         (dict(margin="0.2"), TypeError, "margin must be a real number"),
         (dict(bias=None), TypeError, "bias must be True or False"),
+        (dict(sensitivity="Rank"), ValueError, "sensitivity must be one of"),
     ],
 )
 def test_module_checks_options_at_construction(kwargs, exc, msg):

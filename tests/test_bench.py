@@ -59,3 +59,35 @@ def test_distributed_bench_writes_per_rank_rows(tmp_path):
     # each rank receives the other's embeddings (32 × 2 × 8 fp32) and its per-sample vectors
     assert all(r["received_mib"] * 2**20 >= 32 * 2 * 8 * 4 and r["fwd_bwd_ms"] > 0 for r in rows)
     assert len(list(csv.DictReader((tmp_path / "d.csv").open()))) == 2
+
+
+def test_fixed_cost_bench_counts_times_and_reports(tmp_path):
+    from bench import fixed_cost
+
+    run.main(["--quick", "--batch", "16", "--repeats", "1", "--only", "srem:reference", "--out", str(tmp_path),
+              "--no-report"])  # fmt: skip
+    log = fixed_cost.main(["--batch", "16", "--dim", "8", "--repeats", "2", "--out", str(tmp_path)])
+    rows = list(csv.DictReader(log.open()))
+    cpu = [r for r in rows if r["backend"] == "cpu"]
+    assert {r["config"] for r in cpu} == set(fixed_cost.CONFIGS)
+    timed = [r for r in cpu if r["median_ms"]]
+    assert len(timed) == 1 and float(timed[0]["ratio_to_floor"]) > 0
+    assert all(int(r["aten_ops"]) > 0 for r in rows)
+    md = report.main(["--results", str(tmp_path), "--output", str(tmp_path / "R.md")]).read_text()
+    assert "### Fixed cost per call" in md and "| `cpu` | 16 | 8 | defaults |" in md
+
+
+def test_opcount_sees_operators_reads_copies_and_custom_ops():
+    from bench import opcount
+
+    x = torch.randn(4)
+    c = opcount.count(lambda: (x + 1).sum().item())
+    assert (c.aten, c.reads) == (3, 1) and c.by_op["add"] == 1  # add, sum, _local_scalar_dense
+    assert opcount.count(lambda: x.view(2, 2).t()).aten == 0  # views launch nothing
+    assert opcount.count(lambda: torch.tensor([1.0, 2.0])).h2d == 1
+    v = {k: torch.rand(6) for k in ("lse_r", "lse_c", "pos", "hard_i2t", "hard_t2i", "sce", "loss_cbcl")}
+    from srem_kernels import glue
+
+    inside = opcount.count(lambda: glue.glue_forward_op(*v.values(), None, None, None, None, 0.2, 0.05, 1.0, 1.0, True, 2, 0,
+                                                        "torch"))  # fmt: skip
+    assert inside.aten > 5  # the custom op's torch form, counted from inside

@@ -30,6 +30,10 @@ CASES = {
     "cpu-bf16": ("cpu", "bf16", {2: (8, 8), 3: (6, 5, 5)}, 24, {}),
     "reference-fp64": ("reference", "fp64", {2: (10, 7), 3: (4, 8, 5)}, 12, {"sce_weight": False}),
     "triton-fp32": ("triton", "fp32", {2: (9, 8), 3: (6, 6, 5)}, 20, {"select": "none", "lambda_hard": 0.5}),
+    # sensitivity modes that rank or cluster the global batch's sce, and the per-sample margin
+    "cpu-sce-rank": ("cpu", "fp32", {2: (9, 8), 3: (6, 6, 5)}, 16, {"sensitivity": "rank"}),
+    "reference-sce-clean": ("reference", "fp64", {2: (10, 7), 3: (4, 8, 5)}, 12, {"sensitivity": "clean"}),
+    "cpu-sce-margin": ("cpu", "fp32", {2: (7, 6), 3: (5, 2, 6)}, 8, {"sensitivity": "margin", "margin": "vector"}),
 }  # fmt: skip
 TOL = {"fp32": TOLERANCES["fp32"], "bf16": TOLERANCES["bf16"], "fp64": (1e-11, 1e-10)}
 
@@ -66,7 +70,7 @@ def _call(backend):
 
     def call(img, txt, **kw):
         kw = {"tau": 0.05, "margin": 0.2, "lambda_hard": 1.0, "lambda_cbcl": 1.0, "bias": True, "sce_weight": True,
-              "clean": None, "select": "gmm", "eps": 1e-10, "reduction": "mean", "check_finite": True,
+              "sensitivity": "weight", "clean": None, "select": "gmm", "eps": 1e-10, "reduction": "mean", "check_finite": True,
               "stats_only": False} | kw  # fmt: skip
         name, total, per_sample, stats = distributed.loss(img, txt, kernels=TritonKernels(), **kw)
         return SREMResult(total, per_sample.detach(), SREMStats(**stats), name)
@@ -173,6 +177,7 @@ def _bad(rank, img, txt, kw):
         "NaN on one rank": (img.index_fill(0, torch.tensor([0]), float("nan")) if rank == 0 else img, txt, kw),
         "grad on one rank only": (img.detach().requires_grad_(rank == 0), txt.detach(), kw),
         "clean on one rank only": (img, txt, kw | ({"clean": torch.ones(img.shape[0])} if rank == 1 else {})),
+        "sensitivity differs between ranks": (img, txt, kw | {"sensitivity": ("weight", "rank")[rank]}),
     }
 
 
@@ -202,6 +207,7 @@ BAD = {  # case: (rank 0's error, rank 1's error), as (type, a phrase of the mes
     "NaN on one rank": (("ValueError", "img contains NaN"), ("RuntimeError", "rank(s) [0]")),
     "grad on one rank only": (("ValueError", "whether img/txt require grad must be the same"),) * 2,
     "clean on one rank only": (("ValueError", "clean (given on every rank or on none)"),) * 2,
+    "sensitivity differs between ranks": (("ValueError", "sensitivity must be the same on every rank"),) * 2,
 }  # fmt: skip
 
 

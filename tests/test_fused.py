@@ -19,12 +19,17 @@ OPTIONS = {
     "no-sce": {"sce_weight": False, "reduction": "sum"},
     "clean-given": {"clean": "random", "reduction": "none"},
     "select-none": {"select": "none", "lambda_hard": 0.5, "lambda_cbcl": 2.0, "margin": "vector"},
+    # the sensitivity modes (srem_kernels/sensitivity.py)
+    "sce-margin": {"sensitivity": "margin", "margin": "vector"},
+    "sce-clean": {"sensitivity": "clean", "reduction": "none"},
+    "sce-clean-given": {"sensitivity": "clean", "clean": "random", "reduction": "sum"},
+    "sce-rank": {"sensitivity": "rank"},
 }
 
 
 def _params(B, case, seed):
-    kw = dict(tau=0.05, margin=0.2, lambda_hard=1.0, lambda_cbcl=1.0, bias=True, sce_weight=True, clean=None,
-              select="gmm", eps=1e-10, reduction="mean")  # fmt: skip
+    kw = dict(tau=0.05, margin=0.2, lambda_hard=1.0, lambda_cbcl=1.0, bias=True, sce_weight=True, sensitivity="weight",
+              clean=None, select="gmm", eps=1e-10, reduction="mean")  # fmt: skip
     kw.update(OPTIONS[case])
     g = torch.Generator().manual_seed(seed)
     if kw["clean"] == "random":
@@ -77,3 +82,17 @@ def test_confident_unnormalised_inputs(B, D, seed):
     cancels at the row's maximum) and diagonal ones of 1e-30: SPEC's fp32 bar still holds."""
     img, txt = embeddings(B, D, seed=seed, noise=0.7, normalize=False, dtype=torch.float32)
     check_against_reference(functools.partial(fused.run, DenseKernels()), img, txt, _params(B, "default", 0), False, "fp32")
+
+
+def test_workspace_views_are_disjoint_contiguous_and_poisoned():
+    from srem_kernels import _alloc
+
+    layout = {"a": ((5,), torch.float32), "i": ((7,), torch.int64), "S": ((3, 4), torch.float32), "z": ((), torch.float32)}
+    w = _alloc.workspace(layout, device="cpu")
+    assert list(w) == list(layout)
+    for name, (shape, dtype) in layout.items():
+        assert w[name].shape == shape and w[name].dtype == dtype and w[name].is_contiguous(), name
+    assert torch.isnan(w["S"]).all() and (w["i"] == -1).all()
+    for value, name in enumerate(("a", "S", "z")):
+        w[name].fill_(float(value))
+    assert (w["a"] == 0).all() and (w["S"] == 1).all() and w["z"] == 2  # no overlap: each kept its own

@@ -1,7 +1,8 @@
 """The `cuda` backend (csrc/cuda/srem_cuda.cu via srem_kernels/cuda_srem.py) on a GPU, against the
 fp64 reference: every statistic, the loss and both gradients, odd and real sizes, fp32/fp16/bf16,
 non-contiguous inputs, the similarity path, several panels, determinism, CUDA errors as
-exceptions. Run with `pytest -m gpu` on a machine with a CUDA device (skipped elsewhere)."""
+exceptions; each with the panels and products formed by the module's kernels and by torch.mm.
+Run with `pytest -m gpu` on a machine with a CUDA device (skipped elsewhere)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ from tests.test_fused import OPTIONS, _params
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture
-def cuda_run():
+@pytest.fixture(params=["own", "torch"], ids=["own-gemm", "torch-gemm"])
+def cuda_run(request, monkeypatch):
+    """The registered cuda backend, its panels and products formed by its own kernels or by
+    torch.mm (SREM_CUDA_GEMM, cuda_srem.py)."""
     status = srem_kernels.backends()["cuda"]
     if not status.available:
         pytest.fail(f"a CUDA device is here but the cuda backend is not available: {status.reason}")
+    monkeypatch.setenv("SREM_CUDA_GEMM", request.param)
     return registry.resolve("cuda", torch.device("cuda"), torch.float32)[1]
 
 

@@ -308,7 +308,8 @@ def test_gmm_matches_independent_em(seed):
 
 def test_gmm_degenerate_batches_do_not_give_nan():
     same = torch.full((5,), -0.3, dtype=torch.float64)  # no spread: both components identical
-    assert torch.equal(R.gmm_filtration(same), torch.zeros(5, dtype=torch.float64))
+    # SPEC.md (2026-12-01): equal final means carry no evidence of noise, so every pair is clean
+    assert torch.equal(R.gmm_filtration(same), torch.ones(5, dtype=torch.float64))
     two = torch.tensor([-1.0, 1.0], dtype=torch.float64)
     assert torch.equal(R.gmm_filtration(two), torch.tensor([1.0, 0.0], dtype=torch.float64))
 

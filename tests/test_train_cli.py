@@ -16,8 +16,9 @@ from srem_kernels.train import cli
     [
         (["--noise", "1.0"], "srem-train: error: --noise must be in [0, 1); got 1.0"),
         (["--noise", "-0.1"], "srem-train: error: --noise must be in [0, 1); got -0.1"),
-        (["--method", "sgr"], "srem-train: error: --method must be one of srem, vsepp, infonce, rcl, srem-nobias, srem-nosce, srem-inbatch; got 'sgr'"),
-        (["--dataset", "imagenet"], "srem-train: error: --dataset must be one of synthetic, digits, f30k, coco, cc152k; got 'imagenet'"),
+        (["--method", "sgr"], "srem-train: error: --method must be one of srem, vsepp, infonce, rcl, srem-nobias, srem-nosce, srem-inbatch, "
+                               "srem-sce-margin, srem-sce-clean, srem-sce-rank, srem-nosce-lh0.5, srem-nosce-lh2, srem-nohinge; got 'sgr'"),
+        (["--dataset", "imagenet"], "srem-train: error: --dataset must be one of synthetic, synthetic-scenes, digits, f30k, coco, cc152k; got 'imagenet'"),
         (["--batch-size", "1"], "srem-train: error: --batch-size must be at least 2 (the loss needs B >= 2); got 1"),
         (["--epochs", "2", "--warmup-epochs", "3"], "srem-train: error: --warmup-epochs (3) must not exceed epochs (2)"),
         (["--loss-backend", "tpu"], "srem-train: error: --loss-backend must be 'auto' or one of triton, cuda, cpu, reference; got 'tpu'"),

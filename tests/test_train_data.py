@@ -10,23 +10,44 @@ import numpy as np
 import pytest
 import torch
 
-from srem_kernels.train import data, precomp, synthetic
+from srem_kernels.train import captions, data, precomp, synthetic
 from srem_kernels.train.noise import shuffle_captions
 
 WORDS = "a man dog runs on the grass woman rides bike red ball two kids play in park".split()
+EXTRA = ("man's", "doesn't", "\"big\"", ",", "it's", "kids'")  # contractions, quotes, punctuation: nltk's tokens
 
 
-def write_precomp(root: Path, name: str = "f30k", n_img=(12, 4, 4), per: int = 5, regions: int = 3, dim: int = 16,
-                  seed: int = 0, test_split: str = "test") -> Path:
-    """A tiny dataset in the NCR/RCL precomputed layout (see srem_kernels/train/precomp.py)."""
+def captions_for(rng, n: int) -> list[str]:
+    """n generated captions from a small vocabulary, some with contractions, quotes and commas."""
+    out = []
+    for _ in range(n):
+        words = list(rng.choice(WORDS, size=rng.integers(3, 9)))
+        if rng.random() < 0.5:
+            words.insert(int(rng.integers(1, len(words) + 1)), str(rng.choice(EXTRA)))  # not first: csv's quoting
+        out.append(" ".join(words).capitalize() + ".")
+    return out
+
+
+def write_precomp(root: Path, name: str = "f30k", n_img=(12, 4, 4), per: int | None = None, regions: int = 3,
+                  dim: int = 16, seed: int = 0, test_split: str = "test", caps: str | None = None) -> Path:
+    """A tiny dataset in the NCR/RCL precomputed layout (srem_kernels/train/precomp.py): captions in
+    `caps` form ("txt", or "tsv": image_id<TAB>caption; default tsv for cc152k as NCR ships it), and
+    the vocabulary built as NCR's vocab.py builds it (nltk tokens of train and dev), three words left out."""
     rng = np.random.default_rng(seed)
+    per = per or precomp.CAPTIONS_PER_IMAGE[name]
+    caps = caps or ("tsv" if name == "cc152k" else "txt")
     folder = root / f"{name}_precomp"
     folder.mkdir(parents=True)
+    tokens = set()
     for split, n in zip(("train", "dev", test_split), n_img):
         np.save(folder / f"{split}_ims.npy", rng.standard_normal((n, regions, dim)).astype(np.float32))
-        caps = [" ".join(rng.choice(WORDS, size=rng.integers(3, 9))).capitalize() + "." for _ in range(n * per)]
-        (folder / f"{split}_caps.txt").write_text("\n".join(caps) + "\n")
-    vocab = ["<pad>", "<start>", "<end>", "<unk>", *WORDS[:-3], "."]  # three words left out: <unk>
+        lines = captions_for(rng, n * per)
+        if split in ("train", "dev"):
+            tokens.update(t for c in lines for t in captions.tokenize(c))
+        if caps == "tsv":
+            lines = [f"{k // per}_{k:09d}\t{c}" for k, c in enumerate(lines)]
+        (folder / f"{split}_caps.{caps}").write_text("\n".join(lines) + "\n")
+    vocab = ["<pad>", "<start>", "<end>", "<unk>", *sorted(tokens - {"kids", "park", "play"})]  # three left out: <unk>
     (root / "vocab").mkdir()
     (root / "vocab" / f"{name}_precomp_vocab.json").write_text(json.dumps(
         {"word2idx": {w: i for i, w in enumerate(vocab)}, "idx2word": {str(i): w for i, w in enumerate(vocab)}, "idx": len(vocab)}))
@@ -97,7 +118,7 @@ def test_precomp_fixture_loads(tmp_path):
     ids = d.train.captions[7]
     vocab = json.loads((root / "vocab" / "f30k_precomp_vocab.json").read_text())["word2idx"]
     assert ids[0] == vocab["<start>"] and ids[-1] == vocab["<end>"]
-    expected = [vocab.get(w, vocab["<unk>"]) for w in precomp.tokenize(caption)]
+    expected = [vocab.get(w, vocab["<unk>"]) for w in captions.tokenize(caption)]
     assert ids[1:-1].tolist() == expected
     imgs, (tokens, lengths) = d.train.batch(torch.tensor([7, 0, 59]))
     assert imgs.shape == (3, 3, 16) and imgs.dtype == torch.float32
@@ -126,14 +147,14 @@ def test_coco_testall_gives_five_folds(tmp_path):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda r: (r / "f30k_precomp" / "dev_caps.txt").unlink(), r"missing .*f30k_precomp/dev_caps\.txt: expected the NCR precomputed layout"),
+        (lambda r: (r / "f30k_precomp" / "dev_caps.txt").unlink(), r"missing .*f30k_precomp/dev_caps\.txt: expected the NCR/RCL precomputed layout"),
         (lambda r: (r / "vocab" / "f30k_precomp_vocab.json").unlink(), r"missing .*vocab/f30k_precomp_vocab\.json"),
         (lambda r: (r / "vocab" / "f30k_precomp_vocab.json").write_text("[1, 2]"), r"not a vocabulary JSON"),
         (lambda r: (r / "f30k_precomp" / "train_caps.txt").write_text("one\ntwo\nthree\n"), r"3 captions for 12 images"),
         (lambda r: np.save(r / "f30k_precomp" / "test_ims.npy", np.zeros((4, 2, 2, 2), np.float32)), r"test_ims\.npy: expected float features"),
         (lambda r: (r / "f30k_precomp" / "train_ims.npy").write_text("not numpy"), r"train_ims\.npy: not a \.npy"),
         (lambda r: (r / "noise_index").mkdir() or np.save(r / "noise_index" / "f30k_precomp_0.4.npy", np.zeros(7, np.int64)),
-         r"f30k_precomp_0\.4\.npy: expected NCR's noise index, 60 integer"),
+         r"f30k_precomp_0\.4\.npy: int64 of shape \(7,\); expected an integer \.npy of 12 image indices \(RCL, one per training image\) or 60 \(NCR, one per training caption\)"),
     ],
 )
 def test_precomp_errors_name_the_path_and_the_layout(tmp_path, damage, message):
@@ -144,7 +165,7 @@ def test_precomp_errors_name_the_path_and_the_layout(tmp_path, damage, message):
 
 
 def test_precomp_missing_folder_and_data_path(tmp_path):
-    with pytest.raises(data.DataError, match=r"missing folder .*coco_precomp: expected the NCR precomputed layout"):
+    with pytest.raises(data.DataError, match=r"missing folder .*coco_precomp: expected the NCR/RCL precomputed layout"):
         data.load("coco", noise=0.0, seed=0, data_path=str(tmp_path))
     with pytest.raises(data.DataError, match="--data-path is required for f30k"):
         data.load("f30k", noise=0.0, seed=0)

@@ -111,3 +111,13 @@ def test_evaluate_five_folds_counts_each_fold_alone():
     folds = [evaluation.recall(*evaluation.ranks(img[f * 2:(f + 1) * 2], cap[f * 2:(f + 1) * 2], torch.arange(f * 2, f * 2 + 2),
                                                   torch.arange(f * 2, f * 2 + 2))) for f in range(5)]
     assert out["fold_rsum"] == pytest.approx(sum(f["rsum"] for f in folds) / 5)
+
+
+def test_hinge_metrics_by_hand():
+    clean = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0])
+    weight = torch.tensor([0.5, 1.0, 0.0, 0.25, 0.0])  # c·w
+    noisy = torch.tensor([False, True, False, False, True])
+    m = selection.hinge_metrics(clean, weight, noisy)
+    assert m["selected"] == pytest.approx(0.6) and m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["weight_mean"] == pytest.approx(0.35) and m["weight_precision"] == pytest.approx(0.75 / 1.75)
+    assert set(selection.hinge_metrics(clean, weight, None)) == {"selected", "weight_mean"}

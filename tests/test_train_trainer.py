@@ -59,8 +59,14 @@ def test_srem_schedule_warmup_dataset_and_inbatch_selection():
     loss, out = _loss("srem", img, txt, clean=clean)
     torch.testing.assert_close(loss, srem_kernels.loss(img, txt, clean=clean).loss)
     assert torch.equal(out.stats.clean, clean)
-    for name, opts in (("srem-nobias", {"bias": False}), ("srem-nosce", {"sce_weight": False})):
+    for name, opts in (("srem-nobias", {"bias": False}), ("srem-nosce", {"sce_weight": False}),
+                       ("srem-sce-margin", {"sensitivity": "margin"}), ("srem-sce-clean", {"sensitivity": "clean"}),
+                       ("srem-sce-rank", {"sensitivity": "rank"}),
+                       ("srem-nosce-lh0.5", {"sce_weight": False, "lambda_hard": 0.5}),
+                       ("srem-nosce-lh2", {"sce_weight": False, "lambda_hard": 2.0})):
         torch.testing.assert_close(_loss(name, img, txt, clean=clean)[0], srem_kernels.loss(img, txt, clean=clean, **opts).loss)
+    # no hinge: the complementary term alone, the dataset weights unused
+    torch.testing.assert_close(_loss("srem-nohinge", img, txt, clean=clean)[0], warm)
     loss, out = _loss("srem-inbatch", img, txt, clean=clean)  # dataset weights ignored: SPEC's in-batch GMM
     torch.testing.assert_close(loss, srem_kernels.loss(img, txt, select="gmm").loss)
 
@@ -82,6 +88,9 @@ def test_every_method_trains_and_logs(tmp_path, method):
     assert not list(out.glob("*.tmp"))
     if METHODS[method].selection != "none":  # epoch 1 is past the warm-up: selection measured
         assert {"sel_selected", "sel_precision", "sel_recall"} <= set(log[1]) and "sel_precision" not in log[0]
+        # and what the hinge used: its clean flags and the share of its weight on clean pairs
+        assert {"hinge_precision", "hinge_recall", "hinge_weight_mean", "hinge_weight_precision"} <= set(log[1])
+        assert "hinge_precision" not in log[0] and 0 <= log[1]["hinge_weight_precision"] <= 1
 
 
 def test_resume_after_interrupt_gives_bitwise_the_same_weights(tmp_path, monkeypatch):

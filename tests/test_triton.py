@@ -35,6 +35,9 @@ OPTIONS = {
     "no-bias": {"bias": False, "reduction": "sum"},
     "clean-given": {"clean": "random", "reduction": "none", "tau": 0.1},
     "select-none": {"select": "none", "lambda_hard": 0.5, "lambda_cbcl": 2.0, "margin": "vector", "sce_weight": False},
+    "sce-margin": {"sensitivity": "margin", "margin": "vector", "reduction": "sum"},
+    "sce-clean": {"sensitivity": "clean"},
+    "sce-rank": {"sensitivity": "rank", "clean": "random"},
 }
 
 
@@ -82,6 +85,9 @@ CASES = [
     ("materialised", "fp32", 2, 200, "no-bias"),
     ("materialised", "fp16", 130, 33, "default"),
     ("materialised", "bf16", 37, 1, "clean-given"),
+    ("streaming", "fp32", 37, 33, "sce-rank"),
+    ("streaming", "fp32", 130, 33, "sce-clean"),
+    ("materialised", "fp32", 37, 33, "sce-margin"),
 ]
 
 

@@ -400,8 +400,11 @@ namespace py = pybind11;
 template <class T>
 T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
+void register_glue(py::module_& m);  // glue.cpp: value checks, GMM, the glue's B-vector work
+
 PYBIND11_MODULE(_srem_cpu, m) {
   m.doc() = "Fused CPU kernels of the SREM loss over row panels of S (raw pointers; see srem_kernels/cpu_srem.py)";
+  register_glue(m);
   auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("stats_panel", [](uintptr_t P, int64_t ld, int64_t rows, int64_t B, int64_t row0, float inv_tau, uintptr_t m_r,
                           uintptr_t logl_r, uintptr_t at_r, uintptr_t pos, uintptr_t hard_r, uintptr_t hard_r_idx,

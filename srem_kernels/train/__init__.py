@@ -2,9 +2,10 @@
 
     srem-train --dataset synthetic --noise 0.4 --method srem --seed 0 --output runs/srem
 
-Modules, one job each: `data` (the split container and the dataset dispatcher), `noise` (NCR's
-noise protocol), `synthetic`, `precomp` (the NCR/RCL precomputed layout), `digits` (optional
-real-pixel extra), `model` (dual encoder), `methods` (the losses), `selection` (dataset-level
+Modules, one job each: `data` (the split container and the --dataset registry), `noise` (NCR's
+noise protocol and the noise-index files), `synthetic`, `precomp` (the NCR/RCL precomputed
+layout), `captions` (caption files, nltk tokens, vocabulary), `check` (--check-data), `digits`
+(optional real-pixel extra), `model` (dual encoder), `methods` (the losses), `selection` (dataset-level
 energy filtration and its metrics), `evaluation` (recall@K), `trainer`, `cli`, `experiment`.
 """
 

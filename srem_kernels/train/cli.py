@@ -1,6 +1,7 @@
 """srem-train: train SREM or a baseline on a noisy image–text dataset.
 
     srem-train --dataset synthetic --noise 0.4 --method srem --seed 0 --output runs/srem
+    srem-train --check-data --dataset f30k --data-path DIR --noise 0.2   # read everything, train nothing
     torchrun --nproc_per_node 2 -m srem_kernels.train --batch-size 64 ...   # one global batch of 128
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from srem_kernels.train import check
 from srem_kernels.train.data import DATASETS, DataError
 from srem_kernels.train.methods import METHODS
 from srem_kernels.train.synthetic import SIZE_NAMES
@@ -37,29 +39,43 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tau", type=float, default=0.05)
     ap.add_argument("--embed-dim", type=int)
     ap.add_argument("--loss-backend", default="auto", help="force a backend of srem_kernels.backends()")
-    ap.add_argument("--data-path", help="folder holding {name}_precomp/ (f30k, coco, cc152k)")
-    ap.add_argument("--noise-file", help="NCR noise-index .npy (default {data-path}/noise_index/{name}_precomp_{noise}.npy)")
+    ap.add_argument("--data-path", help="folder holding {name}_precomp/ and vocab/ (f30k, coco, cc152k)")
+    ap.add_argument("--noise-file", help="noise index .npy, image-level (RCL) or caption-level (NCR); default: "
+                    "DIR/{name}_precomp/noise_inx_{noise}.npy or DIR/noise_index/{name}_precomp_{noise}.npy if present, "
+                    "else drawn from the seed")
+    ap.add_argument("--save-noise", metavar="PATH", help="write the training noise index (caption-level .npy, NCR's) to PATH")
+    ap.add_argument("--check-data", action="store_true",
+                    help="read the dataset, print its sizes, noise file and vocabulary coverage; train nothing")
     ap.add_argument("--synthetic-size", default="default", choices=SIZE_NAMES)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dist-timeout", type=float, default=600.0,
                     help="under torchrun: seconds a collective waits for the other ranks before it fails (default 600)")
-    ap.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    ap.add_argument("--resume", action="store_true", help="continue the run in OUTPUT from its checkpoint.pt")
+    ap.add_argument("--overwrite", action="store_true", help="replace the run in OUTPUT (without it, a folder holding a run is refused)")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     ap.add_argument("--quiet", action="store_true")
     return ap
 
 
 def config(argv: list[str] | None = None) -> TrainConfig:
+    return _parse(argv)[0]
+
+
+def _parse(argv):
     args = vars(parser().parse_args(argv))
-    return TrainConfig(**args)
+    check_data = args.pop("check_data")
+    return TrainConfig(**args), check_data
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = config(argv)
+    cfg, check_data = _parse(argv)
     import srem_kernels
 
     try:
         cfg.resolved()  # argument errors before any work
+        if check_data:
+            check.check(cfg)
+            return 0
 
         status = srem_kernels.backends()
         if cfg.loss_backend != "auto":

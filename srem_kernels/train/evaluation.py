@@ -71,6 +71,11 @@ def evaluate(model, split: Split, folds: int = 1) -> dict[str, float]:
     return out
 
 
+def size_label(n: int) -> str:
+    """1000 -> "1K", 5000 -> "5K" (the literature's names of its test sets), else the number."""
+    return f"{n // 1000}K" if n and n % 1000 == 0 else str(n)
+
+
 def format_row(m: dict[str, float]) -> str:
     """The table's line: R@1/5/10 both ways and rSum."""
     return (f"i2t R@1 {m['i2t_r1']:.1f} R@5 {m['i2t_r5']:.1f} R@10 {m['i2t_r10']:.1f} | "

@@ -54,7 +54,7 @@ def sweep(root: Path, methods, noises, seeds, epochs: int | None) -> None:
             continue
         t0 = time.time()
         res = train(TrainConfig(dataset="synthetic", noise=n, method=m, seed=s, output=str(out), epochs=epochs,
-                                synthetic_size=SWEEP_SIZE, progress=False, quiet=True))
+                                synthetic_size=SWEEP_SIZE, progress=False, quiet=True, resume=True))
         (out / CHECKPOINT).unlink()  # 5 MB a run; the log and results stay
         print(f"[{k + 1}/{len(todo)}] {m:<13} noise {n:.0%} seed {s}: test rSum {res['test']['rsum']:.1f} "
               f"({time.time() - t0:.0f}s)", flush=True)

@@ -33,6 +33,15 @@ METHODS = {
     "srem-nobias": Method("srem-nobias", {"bias": False}, selection="dataset", warmup=True),
     "srem-nosce": Method("srem-nosce", {"sce_weight": False}, selection="dataset", warmup=True),
     "srem-inbatch": Method("srem-inbatch", {"select": "gmm"}, selection="inbatch", warmup=True),
+    # the ablation of docs/ablation_protocol.md: how sce enters (the `sensitivity` option), the hinge's weight
+    "srem-sce-margin": Method("srem-sce-margin", {"sensitivity": "margin"}, selection="dataset", warmup=True),
+    "srem-sce-clean": Method("srem-sce-clean", {"sensitivity": "clean"}, selection="dataset", warmup=True),
+    "srem-sce-rank": Method("srem-sce-rank", {"sensitivity": "rank"}, selection="dataset", warmup=True),
+    "srem-nosce-lh0.5": Method("srem-nosce-lh0.5", {"sce_weight": False, "lambda_hard": 0.5}, selection="dataset",
+                               warmup=True),
+    "srem-nosce-lh2": Method("srem-nosce-lh2", {"sce_weight": False, "lambda_hard": 2.0}, selection="dataset",
+                             warmup=True),
+    "srem-nohinge": Method("srem-nohinge", {"lambda_hard": 0.0, "select": "none"}),  # CBCL alone: srem's warm-up loss throughout
 }
 
 

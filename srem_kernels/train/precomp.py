@@ -1,39 +1,36 @@
-"""The standard precomputed layout of the noisy-correspondence literature (NCR, RCL, DECL, L2RM)
-for Flickr30K, MS-COCO and CC152K:
+"""The precomputed layout of the noisy-correspondence literature (NCR, RCL, DECL, BiCro, L2RM) for
+Flickr30K, MS-COCO and CC152K, read as their loaders read it:
 
-    {data_path}/{name}_precomp/{split}_ims.npy     image features, (N_img, R, d) regions or (N_img, d)
-    {data_path}/{name}_precomp/{split}_caps.txt    one caption a line; captions k*N_img .. of image k:
-                                                   caption c belongs to image c // (N_cap / N_img)
-                                                   (5 per image for f30k and coco, 1 for cc152k)
-    {data_path}/vocab/{name}_precomp_vocab.json    {"word2idx": {word: id}, ...}, <pad> = 0
-    {data_path}/noise_index/{name}_precomp_{noise}.npy   optional: the noisy caption → image index
-                                                   of the training split (NCR's noise file)
+    {data}/{name}_precomp/{split}_ims.npy     image features, (N_img, R, d) regions or (N_img, d), memory-mapped
+    {data}/{name}_precomp/{split}_caps.txt    one caption a line (F30K, COCO), or
+    {data}/{name}_precomp/{split}_caps.tsv    image_id<TAB>caption a line (CC152K); see captions.py
+                                              caption c belongs to image c // per: per = 5 (f30k, coco), 1 (cc152k)
+    {data}/vocab/{name}_precomp_vocab.json    {"word2idx": {word: id}, ...}, <pad> = 0
+    noise files (noise.py)                    {data}/{name}_precomp/noise_inx_{rate}.npy (RCL, per image),
+                                              {data}/noise_index/{name}_precomp_{rate}.npy (NCR, per caption)
 
-splits: train, dev, test (coco: testall, the 5K test, if present, evaluated as 5-fold 1K and 5K).
-Image features are memory-mapped, so Flickr30K's 8 GB of training regions are read per batch.
+Splits as the literature reports them (NCR's run.py and evaluation.py, RCL's data.py): train;
+the first 1000 images of dev (5000 captions for F30K and COCO) for model selection; the test
+split: F30K's test (1K), COCO's testall (5K) as 5-fold 1K and 5K, CC152K's test.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from srem_kernels.train.captions import encode, load_vocab, read_captions
 from srem_kernels.train.data import DataError, Dataset, Split
-from srem_kernels.train.noise import shuffle_captions
+from srem_kernels.train.evaluation import size_label
+from srem_kernels.train.noise import assignment
 
-LAYOUT = ("expected the NCR precomputed layout: {root}/{name}_precomp/{{train,dev,test}}_ims.npy and "
-          "_caps.txt, {root}/vocab/{name}_precomp_vocab.json")
-_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
-
-
-def tokenize(caption: str) -> list[str]:
-    """Lower-cased words and punctuation (NCR uses nltk's word_tokenize; this is its plain-regex
-    approximation, so a vocabulary built with nltk maps a few contractions to <unk>)."""
-    return _TOKEN.findall(caption.lower())
+CAPTIONS_PER_IMAGE = {"f30k": 5, "coco": 5, "cc152k": 1}
+VAL_IMAGES = 1000  # dev images used for model selection (NCR: 1000 * im_div captions; RCL: 5000)
+COCO_FOLDS = 5
+LAYOUT = ("expected the NCR/RCL precomputed layout: {root}/{name}_precomp/{{train,dev,test}}_ims.npy and "
+          "_caps.txt (or _caps.tsv), {root}/vocab/{name}_precomp_vocab.json")
 
 
 def _need(path: Path, root: Path, name: str) -> Path:
@@ -42,80 +39,90 @@ def _need(path: Path, root: Path, name: str) -> Path:
     return path
 
 
-def load_vocab(root: Path, name: str) -> dict[str, int]:
-    path = _need(root / "vocab" / f"{name}_precomp_vocab.json", root, name)
-    try:
-        word2idx = json.loads(path.read_text())["word2idx"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise DataError(f"{path}: not a vocabulary JSON with a 'word2idx' mapping ({err})") from None
-    for tok in ("<pad>", "<start>", "<end>", "<unk>"):
-        if tok not in word2idx:
-            raise DataError(f"{path}: the vocabulary lacks {tok!r}")
-    if word2idx["<pad>"] != 0:
-        raise DataError(f"{path}: '<pad>' must have index 0, has {word2idx['<pad>']}")
-    return word2idx
-
-
-def encode_caption(caption: str, word2idx: dict[str, int]) -> torch.Tensor:
-    unk = word2idx["<unk>"]
-    ids = [word2idx["<start>"], *(word2idx.get(w, unk) for w in tokenize(caption)), word2idx["<end>"]]
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def load_split(root: Path, name: str, split: str, word2idx: dict[str, int]) -> Split:
+def caption_file(root: Path, name: str, split: str) -> Path:
+    """{split}_caps.txt or .tsv; where both exist, the one the dataset's codebases read (tsv for CC152K)."""
     folder = root / f"{name}_precomp"
-    ims_path = _need(folder / f"{split}_ims.npy", root, name)
-    caps_path = _need(folder / f"{split}_caps.txt", root, name)
+    order = (".tsv", ".txt") if name == "cc152k" else (".txt", ".tsv")
+    for suffix in order:
+        if (folder / f"{split}_caps{suffix}").is_file():
+            return folder / f"{split}_caps{suffix}"
+    return _need(folder / f"{split}_caps{order[0]}", root, name)
+
+
+def load_images(path: Path) -> np.ndarray:
     try:
-        images = np.load(ims_path, mmap_mode="r")
-    except ValueError as err:
-        raise DataError(f"{ims_path}: not a .npy array ({err})") from None
-    if images.ndim not in (2, 3) or not np.issubdtype(images.dtype, np.floating):
-        raise DataError(f"{ims_path}: expected float features of shape (N_img, R, d) or (N_img, d), "
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path}: not a .npy array ({err})") from None
+    if images.ndim not in (2, 3) or not np.issubdtype(images.dtype, np.floating) or len(images) == 0:
+        raise DataError(f"{path}: expected float features of shape (N_img, R, d) or (N_img, d), "
                         f"got {images.dtype} {images.shape}")
-    lines = caps_path.read_text(encoding="utf-8").splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    n_img, n_cap = len(images), len(lines)
-    if n_img == 0 or n_cap % n_img:
-        raise DataError(f"{caps_path}: {n_cap} captions for {n_img} images in {ims_path}; expected a whole number "
-                        "of captions per image (5 for f30k and coco, 1 for cc152k)")
-    per = n_cap // n_img
+    return images
+
+
+def load_split(root: Path, name: str, split: str, word2idx: dict[str, int]) -> tuple[Split, dict]:
+    """One split and what was read for it (file names, feature shape, token and <unk> counts)."""
+    ims_path = _need(root / f"{name}_precomp" / f"{split}_ims.npy", root, name)
+    caps_path = caption_file(root, name, split)
+    images = load_images(ims_path)
+    captions = read_captions(caps_path)
+    per, n_img, n_cap = CAPTIONS_PER_IMAGE[name], len(images), len(captions)
+    if n_cap != per * n_img:
+        raise DataError(f"{caps_path}: {n_cap} captions for {n_img} images in {ims_path}; {name} has {per} per "
+                        f"image, so {per * n_img} caption lines")
+    ids, n_tok, n_unk = encode(captions, word2idx)
     truth = torch.arange(n_cap) // per
-    return Split(images=images, captions=[encode_caption(c, word2idx) for c in lines], cap2img=truth.clone(),
-                 img_key=torch.arange(n_img), cap_key=truth)
+    meta = {"images": str(ims_path), "captions": str(caps_path), "shape": list(images.shape),
+            "dtype": str(images.dtype), "tokens": n_tok, "unk": n_unk}
+    return Split(images=images, captions=ids, cap2img=truth.clone(), img_key=torch.arange(n_img), cap_key=truth), meta
+
+
+def first_images(split: Split, n: int) -> Split:
+    """The first n images of an evaluation split and their captions (the images stay memory-mapped)."""
+    keep = split.cap_key < n
+    return Split(images=split.images[:n], captions=[c for c, k in zip(split.captions, keep.tolist()) if k],
+                 cap2img=split.cap2img[keep], img_key=split.img_key[:n], cap_key=split.cap_key[keep])
 
 
 def load(data_path: str, name: str, *, noise: float, seed: int, noise_file: str | None = None) -> Dataset:
     root = Path(data_path)
+    if name not in CAPTIONS_PER_IMAGE:
+        raise DataError(f"{name!r} is not a precomputed dataset; one of {', '.join(CAPTIONS_PER_IMAGE)}")
     if not (root / f"{name}_precomp").is_dir():
         raise DataError(f"missing folder {root / f'{name}_precomp'}: " + LAYOUT.format(root=root, name=name))
-    word2idx = load_vocab(root, name)
-    train = load_split(root, name, "train", word2idx)
-    val = load_split(root, name, "dev", word2idx)
+    vocab_path = _need(root / "vocab" / f"{name}_precomp_vocab.json", root, name)
+    word2idx = load_vocab(vocab_path)
+    train, m_train = load_split(root, name, "train", word2idx)
+    dev, m_dev = load_split(root, name, "dev", word2idx)
+    val = first_images(dev, VAL_IMAGES)
     test_name = "testall" if name == "coco" and (root / f"{name}_precomp" / "testall_ims.npy").exists() else "test"
-    test = load_split(root, name, test_name, word2idx)
-    if noise > 0:
-        train.cap2img = noise_index(root, name, noise, seed, noise_file, train)
+    test, m_test = load_split(root, name, test_name, word2idx)
+    n_test, folds = len(test.images), 1
+    if test_name == "testall":
+        if n_test % COCO_FOLDS:
+            raise DataError(f"{m_test['images']}: {n_test} images do not split into {COCO_FOLDS} equal folds")
+        folds = COCO_FOLDS
+        test_protocol = f"testall's {n_test} images as {COCO_FOLDS}-fold {size_label(n_test // COCO_FOLDS)} and {size_label(n_test)}"
+    else:
+        test_protocol = f"test's {n_test} images ({size_label(n_test)})"
+        if name == "coco":
+            test_protocol += "; COCO's 5-fold 1K and 5K protocol needs testall_ims.npy"
+
+    drawn = assignment(root, name, noise, seed, noise_file, train.cap_key, len(train.images))
+    train.cap2img = drawn.cap2img
     # CC152K's pairs are harvested and noisy already: no ground truth to measure selection with
     train.noisy = None if name == "cc152k" else train.cap2img != train.cap_key
-    folds = 5 if test_name == "testall" else 1
-    return Dataset(name, train, val, test, vocab_size=max(word2idx.values()) + 1, eval_folds=folds,
-                   info={"test_split": test_name})
 
-
-def noise_index(root: Path, name: str, noise: float, seed: int, noise_file: str | None, train: Split) -> torch.Tensor:
-    """The noisy caption → image index: NCR's noise file when there is one (so runs share the
-    paper's noise), else NCR's protocol drawn from `seed`."""
-    path = Path(noise_file) if noise_file else root / "noise_index" / f"{name}_precomp_{noise:g}.npy"
-    if not path.is_file():
-        if noise_file:
-            raise DataError(f"missing noise file {path}: expected NCR's noise index, a .npy of {len(train)} image indices")
-        return shuffle_captions(train.cap2img, noise, torch.Generator().manual_seed(seed))
-    idx = np.load(path)
-    if idx.shape != (len(train),) or not np.issubdtype(idx.dtype, np.integer):
-        raise DataError(f"{path}: expected NCR's noise index, {len(train)} integer image indices (one per training "
-                        f"caption), got {idx.dtype} {idx.shape}")
-    if idx.min() < 0 or idx.max() >= len(train.images):
-        raise DataError(f"{path}: image indices must be in [0, {len(train.images)})")
-    return torch.from_numpy(idx.astype(np.int64))
+    files = {"train": m_train, "dev": m_dev, test_name: m_test}
+    unk = ", ".join(f"{s} {m['unk'] / max(m['tokens'], 1):.2%}" for s, m in files.items())
+    info = {
+        "layout": f"{root}/{name}_precomp (NCR/RCL precomputed layout)",
+        "noise": drawn.describe(train.cap_key),
+        "noise_file": None if drawn.path is None else str(drawn.path),
+        "vocabulary": f"{vocab_path}: {len(word2idx)} words; tokens mapped to <unk>: {unk}",
+        "val": f"dev's first {len(val.images)} of {len(dev.images)} images ({len(val)} captions)",
+        "test": test_protocol,
+        "test_split": test_name,
+        "files": files,
+    }
+    return Dataset(name, train, val, test, vocab_size=max(word2idx.values()) + 1, eval_folds=folds, info=info)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import srem_kernels
-from python_ref.filtration import gmm_filtration
+from srem_kernels import glue
 from srem_kernels.result import SREMStats
 from srem_kernels.train.data import Split
 
@@ -66,8 +66,9 @@ def pair_energies(model, split: Split, *, batch_size: int, tau: float, backend: 
 
 
 def select_clean(energy: torch.Tensor) -> torch.Tensor:
-    """Clean flags (0/1) of SPEC.md's two-component GMM fitted to the energies of all pairs."""
-    return gmm_filtration(energy.double())
+    """Clean flags (0/1) of SPEC.md's two-component GMM fitted to the energies of all pairs: the
+    loss's own GMM routine (glue.py), in fp64."""
+    return glue.gmm_filtration(energy.double())
 
 
 def selection_metrics(clean: torch.Tensor, noisy: torch.Tensor | None) -> dict[str, float]:
@@ -80,6 +81,18 @@ def selection_metrics(clean: torch.Tensor, noisy: torch.Tensor | None) -> dict[s
         hit = (picked & true_clean).sum().item()
         out["precision"] = hit / max(int(picked.sum()), 1)
         out["recall"] = hit / max(int(true_clean.sum()), 1)
+    return out
+
+
+def hinge_metrics(clean: torch.Tensor, weight: torch.Tensor, noisy: torch.Tensor | None) -> dict[str, float]:
+    """What the hinge actually used over an epoch, per pair: `clean` the clean weights c (after
+    any sensitivity factor), `weight` c·w. The selection metrics of c > 0.5, the mean hinge weight
+    and, with ground truth, `weight_precision`: the share of the total hinge weight on clean pairs."""
+    out = selection_metrics(clean > 0.5, noisy)
+    out["weight_mean"] = weight.double().mean().item()
+    if noisy is not None:
+        total = weight.double().sum().item()
+        out["weight_precision"] = weight.double()[~noisy.bool()].sum().item() / total if total > 0 else float("nan")
     return out
 
 

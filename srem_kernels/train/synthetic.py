@@ -31,20 +31,30 @@ def _normalised(x: torch.Tensor) -> torch.Tensor:
     return x / x.std()
 
 
+def maps(g: torch.Generator):
+    """The REGIONS image maps and the caption map, drawn from `g`."""
+    return [_random_map(g, LATENT, IMG_DIM) for _ in range(REGIONS)], _random_map(g, LATENT, TXT_DIM)
+
+
+def pairs(z: torch.Tensor, img_maps, txt_map, g: torch.Generator) -> Split:
+    """One split of instance-level pairs from latents z (n × LATENT): each instance's image (its
+    regions) and caption, each with independent modality noise drawn from `g`."""
+    n = len(z)
+    images = torch.stack([_normalised(f(z)) for f in img_maps], dim=1)
+    images = images + MODALITY_NOISE * torch.randn(images.shape, generator=g)
+    captions = _normalised(txt_map(z)) + MODALITY_NOISE * torch.randn(n, TXT_DIM, generator=g)
+    ids = torch.arange(n)
+    return Split(images=images, captions=captions, cap2img=ids, img_key=ids, cap_key=ids.clone())
+
+
 def load(*, noise: float, seed: int, size: str = "default") -> Dataset:
     if size not in SIZES:
         raise ValueError(f"synthetic size must be one of {', '.join(SIZES)}, got {size!r}")
     g = torch.Generator().manual_seed(10_007 * seed + 1)
-    img_maps = [_random_map(g, LATENT, IMG_DIM) for _ in range(REGIONS)]
-    txt_map = _random_map(g, LATENT, TXT_DIM)
+    img_maps, txt_map = maps(g)
 
     def make(n: int) -> Split:
-        z = torch.randn(n, LATENT, generator=g)
-        images = torch.stack([_normalised(f(z)) for f in img_maps], dim=1)
-        images = images + MODALITY_NOISE * torch.randn(images.shape, generator=g)
-        captions = _normalised(txt_map(z)) + MODALITY_NOISE * torch.randn(n, TXT_DIM, generator=g)
-        ids = torch.arange(n)
-        return Split(images=images, captions=captions, cap2img=ids, img_key=ids, cap_key=ids.clone())
+        return pairs(torch.randn(n, LATENT, generator=g), img_maps, txt_map, g)
 
     n_train, n_val, n_test = SIZES[size]
     train, val, test = make(n_train), make(n_val), make(n_test)

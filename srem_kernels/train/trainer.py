@@ -5,6 +5,7 @@ and exact resume; in one process or, under torchrun, over one global batch split
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -17,21 +18,16 @@ import torch
 
 from srem_kernels.train import data as data_mod
 from srem_kernels.train import dist as dist_mod
-from srem_kernels.train import evaluation, model as model_mod, selection
+from srem_kernels.train import evaluation, model as model_mod, noise as noise_mod, selection
 from srem_kernels.train.methods import METHODS, batch_loss
 
-# Defaults per dataset (None in TrainConfig means "from here"). The NCR family's: lr 2e-4, clip
-# 2.0, batch 128, margin 0.2, tau 0.05; the synthetic ones make a run take minutes on a CPU.
-DATASET_DEFAULTS = {
-    "synthetic": dict(epochs=12, warmup_epochs=2, lr=1e-3, lr_update=8, embed_dim=256),
-    "digits": dict(epochs=12, warmup_epochs=2, lr=1e-3, lr_update=8, embed_dim=256),
-    "f30k": dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024),
-    "coco": dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024),
-    "cc152k": dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024),
-}
+DATASET_DEFAULTS = {name: entry.defaults for name, entry in data_mod.REGISTRY.items()}  # data.REGISTRY's
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 RESULTS = "results.json"
+RUN_FILES = (CHECKPOINT, LOG, RESULTS)
+CHECKPOINT_KEYS = ("epoch", "config", "model", "optimizer", "scheduler", "best", "clean", "rng")
+MATCHED = ("dataset", "noise", "method", "seed", "synthetic_size", "embed_dim")  # a resumed run's flags equal these
 
 
 @dataclass
@@ -53,9 +49,11 @@ class TrainConfig:
     loss_backend: str = "auto"
     data_path: str | None = None
     noise_file: str | None = None
+    save_noise: str | None = None  # write the training noise index (NCR's caption-level .npy) here
     synthetic_size: str = "default"
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False  # replace a run already in OUTPUT
     progress: bool = True
     quiet: bool = False
     dist_timeout: float = 600.0  # seconds a collective waits for the other ranks (torchrun only)
@@ -94,6 +92,8 @@ def check_config(cfg: TrainConfig) -> None:
             raise ValueError(f"{name} must be > 0; got {v}")
     if not cfg.dist_timeout > 0:
         raise ValueError(f"dist_timeout must be > 0; got {cfg.dist_timeout}")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("resume and --overwrite exclude each other: continue the run in OUTPUT or replace it")
     if cfg.grad_clip < 0 or cfg.margin < 0:
         raise ValueError(f"grad_clip and margin must be >= 0; got {cfg.grad_clip}, {cfg.margin}")
 
@@ -168,6 +168,17 @@ class Logger:
             print(line, flush=True)
 
 
+def _described(info: dict) -> dict:
+    """The dataset's info as results.json holds it: what describes the data (sizes, files, noise
+    source), not per-pair tensors a generator keeps there (synthetic-scenes' scene ids)."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items() if not isinstance(x, torch.Tensor)}
+        return v
+
+    return plain(info)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train as `cfg` says; returns the final results (also written to OUTPUT/results.json).
 
@@ -184,17 +195,82 @@ def train(cfg: TrainConfig) -> dict:
         dist_mod.teardown(d)
 
 
+def check_output(cfg: TrainConfig) -> str | None:
+    """Refuse to start in a folder that holds a run unless --resume or --overwrite says what to do
+    with it (a run is days of a GPU). Returns a line saying how this run starts, where it matters."""
+    output = Path(cfg.output)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output {output} is a file, not a folder")
+    held = [f for f in RUN_FILES if (output / f).exists()]
+    if not held:
+        return None
+    if cfg.overwrite:
+        return f"--overwrite: replacing the run in {output} ({', '.join(held)})"
+    if not cfg.resume:
+        raise ValueError(f"output {output} already holds a run ({', '.join(held)}): pass --resume to continue it "
+                         "or --overwrite to replace it")
+    if CHECKPOINT in held:
+        return None
+    if RESULTS in held:
+        raise ValueError(f"--resume: {output} holds a finished run ({RESULTS}) without the {CHECKPOINT} to continue "
+                         "from; --overwrite replaces it")
+    return f"--resume: no {CHECKPOINT} in {output} (its first epoch was interrupted): starting the run afresh"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    first = lines[0].split(". ")[0][:200] if lines else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def read_checkpoint(path: Path, cfg: TrainConfig, world: int) -> dict:
+    """The checkpoint --resume continues from, checked against the flags before any data is read:
+    a file that is not one, or one of another run, is one ValueError naming the file and the mismatch."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - truncated, another program's pickle, not a zip: all unreadable
+        raise ValueError(f"--resume: {path} is not a readable checkpoint ({_first_line(err)})") from None
+    lacks = [k for k in CHECKPOINT_KEYS if k not in ck] if isinstance(ck, dict) else list(CHECKPOINT_KEYS)
+    if lacks or not isinstance(ck["config"], dict):
+        raise ValueError(f"--resume: {path} is not a srem-train checkpoint (a {type(ck).__name__} without "
+                         f"{', '.join(lacks or ['config'])})")
+    for key in MATCHED:
+        if ck["config"].get(key) != getattr(cfg, key):
+            raise ValueError(f"--resume: {path} was written with {key}={ck['config'].get(key)!r}, not {getattr(cfg, key)!r}")
+    ck_world = ck.get("world_size", 1)
+    if ck["config"].get("batch_size", 0) * ck_world != cfg.batch_size * world:
+        was = f"batch_size={ck['config'].get('batch_size')!r}" + (f" x {ck_world} processes" if ck_world > 1 else "")
+        now = f"{cfg.batch_size!r}" + (f" x {world} processes" if world > 1 else "")
+        raise ValueError(f"--resume: {path} was written with {was}, not {now}")
+    return ck
+
+
+def noise_digest(cap2img: torch.Tensor) -> str:
+    """A fingerprint of the training pairs (which image each caption is paired with)."""
+    return hashlib.sha256(cap2img.numpy().astype(np.int64).tobytes()).hexdigest()[:16]
+
+
 def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
     method = METHODS[cfg.method]
     output = Path(cfg.output)
+    how = check_output(cfg)  # on every rank alike, before rank 0 writes anything
+    ckpt_path = output / CHECKPOINT
+    ck = read_checkpoint(ckpt_path, cfg, d.world) if cfg.resume and ckpt_path.exists() else None  # every rank
     if d.main:
         output.mkdir(parents=True, exist_ok=True)
     log = Logger(output, cfg.quiet, silent=not d.main)
+    if how:
+        log.say(how)
     global_batch = cfg.batch_size * d.world
 
     dataset = data_mod.load(cfg.dataset, noise=cfg.noise, seed=cfg.seed, data_path=cfg.data_path,
                             noise_file=cfg.noise_file, size=cfg.synthetic_size)
     train_split = dataset.train
+    if "noise" in dataset.info:
+        log.say(f"noise: {dataset.info['noise']}")
+    if cfg.save_noise:
+        log.say(noise_mod.save_index(Path(cfg.save_noise), train_split.cap2img, write=d.main))
+    digest = noise_digest(train_split.cap2img)
     if d.group is not None:
         _check_split(len(train_split), cfg.batch_size, d)
     torch.manual_seed(cfg.seed)
@@ -205,26 +281,23 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_update, gamma=0.1)
     start, best, clean = 0, {"rsum": -1.0, "epoch": -1, "state": None}, None
 
-    ckpt_path = output / CHECKPOINT
-    if cfg.resume and ckpt_path.exists():  # every rank loads it
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        for key in ("dataset", "noise", "method", "seed", "synthetic_size"):
-            if ck["config"][key] != getattr(cfg, key):
-                raise ValueError(f"--resume: {ckpt_path} was written with {key}={ck['config'][key]!r}, "
-                                 f"not {getattr(cfg, key)!r}")
-        ck_world = ck.get("world_size", 1)
-        if ck["config"]["batch_size"] * ck_world != global_batch:
-            was = f"batch_size={ck['config']['batch_size']!r}" + (f" x {ck_world} processes" if ck_world > 1 else "")
-            now = f"{cfg.batch_size!r}" + (f" x {d.world} processes" if d.world > 1 else "")
-            raise ValueError(f"--resume: {ckpt_path} was written with {was}, not {now}")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
+    if ck is not None:
+        if ck.get("noise_digest", digest) != digest:
+            raise ValueError(f"--resume: {ckpt_path} was trained on other training pairs than this run's noise "
+                             f"({dataset.info.get('noise', 'drawn from the seed')}): another noise file?")
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"--resume: {ckpt_path} holds another model than these flags build ({_first_line(err)})") from None
         start, best, clean = ck["epoch"] + 1, ck["best"], ck["clean"]
         _set_rng_state(ck["rng"])
         log.keep_until(ck["epoch"])
         log.say(f"resumed from {ckpt_path} after epoch {ck['epoch']}")
-    else:
+    elif d.main:  # a new run: nothing of an old one stays beside it
+        for name in (CHECKPOINT, RESULTS):
+            (output / name).unlink(missing_ok=True)
         log.restart()
     if not dist_mod.agree(start, d):
         raise ValueError(f"--resume: the ranks found different checkpoints in {output} (this rank starts at epoch "
@@ -253,7 +326,8 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
 
         model.train()
         batches = epoch_batches(len(train_split), global_batch, _epoch_seed(cfg.seed, epoch, 0))
-        inbatch_clean = torch.zeros(len(train_split)) if method.selection == "inbatch" and not warming_up else None
+        # per pair, what the hinge used: the clean weight c (stats.clean) and c·w, w the sensitivity weight
+        used = torch.zeros(len(train_split), 2) if method.selection != "none" and not warming_up else None
         total, bar = 0.0, _progress(batches, cfg, epoch, d)
         for step, idx in enumerate(bar):
             local = d.local(idx)  # this rank's contiguous slice of the global batch
@@ -271,18 +345,20 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             total += loss.item()  # the global batch's loss, the same on every rank
-            if inbatch_clean is not None:
-                inbatch_clean[local] = out.stats.clean.float().cpu()
+            if used is not None:
+                used[local] = torch.stack([out.stats.clean, out.stats.clean * out.stats.weight], dim=1).float().cpu()
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / (step + 1):.4f}")
         sched.step()
         entry["loss"] = total / len(batches)
-        if inbatch_clean is not None:
-            inbatch_clean = dist_mod.merge_rows(inbatch_clean, d)
+        if used is not None:
+            used = dist_mod.merge_rows(used, d)
             seen = torch.zeros(len(train_split), dtype=torch.bool)
             seen[torch.cat(batches)] = True
-            m = selection.selection_metrics(inbatch_clean[seen], None if train_split.noisy is None else train_split.noisy[seen])
-            entry.update({f"sel_{k}": v for k, v in m.items()})
+            noisy = None if train_split.noisy is None else train_split.noisy[seen]
+            if method.selection == "inbatch":
+                entry.update({f"sel_{k}": v for k, v in selection.selection_metrics(used[seen, 0], noisy).items()})
+            entry.update({f"hinge_{k}": v for k, v in selection.hinge_metrics(used[seen, 0], used[seen, 1], noisy).items()})
 
         val = evaluation.evaluate(model, dataset.val)  # on every rank (same weights, same result): no rank waits
         entry.update({"val_rsum": val["rsum"], "val_r1": (val["i2t_r1"] + val["t2i_r1"]) / 2, "seconds": time.time() - t0})
@@ -292,7 +368,8 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
         log.say(_epoch_line(entry))
         if d.main:
             state = {"epoch": epoch, "config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "best": best, "clean": clean, "rng": _rng_state()}
+                     "scheduler": sched.state_dict(), "best": best, "clean": clean, "rng": _rng_state(),
+                     "noise_digest": digest}
             if d.group is not None:
                 state["world_size"] = d.world
             save_checkpoint(state, output)
@@ -334,7 +411,10 @@ def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Pa
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     test = evaluation.evaluate(model, dataset.test, folds=dataset.eval_folds)
-    results = {"config": asdict(cfg), "best_epoch": best["epoch"], "val_rsum": best["rsum"], "test": test}
+    protocol = {"val": dataset.info.get("val", f"the val split ({len(dataset.val.images)} images)"),
+                "test": dataset.info.get("test", f"the test split ({len(dataset.test.images)} images)")}
+    results = {"config": asdict(cfg), "best_epoch": best["epoch"], "val_rsum": best["rsum"], "test": test,
+               "protocol": protocol, "data": _described(dataset.info)}
     if d.group is not None:
         results["world_size"] = d.world
     if not d.main:
@@ -346,13 +426,18 @@ def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Pa
     _atomic_save_json(results, output / RESULTS)
     if sel:
         log.say("selection precision by epoch: " + " ".join(f"{e['epoch']}:{e['sel_precision']:.3f}" for e in sel))
-    header = f"{'split':<15}{'i2t R@1':>9}{'R@5':>7}{'R@10':>7}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'rSum':>8}"
-    rows = [("test 5-fold 1K", {k[5:]: v for k, v in test.items() if k.startswith("fold_")})] if dataset.eval_folds > 1 else []
-    rows.append(("test", test))
+    header = f"{'split':<18}{'i2t R@1':>9}{'R@5':>7}{'R@10':>7}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'rSum':>8}"
+    n, folds = len(dataset.test.images), dataset.eval_folds
+    rows = []
+    if folds > 1:
+        rows.append((f"test {folds}-fold {evaluation.size_label(n // folds)}",
+                     {k[5:]: v for k, v in test.items() if k.startswith("fold_")}))
+    rows.append((f"test {evaluation.size_label(n)}", test))
     log.say(f"\nbest validation rSum {best['rsum']:.1f} at epoch {best['epoch']}; test split ({cfg.method}, noise {cfg.noise:.0%}, seed {cfg.seed}):")
+    log.say(f"validation: {protocol['val']}; test: {protocol['test']}")
     log.say(header)
     for name, m in rows:
-        log.say(f"{name:<15}{m['i2t_r1']:>9.1f}{m['i2t_r5']:>7.1f}{m['i2t_r10']:>7.1f}{m['t2i_r1']:>9.1f}"
+        log.say(f"{name:<18}{m['i2t_r1']:>9.1f}{m['i2t_r5']:>7.1f}{m['i2t_r10']:>7.1f}{m['t2i_r1']:>9.1f}"
                 f"{m['t2i_r5']:>7.1f}{m['t2i_r10']:>7.1f}{m['rsum']:>8.1f}")
     log.say("test: " + evaluation.format_row(test))
     return results

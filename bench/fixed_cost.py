@@ -1,0 +1,103 @@
+"""The fixed cost of a call at the batch sizes SREM trains with: launching operators, host reads
+and Triton launches per forward+backward (bench/opcount.py), and the call's time against the
+three bare matmuls (S = I·Tᵀ, G·T, Gᵀ·I) in the same run, interleaved, medians.
+
+    python -m bench.fixed_cost [--batch 128 1024] [--dim 256] [--repeats 50]
+
+Appends to bench/results/<device>.fixed-cost.csv; `python -m bench.report` renders the latest
+run in RESULTS.md. On a CPU-only machine the triton backend runs under the interpreter: it is
+counted (what a GPU would launch) but not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from bench import opcount
+from bench.measure import summarise, time_once
+from bench.run import RESULTS, device_log, environment
+
+CONFIGS = {"defaults": {}, "clean given": {"clean": True}, "check_finite=False": {"check_finite": False}}
+COLUMNS = ["run", "date", "commit", "device", "threads", "torch", "triton", "command", "backend", "B", "D", "config",
+           "aten_ops", "host_reads", "h2d_copies", "triton_launches", "median_ms", "floor_ms", "ratio_to_floor"]  # fmt: skip
+
+
+def _backends(device: torch.device) -> list[tuple[str, bool]]:
+    """(backend, timed) pairs that run here."""
+    import srem_kernels
+
+    ok = {n for n, s in srem_kernels.backends().items() if s.available}
+    if device.type == "cuda":
+        return [(b, True) for b in ("triton", "cuda", "reference") if b in ok]
+    out = [(b, True) for b in ("cpu", "reference") if b in ok]
+    if "triton" in ok and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        out.append(("triton", False))
+    return out
+
+
+def _floor(B: int, D: int, device: torch.device):
+    g = torch.Generator().manual_seed(1)
+    i, t = (torch.randn(B, D, generator=g).to(device) for _ in range(2))
+    G = torch.randn(B, B, generator=g).to(device)
+    return lambda: (i @ t.T, G @ t, G.T @ i)
+
+
+def measure(B: int, D: int, device: torch.device, repeats: int) -> list[dict]:
+    rows, timed = [], {}
+    for backend, timing in _backends(device):
+        for config, kw in CONFIGS.items():
+            step = opcount.loss_step(backend, B, D, device=device.type, **kw)
+            step()
+            c = opcount.count(step)
+            rows.append(dict(backend=backend, B=B, D=D, config=config, **c.row()))
+            if timing and config == "defaults":
+                timed[backend] = (step, rows[-1])
+    floor = _floor(B, D, device)
+    floor()
+    samples = {name: [] for name in ["floor", *timed]}
+    for _ in range(repeats):  # interleaved: every contender once per round
+        samples["floor"].append(time_once(floor, device))
+        for name, (step, _) in timed.items():
+            samples[name].append(time_once(step, device))
+    f_ms = summarise(samples["floor"]).median_ms
+    for name, (_, row) in timed.items():
+        ms = summarise(samples[name]).median_ms
+        row.update(median_ms=f"{ms:.4g}", floor_ms=f"{f_ms:.4g}", ratio_to_floor=f"{ms / f_ms:.3g}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(prog="python -m bench.fixed_cost", description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, nargs="+", default=[128, 1024])
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    env = environment(device)
+    env["command"] = " ".join(["python -m bench.fixed_cost", *(sys.argv[1:] if argv is None else argv)])
+    log = device_log(args.out, env, ".fixed-cost.csv")
+    new = not log.exists()
+    with log.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        for B in args.batch:
+            for row in measure(B, args.dim, device, args.repeats):
+                w.writerow(dict(env, **row))
+                t = f"  {row['median_ms']} ms = {row['ratio_to_floor']}× floor" if row.get("median_ms") else ""
+                print(f"{row['backend']:>9} B={B:<5} {row['config']:<19} ops {row['aten_ops']:>4}  reads "
+                      f"{row['host_reads']}  h2d {row['h2d_copies']}  triton {row['triton_launches']}{t}")  # fmt: skip
+    print(f"log: {os.path.relpath(log)}")
+    return log
+
+
+if __name__ == "__main__":
+    main()
