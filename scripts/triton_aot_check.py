@@ -47,8 +47,10 @@ VARIANTS = [
     ("fp64 materialised", torch.float64, "materialised", "highest", False),
     ("bf16 row ranges", torch.bfloat16, "rows", "highest", False),
     ("fp32 ieee row ranges", torch.float32, "rows", "highest", False),
+    ("fp32 glue", torch.float32, "glue", "highest", False),  # srem_kernels/triton_glue.py
+    ("fp64 glue", torch.float64, "glue", "highest", False),
 ]
-QUICK = ("bf16 streaming", "fp32 ieee streaming", "fp32 ieee materialised")
+QUICK = ("bf16 streaming", "fp32 ieee streaming", "fp32 ieee materialised", "fp32 glue")
 
 
 class Compiler:
@@ -113,6 +115,8 @@ def drive(label, dtype, strategy, precision, from_sim, B, D, **tiles):
     old = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
+        if strategy == "glue":
+            return drive_glue(dtype, B, D)
         k = T.TritonKernels("streaming" if strategy in (None, "rows") else strategy, **tiles)
         acc = T._acc_dtype(dtype)
         v = torch.ones(B, dtype=acc)
@@ -133,6 +137,28 @@ def drive(label, dtype, strategy, precision, from_sim, B, D, **tiles):
         k.backward(a, b, sim, saved, g_cbcl=v, k_r=v, k_c=v, **kw)
     finally:
         torch.set_float32_matmul_precision(old)
+
+
+def drive_glue(dtype, B, D):
+    """The glue's Triton routines (srem_kernels/glue.py with impl="triton"): value checks of every
+    input dtype, the forward in each select/sensitivity form, the upstream vectors, the GMM."""
+    from srem_kernels import glue
+    from srem_kernels._validate import SREMParams
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, D, generator=g)
+    for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        glue.check_values(img=x.to(dt), txt=x.to(dt).T, impl="triton")
+    glue.check_values(img=x, txt=x, margin=torch.rand(B, generator=g), clean=torch.rand(B, generator=g), impl="triton")
+    v = {k: torch.rand(B, generator=g).to(dtype) for k in ("lse_r", "lse_c", "pos", "hard_i2t", "hard_t2i", "sce", "loss_cbcl")}
+    margin = torch.rand(B, generator=g)
+    for params, m, c in ((SREMParams(), 0.2, None), (SREMParams(reduction="none", sce_weight=False), margin, None),
+                         (SREMParams(reduction="sum", sensitivity="clean"), 0.2, torch.rand(B, generator=g)),
+                         (SREMParams(select="none", sensitivity="rank"), margin, None)):  # fmt: skip
+        out = glue.forward(v, params, m, c, impl="triton")
+        glue.upstream(out["loss"] if params.reduction != "none" else out["per_sample"], out["hinge_r"],
+                      out["hinge_c"], reduction=params.reduction, lambda_cbcl=1.0, impl="triton")  # fmt: skip
+    glue.gmm_filtration(v["lse_r"], impl="triton", posterior=True)
 
 
 def main(argv=None) -> int:

@@ -27,4 +27,5 @@ def test_kernels_compile_for_sm90_without_spills():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     kernels = {w for line in proc.stdout.splitlines() if " ok (" in line for w in line.split() if w.endswith("_kernel")}
     assert {"_pass1_kernel", "_pass2_kernel", "_merge1_kernel", "_merge2_kernel", "_dsim_kernel"} <= kernels, proc.stdout
+    assert {"_glue_kernel", "_gmm_kernel", "_upstream_kernel", "_nonfinite_kernel"} <= kernels, proc.stdout  # glue.py's
     assert proc.stdout.rstrip().endswith(" with spills") and " 0 with spills" in proc.stdout, proc.stdout
