@@ -267,7 +267,7 @@ def _nonfinite_kernel(x, rows, cols, s0, s1, flag, BIT: tl.constexpr, UNIT: tl.c
     or with UNIT (x floating) a value outside [0, 1]."""
     r = tl.program_id(0) * BR + tl.arange(0, BR)
     rmask = r < rows
-    bad = tl.zeros((BR, BC), tl.int32)
+    bad = tl.zeros((BR,), tl.int32)  # per row: a 2-D flag tile would hold BR×BC registers more
     for c0 in range(0, cols, BC):
         c = c0 + tl.arange(0, BC)
         mask = rmask[:, None] & (c < cols)[None, :]
@@ -276,8 +276,8 @@ def _nonfinite_kernel(x, rows, cols, s0, s1, flag, BIT: tl.constexpr, UNIT: tl.c
             out = (v >= 0.0) & (v <= 1.0)
         else:
             out = (v & EXP) != EXP
-        bad |= tl.where(mask & (out == 0), 1, 0)
-    if tl.max(tl.max(bad, axis=1), axis=0) > 0:
+        bad = tl.maximum(bad, tl.max(tl.where(mask & (out == 0), 1, 0), axis=1))
+    if tl.max(bad, axis=0) > 0:
         tl.atomic_or(flag, BIT)
 
 

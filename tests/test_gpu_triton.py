@@ -35,18 +35,22 @@ def test_matches_reference_at_size(strategy, dtype, B, D, case):
 @pytest.mark.parametrize("B,D,seed", [(37, 1, 0), (64, 2, 3), (1000, 4, 5)])  # top-2 gaps ≥ 6e-5: indices exact
 def test_confident_unnormalised_inputs_at_size(strategy, B, D, seed):
     """Off-diagonal probabilities within an ulp of 1 (tests/test_triton.py) on the GPU, where the
-    dS kernel's tiles (64×64, 8 warps) are not the passes' (32×32)."""
+    dS kernel's tiles (64×64) are not the passes' (64×32 or 64×16), nor its MMA layout."""
     img, txt = embeddings(B, D, seed=seed, noise=0.7, normalize=False, dtype=torch.float32, device="cuda")
     check_against_reference(run_with(triton_srem.TritonKernels(strategy)), img, txt, params_for(B, "default"), False, "fp32")
 
 
 def test_tf32_follows_matmul_precision():
+    """The review's case (B=2048, D=256): with truncated TF32 operands one clean flag flips and
+    ce is off by 7.5e-3; rounded to nearest (as the kernels do) 5e-4 and no flip, for both
+    strategies (materialised: cuBLAS's TF32)."""
     img, txt = embeddings(2048, 256, seed=1, noise=0.7, dtype=torch.float32, device="cuda")
     old = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")
     try:
-        k = triton_srem.TritonKernels("streaming")
-        check_against_reference(run_with(k), img, txt, params_for(2048, "default"), False, "tf32")
+        for strategy in triton_srem.STRATEGIES:
+            k = triton_srem.TritonKernels(strategy)
+            check_against_reference(run_with(k), img, txt, params_for(2048, "default"), False, "tf32")
     finally:
         torch.set_float32_matmul_precision(old)
 
@@ -85,3 +89,18 @@ def test_strategies_agree_and_are_deterministic_at_32768():
 def test_row_ranges_at_size(dtype, B, D, parts):
     img, txt = embeddings(B, D, seed=B + D, noise=0.7, dtype=DTYPES[dtype], device="cuda")
     check_rows_against_dense(triton_srem.TritonKernels(), img, txt, split(B, parts), bias=True, tol_key=dtype)
+
+
+@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+def test_nan_reaches_the_statistics_at_size(strategy):
+    """The GPU's max drops NaN (maxnum): check_finite=False with a NaN row of S gives NaN, not
+    finite wrong statistics (tests/test_triton_numerics.py has the small case)."""
+    B, D, bad = 4096, 256, 1234
+    img, txt = embeddings(B, D, seed=2, noise=0.7, dtype=torch.bfloat16, device="cuda")
+    img[bad, 7] = float("nan")
+    out = triton_srem.TritonKernels(strategy).forward(img, txt, None, tau=0.05, eps=1e-10, bias=True)
+    others = torch.arange(B, device="cuda") != bad
+    assert out["lse_r"][bad].isnan() and out["lse_r"][others].isfinite().all()
+    assert out["hard_i2t"][bad].isnan() and out["hard_i2t"][others].isfinite().all()
+    assert out["lse_c"].isnan().all() and out["hard_t2i"][others].isnan().all()
+    assert out["sce"].isnan().all() and out["A_c"].isnan().all()

@@ -3,8 +3,10 @@ tolerances: every statistic, the loss and both gradients, both strategies, every
 shapes, the similarity path, non-contiguous inputs, determinism, stats_only and torch.compile.
 
 Without a GPU the kernels run on CPU tensors through Triton's interpreter (tests/conftest.py sets
-TRITON_INTERPRET=1): shapes stay small, and small tiles (block=32) and dS panels (panel_rows=48)
-make B=37 and B=130 cross tile and panel edges. tests/test_gpu_triton.py repeats this at real sizes.
+TRITON_INTERPRET=1): shapes stay small, and small tiles (32-row blocks, 32-column dot tiles
+reduced 16 columns at a time), three super-blocks and dS panels of 48 rows make B=37 and B=130
+cross tile, super-block and panel edges; test_work_splits varies the tiling and the split.
+tests/test_gpu_triton.py repeats this at real sizes.
 The comparison itself is tests/backend_checks.py, shared with the other fused backends.
 """
 
@@ -14,6 +16,7 @@ import functools
 
 import pytest
 import torch
+import triton
 
 import srem_kernels
 from srem_kernels import fused, registry
@@ -39,7 +42,10 @@ OPTIONS = {
 
 
 def kernels(strategy, **kw):
+    """Small tiles: 32 rows × 32 columns per dot, reduced 16 columns at a time."""
     kw.setdefault("block", 32)
+    kw.setdefault("block_n", 16)
+    kw.setdefault("split", 2)
     kw.setdefault("panel_rows", 48)
     return triton_srem.TritonKernels(strategy, **kw)
 
@@ -89,6 +95,23 @@ CASES = [
 def test_matches_reference(strategy, dtype, B, D, case):
     img, txt = embeddings(B, D, seed=B * 7 + D, noise=0.7, dtype=DTYPES[dtype], device=DEVICE)
     check_against_reference(run_with(kernels(strategy)), img, txt, params_for(B, case, seed=B), False, dtype)
+
+
+# (strategy, dtype, B, tiles): square and rectangular tiles, one or two dot tiles per block's own
+# block, K = 1 (one diagonal program), 2 and 4 (even: the pair at distance K/2 owned once), 3
+SPLITS = [
+    ("streaming", "fp32", 130, dict(block=32, block_n=16, split=1, splits=2)),
+    ("streaming", "bf16", 250, dict(block=32, block_n=16, split=2, splits=4)),
+    ("streaming", "fp32", 37, dict(block=16, block_n=16, split=1, splits=1)),
+    ("materialised", "fp32", 250, dict(block=64, block_n=16, split=2, splits=3)),
+    ("materialised", "fp16", 70, dict(block=32, block_n=16, split=1, splits=4)),
+]
+
+
+@pytest.mark.parametrize("strategy,dtype,B,tiles", SPLITS)
+def test_work_splits(strategy, dtype, B, tiles):
+    img, txt = embeddings(B, 24, seed=B + 1, noise=0.7, dtype=DTYPES[dtype], device=DEVICE)
+    check_against_reference(run_with(kernels(strategy, **tiles)), img, txt, params_for(B, "default"), False, dtype)
 
 
 @pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
@@ -162,7 +185,7 @@ def test_fp64_gradcheck():
     params = check_params(B, img.device, check_finite=True, tau=0.5, margin=0.3, lambda_hard=1.0, lambda_cbcl=1.0,
                           bias=False, sce_weight=False, clean=None, select="none", eps=1e-10, reduction="sum")  # fmt: skip
     for strategy in triton_srem.STRATEGIES:
-        k = kernels(strategy, block=4 if triton_srem.INTERPRET else 16, panel_rows=4)
+        k = kernels(strategy, block=16, split=1, panel_rows=4)  # one square tile (B=5)
         assert torch.autograd.gradcheck(lambda a, b: fused.run(k, a, b, None, params)[0], (img, txt))
 
 
@@ -295,3 +318,41 @@ def test_row_ranges_match_dense_contract(dtype, B, D, parts, bias):
     always streamed from the gathered embeddings."""
     img, txt = embeddings(B, D, seed=B, noise=0.7, dtype=DTYPES[dtype], device=DEVICE)
     check_rows_against_dense(kernels("streaming", panel_rows=16), img, txt, split(B, parts), bias=bias, tol_key=dtype)
+
+
+@pytest.mark.parametrize("strategy", [*triton_srem.STRATEGIES, "similarity"])
+def test_hot_path_has_no_host_reads_or_copies(strategy):
+    """The kernels' forward and backward read nothing back to the host and copy nothing to the
+    device (bench/opcount.py counts both; the interpreter's runs show what a GPU run would do), so
+    a training step can be captured in a CUDA graph. The glue around them (fused.py) is not
+    counted here."""
+    from bench import opcount
+
+    B, D = 37, 20
+    img, txt = embeddings(B, D, seed=1, noise=0.7, dtype=torch.float32, device=DEVICE)
+    sim = img @ txt.T if strategy == "similarity" else None
+    x, y = (None, None) if sim is not None else (img, txt)
+    k = kernels(None if sim is not None else strategy, panel_rows=16)
+    g = torch.rand(B, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    kw = dict(tau=0.05, eps=1e-10, bias=True)
+
+    def step():
+        saved = k.forward(x, y, sim, **kw)
+        k.backward(x, y, sim, saved, g_cbcl=g, k_r=g, k_c=g, **kw)
+        k.forward(x, y, sim, stats_only=True, **kw)
+
+    step()
+    c = opcount.count(step)
+    assert (c.reads, c.h2d) == (0, 0), c.by_op
+    # pass 1 + merge, pass 2 + merge (twice: full and stats only), dS (panels of 16 rows streaming)
+    assert c.triton == 8 + (triton.cdiv(B, 16) if strategy == "streaming" else 1)
+
+
+@pytest.mark.parametrize("kw,name", [({"bk": 8}, "bk"), ({"block": 48}, "block"), ({"ds_block": 0}, "ds_block"),
+                                     ({"bk": 24}, "bk"), ({"block_n": 8}, "block_n"), ({"split": 3}, "split"),
+                                     ({"block": 16, "block_n": 16, "split": 2}, "block_n · split"),
+                                     ({"splits": 0}, "splits")])  # fmt: skip
+def test_tile_sizes_are_checked(kw, name):
+    """tl.dot on a GPU needs every dimension ≥ 16 (the interpreter takes any): refused up front."""
+    with pytest.raises(ValueError, match=name):
+        triton_srem.TritonKernels("streaming", **kw)
