@@ -131,7 +131,8 @@ def ext_modules():
     march = os.environ.get("SREM_CPU_ARCH", "native")
     cpu = Extension(
         "srem_kernels._srem_cpu",
-        sources=["csrc/cpu/srem_cpu.cpp", "csrc/cpu/glue.cpp"],
+        sources=[f"csrc/cpu/{name}.cpp" for name in ("stats", "coupled", "backward", "vecmath", "glue", "module")],
+        depends=[str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc" / "cpu").glob("*.h"))],
         include_dirs=[inc],
         language="c++",
         extra_compile_args=["-std=c++17", "-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", f"-march={march}",

@@ -1,25 +1,34 @@
-"""The cpu backend against the bare matmuls, the eager reference and torch.compile of it.
+"""The `cpu` backend's bar: against the bare matmuls, torch.compile of the reference and the eager
+reference, at several batch sizes, each strategy named.
 
-    python bench/cpu_backend.py [--batch 4096] [--dim 256] [--threads 2] [--reps 7] [--no-compile]
-                                [--big 32768] [--out bench/results/cpu_backend.csv]
+    python bench/cpu_backend.py [--batch 256 1024 2048 4096] [--dim 256] [--threads 2] [--reps 9]
+                                [--no-compile] [--no-eager] [--big 32768] [--no-report]
 
-Forward + backward of each, fp32, interleaved in one run (rep by rep, so a noisy neighbour hits
-every candidate alike): the three bare matmuls of the loss (S = I·Tᵀ, G·T, Gᵀ·I), python_ref.srem
-with autograd (eager), torch.compile of it, and srem_kernels.loss(backend="cpu"). Median, min and
-max per candidate; peak RSS of each measured in a fresh process (VmHWM reset just before the
-call, so imports do not count; also shown minus the RSS before the call); then one B=--big run of the cpu backend in a fresh process, its peak RSS
-against 1 GB. Appends rows to --out (CSV) with device, date, commit and command.
+Forward + backward, fp32, per batch size all candidates interleaved rep by rep, in a new (seeded)
+order every round (a noisy neighbour, or what the previous call leaves in the caches and the
+allocator, hits every candidate alike), after one warm-up (and compile) call each: the
+three bare matmuls of the loss (S = I·Tᵀ, G·T, Gᵀ·I), srem_kernels.loss(backend="cpu") with the
+strategy `auto` picks and with each strategy forced (SREM_CPU_STRATEGY), torch.compile of
+python_ref.srem, and python_ref.srem eager. Median, 20th/80th percentile, min and max per candidate, the ratios to the
+matmuls and to torch.compile, the peak memory one call adds (bench/measure.py: peak-RSS growth),
+and the load average (os.getloadavg) before and after each size. The materialised strategy's
+peak is checked against its stated need (CPUKernels.materialised_bytes, within the budget); then
+one B=--big run of the streaming strategy in a fresh process, its whole peak RSS against 1 GB
+(phase "fwd+bwd, one call" in the log, outside the report's tables).
+
+Rows go to bench/results/<device>.cpu-backend.csv in bench/run.py's columns (plus strategy, load,
+min/max, every sample), so bench/report.py shows the latest run in bench/RESULTS.md (rewritten
+unless --no-report). Rows of this script from before that format are in bench/results/cpu_backend.csv.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import os
-import platform
-import resource
+import random
+import re
 import statistics
 import subprocess
 import sys
@@ -33,171 +42,162 @@ sys.path.insert(0, str(ROOT))
 
 import python_ref  # noqa: E402
 import srem_kernels  # noqa: E402
+from bench import report  # noqa: E402
+from bench.measure import peak_memory_mb, summarise  # noqa: E402
+from bench.run import COLUMNS, device_log, environment, flops, inputs  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+EXTRA = ("strategy", "load_before", "load_after", "min_ms", "max_ms", "ratio_to_compile", "need_mb", "all_ms")
 
 
-def inputs(B, D, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    latent = torch.randn(B, D, generator=g)
-    img = torch.nn.functional.normalize(latent + 0.5 * torch.randn(B, D, generator=g), dim=1)
-    txt = torch.nn.functional.normalize(latent + 0.5 * torch.randn(B, D, generator=g), dim=1)
-    return img, txt
+def _cpu(strategy: str | None, img, txt):
+    """srem_kernels.loss(backend="cpu") forward + backward, the strategy forced unless None (auto)."""
+    def call():
+        if strategy is None:
+            os.environ.pop("SREM_CPU_STRATEGY", None)
+        else:
+            os.environ["SREM_CPU_STRATEGY"] = strategy
+        out = srem_kernels.loss(img, txt, backend="cpu", check_finite=False)
+        out.loss.backward()
+        return out.strategy
+
+    return call
 
 
-def candidates(img, txt, compile_ok=True, only=None):
-    G = torch.randn(img.shape[0], img.shape[0]) if only in (None, "matmuls") else None  # the B×B upstream
+def candidates(img, txt, compile_ok=True, eager_ok=True) -> dict:
+    """name -> zero-argument callable: one forward + backward (returning the cpu strategy, if any)."""
+    i, t = img.detach(), txt.detach()
+    G = torch.randn(i.shape[0], i.shape[0])  # the B×B upstream of the floor's backward
 
     def matmuls():
-        S = img @ txt.T
-        return S, G @ txt, G.T @ img
+        return i @ t.T, G @ t, G.T @ i
 
-    def eager():
-        a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
-        python_ref.srem(a, b)[0].backward()
-
-    def cpu():
-        a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
-        srem_kernels.loss(a, b, backend="cpu").loss.backward()
-
-    out = {"matmuls": matmuls, "eager": eager, "cpu": cpu}
+    out = {"floor:matmuls": matmuls, "srem:cpu": _cpu(None, img, txt)}
+    out |= {f"srem:cpu:{s}": _cpu(s, img, txt) for s in ("materialised", "streaming")}
     if compile_ok:
-        compiled = torch.compile(python_ref.srem)
-
-        def compiled_fn():
-            a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
-            compiled(a, b)[0].backward()
-
-        out["compile"] = compiled_fn
+        compiled = torch.compile(lambda a, b: python_ref.srem(a, b)[0], dynamic=True)
+        out["srem:compiled-reference"] = lambda: compiled(img, txt).backward()
+    if eager_ok:
+        out["srem:reference"] = lambda: python_ref.srem(img, txt)[0].backward()
     return out
 
 
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def reset_peak_rss():
-    """Linux: restart VmHWM (the peak RSS) from the current RSS, so that imports do not count."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_rss_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def child(name, B, D, threads):
-    """Run one candidate once in this (fresh) process; print its peak memory as JSON."""
+def big_child(B: int, D: int, threads: int):
+    """In a fresh process: one streaming call at B; its whole peak RSS (imports included) and the
+    growth above the RSS before the call."""
     torch.set_num_threads(threads)
-    img, txt = inputs(B, D)
-    fns = candidates(img, txt, compile_ok=name == "compile", only=name)
-    if name == "compile":
-        fns[name]()  # compile first: its memory is not the loss's
-    before = rss_mb()
-    reset_peak_rss()
+    img, txt = inputs(B, D, torch.float32, torch.device("cpu"))
+    fn = _cpu("streaming", img, txt)
     t = time.perf_counter()
-    fns[name]()
+    growth = peak_memory_mb(fn, torch.device("cpu"))
     seconds = time.perf_counter() - t
-    peak = peak_rss_mb()
-    print(json.dumps({"before_mb": before, "peak_mb": peak, "seconds": seconds}))
+    with open("/proc/self/status") as f:
+        peak = int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) / 1024
+    print(json.dumps({"peak_mb": peak, "growth_mb": growth, "seconds": seconds}))
 
 
-def in_child(name, B, D, threads):
-    cmd = [sys.executable, __file__, "--child", name, "--batch", str(B), "--dim", str(D), "--threads", str(threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+def race(B, D, threads, reps, compile_ok, eager_ok):
+    img, txt = inputs(B, D, torch.float32, torch.device("cpu"))
+    fns = candidates(img, txt, compile_ok, eager_ok and B <= 4096)  # eager: ~16 B×B fp32 matrices
+    load_before = os.getloadavg()[0]
+    strategy = {}
+    for name, f in fns.items():  # warm-up (and compile)
+        strategy[name] = f() if name.startswith("srem:cpu") else ""
+    samples = {k: [] for k in fns}
+    for rep in range(reps):  # a new order each round (seeded): no candidate always follows the same one
+        names = list(fns)
+        random.Random(rep).shuffle(names)
+        for name in names:
+            t0 = time.perf_counter()
+            fns[name]()
+            samples[name].append(1e3 * (time.perf_counter() - t0))
+    peak = {name: peak_memory_mb(f, torch.device("cpu")) for name, f in fns.items()}
+    load_after = os.getloadavg()[0]
+    from srem_kernels.cpu_srem import CPUKernels
 
-
-def git_commit():
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"], cwd=ROOT, capture_output=True,
-                               text=True).stdout.strip()  # fmt: skip
-        return sha.strip() + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
-def device():
-    name = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores visible, load {os.getloadavg()[0]:.1f}"
+    floor = statistics.median(samples["floor:matmuls"])
+    comp = statistics.median(samples["srem:compiled-reference"]) if compile_ok else None
+    rows = []
+    for name, ts in samples.items():
+        t = summarise(ts)
+        rows.append({
+            "contender": f"{name} (auto: {strategy[name]})" if name == "srem:cpu" else name, "family": "floor" if name.startswith("floor") else "srem", "B": B, "D": D,
+            "phase": "fwd+bwd", "dtype": "fp32", "median_ms": f"{t.median_ms:.4g}", "p20_ms": f"{t.p20_ms:.4g}",
+            "p80_ms": f"{t.p80_ms:.4g}", "ratio_to_floor": f"{t.median_ms / floor:.3g}",
+            "tflops": f"{flops('fwd+bwd', B, D) / t.median_ms / 1e9:.4g}", "peak_mb": f"{peak[name]:.1f}",
+            "status": "ok", "strategy": strategy[name] or "", "load_before": f"{load_before:.2f}",
+            "load_after": f"{load_after:.2f}", "min_ms": f"{min(ts):.4g}", "max_ms": f"{max(ts):.4g}",
+            "ratio_to_compile": f"{t.median_ms / comp:.3g}" if comp else "",
+            "need_mb": f"{CPUKernels.materialised_bytes(B) / 2**20:.1f}" if strategy[name] == "materialised" else "",
+            "all_ms": " ".join(f"{x:.4g}" for x in ts),
+        })  # fmt: skip
+    return rows
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--batch", type=int, nargs="+", default=[256, 1024, 2048, 4096])
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--big", type=int, default=32768, help="B of the memory run of the cpu backend (0: skip)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu_backend.csv"))
-    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--no-eager", action="store_true")
+    ap.add_argument("--big", type=int, default=32768, help="B of the streaming memory run (0: skip)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder of the CSV log")
+    ap.add_argument("--no-report", action="store_true", help="do not rewrite bench/RESULTS.md")
+    ap.add_argument("--big-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.child:
-        return child(args.child, args.batch, args.dim, args.threads)
+    if args.big_child:
+        return big_child(args.big_child, args.dim, args.threads)
 
     torch.set_num_threads(args.threads)
-    B, D = args.batch, args.dim
-    img, txt = inputs(B, D)
-    fns = candidates(img, txt, compile_ok=not args.no_compile)
-    print(f"B={B} D={D} fp32, {args.threads} threads, {args.reps} interleaved reps; device: {device()}")
-    if "compile" in fns:
-        t = time.perf_counter()
-        fns["compile"]()
-        print(f"torch.compile: first call (compiling) {time.perf_counter() - t:.1f} s")
-    for f in fns.values():  # warm-up
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(args.reps):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(1e3 * (time.perf_counter() - t))
-    mem = {k: in_child(k, B, D, args.threads) for k in fns}
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    common = dict(device=device(), date=date, commit=git_commit(), command="python " + " ".join(sys.argv),
-                  threads=args.threads, dtype="fp32", reps=args.reps)  # fmt: skip
-    rows = []
-    base = statistics.median(times["matmuls"])
-    print(f"{'candidate':<10}{'median ms':>11}{'min':>9}{'max':>9}{'x matmuls':>11}{'peak RSS MB':>13}{'(+ call)':>10}")
-    for k, ts in times.items():
-        med = statistics.median(ts)
-        m = mem[k]
-        print(f"{k:<10}{med:>11.0f}{min(ts):>9.0f}{max(ts):>9.0f}{med / base:>11.2f}{m['peak_mb']:>13.0f}"
-              f"{m['peak_mb'] - m['before_mb']:>10.0f}")  # fmt: skip
-        rows.append(dict(common, candidate=k, B=B, D=D, median_ms=round(med, 1), min_ms=round(min(ts), 1),
-                         max_ms=round(max(ts), 1), x_matmuls=round(med / base, 2), peak_rss_mb=round(m["peak_mb"]),
-                         call_rss_mb=round(m["peak_mb"] - m["before_mb"]), all_ms=" ".join(f"{t:.0f}" for t in ts)))  # fmt: skip
-    for k in ("eager", "compile"):
-        if k in times:
-            print(f"cpu backend vs {k}: {statistics.median(times[k]) / statistics.median(times['cpu']):.2f}x faster")
+    env = environment(torch.device("cpu"))
+    env["command"] = " ".join(["python bench/cpu_backend.py", *(sys.argv[1:] if argv is None else argv)])
+    log = device_log(args.out, env, ".cpu-backend.csv")
+    env["device"] += " (bench/cpu_backend.py)"
+    print(f"{env['device']}, {args.threads} threads, torch {env['torch']}, commit {env['commit']}; D={args.dim} fp32, "
+          f"{args.reps} interleaved reps; uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")  # fmt: skip
+    rows, verdict = [], []
+    for B in args.batch:
+        rs = race(B, args.dim, args.threads, args.reps, not args.no_compile, not args.no_eager)
+        print(f"B={B} (load {rs[0]['load_before']} -> {rs[0]['load_after']})")
+        print(f"  {'candidate':<30}{'strategy':>14}{'median':>9}{'p20':>9}{'p80':>9}{'x floor':>9}{'x compile':>10}{'peak MB':>9}")
+        for r in rs:
+            print(f"  {r['contender']:<30}{r['strategy']:>14}{r['median_ms']:>9}{r['p20_ms']:>9}{r['p80_ms']:>9}"
+                  f"{r['ratio_to_floor']:>9}{r['ratio_to_compile']:>10}{r['peak_mb']:>9}")  # fmt: skip
+        auto = next(r for r in rs if r["contender"].startswith("srem:cpu (auto"))
+        bar = {4096: 1.6, 1024: 2.0}.get(B)
+        if bar:
+            verdict.append(f"B={B}: {auto['ratio_to_floor']}x the matmuls (bar {bar}x): "
+                           f"{'met' if float(auto['ratio_to_floor']) <= bar else 'NOT met'}")  # fmt: skip
+        if auto["ratio_to_compile"]:
+            verdict.append(f"B={B}: {auto['ratio_to_compile']}x torch.compile's time: "
+                           f"{'faster' if float(auto['ratio_to_compile']) < 1 else 'NOT faster'}")  # fmt: skip
+        for r in rs:
+            if r["need_mb"]:
+                ok = float(r["peak_mb"]) <= float(r["need_mb"]) + 8 * B * args.dim * 4 / 2**20 + 16
+                verdict.append(f"B={B} {r['contender']}: peak {r['peak_mb']} MB, stated need {r['need_mb']} MB "
+                               f"(+ O(B·D)): {'within' if ok else 'OVER'}")  # fmt: skip
+        rows += rs
+    big = None
     if args.big:
-        m = in_child("cpu", args.big, D, args.threads)
-        ok = m["peak_mb"] < 1024
-        print(f"cpu backend B={args.big}: {m['seconds']:.1f} s, peak RSS {m['peak_mb']:.0f} MB "
-              f"({'under' if ok else 'OVER'} 1 GB; {m['before_mb']:.0f} MB before the call)")  # fmt: skip
-        rows.append(dict(common, candidate="cpu", B=args.big, D=D, median_ms=round(1e3 * m["seconds"], 1), min_ms="",
-                         max_ms="", x_matmuls="", peak_rss_mb=round(m["peak_mb"]),
-                         call_rss_mb=round(m["peak_mb"] - m["before_mb"]), all_ms="single run"))  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    with out.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        cmd = [sys.executable, __file__, "--big-child", str(args.big), "--dim", str(args.dim), "--threads", str(args.threads)]
+        big = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        verdict.append(f"B={args.big} streaming: {big['seconds']:.1f} s, whole-process peak RSS {big['peak_mb']:.0f} MB "
+                       f"({'under' if big['peak_mb'] < 1024 else 'OVER'} 1 GB)")  # fmt: skip
+        rows.append({"contender": "srem:cpu:streaming", "family": "srem", "B": args.big, "D": args.dim, "phase": "fwd+bwd, one call",
+                     "dtype": "fp32", "median_ms": f"{1e3 * big['seconds']:.4g}", "status": "ok", "strategy": "streaming",
+                     "peak_mb": f"{big['growth_mb']:.1f}", "all_ms": f"single run; whole-process peak RSS {big['peak_mb']:.0f} MB"})  # fmt: skip
+    print("\n".join(["bar:", *(f"  {v}" for v in verdict)]))
+    new = not log.exists()
+    with log.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS) + list(EXTRA), restval="")
         if new:
             w.writeheader()
-        w.writerows(rows)
-    print(f"appended {len(rows)} rows to {out}")
+        w.writerows(dict(r, **env) for r in rows)
+    print(f"appended {len(rows)} rows to {os.path.relpath(log)}")
+    if not args.no_report:
+        report.main(["--results", str(args.out), "--output", str(report.RESULTS_MD if args.out.resolve() == RESULTS else args.out / "RESULTS.md")])
 
 
 if __name__ == "__main__":

@@ -29,6 +29,12 @@ def _read(path: Path) -> list[dict]:
     return _latest_run(rows) if rows and "run" in rows[0] else []
 
 
+def _is_sweep(path: Path) -> bool:
+    """A log in bench/run.py's columns (the scoring log, say, has a run column but no contenders)."""
+    rows = _read(path)
+    return bool(rows) and {"contender", "phase"} <= rows[0].keys()
+
+
 def _cell(r: dict) -> str:
     if r["status"] != "ok":
         return "OOM" if r["status"].startswith("OOM") else "—"
@@ -82,6 +88,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _load(rows: list[dict]) -> str:
+    """The 1-minute load average during the run, where the log records it."""
+    loads = [float(r[k]) for r in rows for k in ("load_before", "load_after") if r.get(k)]
+    return f" Load average {min(loads):.2f}–{max(loads):.2f} (1 min)." if loads else ""
+
+
 def device_section(log: Path, plots: Path) -> list[str]:
     rows = _read(log)
     if not rows:
@@ -91,7 +103,7 @@ def device_section(log: Path, plots: Path) -> list[str]:
         f"## {r0['device']}",
         "",
         f"Run {r0['run']} ({r0['date']}), commit `{r0['commit']}`, torch {r0['torch']}, triton {r0['triton'] or '—'}, "
-        f"{r0['threads']} CPU threads. Command: `{r0['command']}`.",
+        f"{r0['threads']} CPU threads. Command: `{r0['command']}`." + _load(rows),
         "",
     ]
     groups = defaultdict(list)
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     # sweep logs of bench/run.py only (other scripts keep their own CSVs beside them)
     logs = sorted(p for p in args.results.glob("*.csv")
-                  if not p.name.endswith((".train-step.csv", ".fixed-cost.csv")) and _read(p))  # fmt: skip
+                  if not p.name.endswith((".train-step.csv", ".fixed-cost.csv")) and _is_sweep(p))  # fmt: skip
     lines = [
         "# Benchmark results",
         "",

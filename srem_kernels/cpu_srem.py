@@ -1,20 +1,30 @@
-"""The `cpu` backend: fused multi-threaded C++ kernels (csrc/cpu/srem_cpu.cpp) behind fused.py's
-`Kernels` contract.
+"""The `cpu` backend: fused multi-threaded C++ kernels (csrc/cpu/) behind fused.py's `Kernels`
+contract.
 
-S is streamed in row panels of `_panel_rows(B)` rows, never held whole: each panel P = S[I, :]
-(and in the second forward pass Q = S[:, I]ᵀ, the columns of the same samples, which sce couples
-with the rows) comes from torch's GEMM — fp32 IEEE dot products, fp16/bf16 inputs converted to
-fp32 once (O(B·D)) — and the C++ kernels do everything else over the panel in one sweep:
-pass 1 the row and column max / log l / hardest negatives, pass 2 the statistics that need both
-softmaxes, backward dS panel by panel, followed by the GEMMs dS·T and dSᵀ·I. Extra memory is
-O(B·(D + panel rows)). The kernels run on torch.get_num_threads() OpenMP threads — torch's own
-pool, so they do not spin against its GEMMs — each owning the rows (columns) it writes, and the
-panels run in a fixed order, so results are bitwise reproducible.
+torch's GEMM forms S (fp32 IEEE dot products; fp16/bf16 inputs converted to fp32 once, O(B·D));
+the C++ kernels do everything elementwise over it: pass 1 the row and column max / log l /
+hardest negatives, pass 2 the statistics that need both softmaxes, the backward dS; torch's GEMM
+then forms dS·T and dSᵀ·I. Two strategies (CPUKernels(strategy=...), SREM_CPU_STRATEGY, or chosen
+by memory):
+
+  materialised  S = I·Tᵀ once (B×B fp32), both passes read it, the forward saves it, and the
+                backward forms dS from it a panel of rows at a time: three GEMMs in all, the
+                floor's count. Chosen when B²·4 bytes plus one panel fit the memory budget.
+  streaming     S in row panels of `_panel_rows(B)` rows, never whole: pass 1 P = S[I, :], pass 2
+                P = S[I, i0:] beside Q = S[i0:, I]ᵀ (the columns of the same samples from i0 on,
+                which sce couples with the rows; each element pair formed once), backward P again.
+                Extra memory O(B·(D + panel rows)); five GEMM-sized products.
+
+Pass 2 evaluates each element pair (i, j), (j, i) once for both samples (csrc/cpu/coupled.cpp).
+The kernels run on torch.get_num_threads() OpenMP threads — torch's own pool, so they do not spin
+against its GEMMs — each owning what it writes, every sum in a fixed order: results are bitwise
+reproducible and the same for any thread count.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
@@ -28,6 +38,15 @@ except ImportError as err:  # built by setup.py; skipped there when no C++ compi
     raise BackendUnavailable(f"compiled module srem_kernels._srem_cpu is missing ({err}); reinstall with a C++17 compiler") from err
 
 _F32 = torch.float32
+STRATEGIES = ("streaming", "materialised")
+MEMORY_FRACTION = 0.25  # default budget of the materialised strategy: this share of available memory
+_SUMS = 8  # pass 2's running sums per sample (csrc/cpu/terms.h, kSums)
+
+# The forward's B-vectors: the contract's and the split forms the backward reads (fused.py).
+_FLOAT_KEYS = ("m_r", "logl_r", "m_c", "pos", "hard_i2t", "hard_t2i", "ce_i2t", "ce_t2i", "entropy_i2t",
+               "entropy_t2i", "sce", "loss_cbcl", "A_r", "A_c", "A_r_rest", "A_c_rest")  # fmt: skip
+_INDEX_KEYS = ("hard_i2t_index", "hard_t2i_index", "at_r", "at_c")
+_PASS2_KEYS = ("ce_i2t", "ce_t2i", "entropy_i2t", "entropy_t2i", "sce", "loss_cbcl", "A_r", "A_c", "A_r_rest", "A_c_rest")
 
 
 def _panel_rows(B: int) -> int:
@@ -37,121 +56,224 @@ def _panel_rows(B: int) -> int:
     return min(rows, B)
 
 
+def _threads() -> int:
+    """The kernels' OpenMP threads: torch's (tests vary it apart from torch's GEMMs)."""
+    return torch.get_num_threads()
+
+
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
-def _vec(B, dtype=_F32):
-    return _alloc.empty((B,), dtype=dtype, device="cpu")
-
-
-def _row_panel(x, y, sim, r0, r1, buf):
-    """S[r0:r1, :] as an fp32 row-major panel (unit column stride) and its leading dimension."""
-    if sim is None:
-        return torch.mm(x[r0:r1], y.T, out=buf[: r1 - r0])
-    p = sim[r0:r1]
-    if p.dtype != _F32 or p.stride(1) != 1:
-        p = buf[: r1 - r0].copy_(p)
-    return p
-
-
-def _col_panel(x, y, sim, r0, r1, buf):
-    """S[:, r0:r1]ᵀ: row a holds column r0 + a of S."""
-    if sim is None:
-        return torch.mm(y[r0:r1], x.T, out=buf[: r1 - r0])
-    return buf[: r1 - r0].copy_(sim[:, r0:r1].T)
+def _outputs(B: int) -> dict[str, torch.Tensor]:
+    """The forward's output vectors (the one place they are allocated)."""
+    out = {k: _alloc.empty((B,), dtype=_F32, device="cpu") for k in _FLOAT_KEYS}
+    out |= {k: _alloc.empty((B,), dtype=torch.int64, device="cpu") for k in _INDEX_KEYS}
+    return out
 
 
 def _as_f32(t):
     return None if t is None else t.to(_F32)
 
 
+def _sim_f32(sim):
+    """sim as fp32 with unit column stride (read in place when it already is)."""
+    if sim.dtype == _F32 and sim.stride(1) == 1:
+        return sim
+    return torch.empty(sim.shape, dtype=_F32).copy_(sim)
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux: MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(value, name: str) -> int:
+    """A byte count: an int, or a string such as "8G", "512M", "1073741824" (K/M/G/T = 2^10..2^40)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(value), re.IGNORECASE)
+        if m is None:
+            raise ValueError(f"{name} must be a byte count such as 8G, 512M or 1073741824; got {value!r}")
+        n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if n < 0:
+        raise ValueError(f"{name} must be a byte count >= 0; got {value!r}")
+    return n
+
+
 class CPUKernels(PanelRows):
+    """The Kernels contract of srem_kernels/fused.py in C++ (see the module docstring).
+
+    strategy: "streaming", "materialised", or None/"auto" (then SREM_CPU_STRATEGY, else chosen by
+    memory). memory: the materialised strategy's budget in bytes (or "8G"-style), else
+    SREM_CPU_MEMORY, else MEMORY_FRACTION of the memory available when a shape is first seen.
+    """
+
     # the row ranges of the distributed loss (panels.py)
     _C = _C
     _panel_rows = staticmethod(_panel_rows)
 
+    def __init__(self, strategy: str | None = None, *, memory=None):
+        if strategy not in (None, "auto", *STRATEGIES):
+            raise ValueError(f"strategy must be one of 'auto', {', '.join(map(repr, STRATEGIES))}; got {strategy!r}")
+        self.strategy = strategy
+        self.memory = None if memory is None else parse_bytes(memory, "memory")
+        self._chosen: dict[tuple, str] = {}
+
+    # ------------------------------------------------------------------ planning
+
+    @staticmethod
+    def materialised_bytes(B: int) -> int:
+        """Extra memory of the materialised strategy: S (fp32, kept for the backward), one dS panel,
+        and pass 2's sums per panel and sample (about B²·16/R bytes, R = 32..256 rows a panel)."""
+        return 4 * B * (B + _panel_rows(B)) + _C.pass2_workspace(B)
+
+    def memory_budget(self) -> int:
+        if self.memory is not None:
+            return self.memory
+        env = os.environ.get("SREM_CPU_MEMORY")
+        if env:
+            return parse_bytes(env, "SREM_CPU_MEMORY")
+        return int(MEMORY_FRACTION * _available_memory())
+
+    def strategy_for(self, B: int, D: int, dtype: torch.dtype, device: torch.device) -> str:
+        """The strategy of an (img, txt) call (the similarity path always reads the given matrix);
+        fixed per shape and budget once chosen."""
+        forced = self.strategy or os.environ.get("SREM_CPU_STRATEGY") or "auto"
+        if forced != "auto":
+            if forced not in STRATEGIES:
+                raise ValueError(f"SREM_CPU_STRATEGY must be 'auto' or one of {STRATEGIES}; got {forced!r}")
+            return forced
+        explicit = self.memory if self.memory is not None else os.environ.get("SREM_CPU_MEMORY")
+        key = (B, D, dtype, explicit)
+        if key not in self._chosen:
+            fits = self.materialised_bytes(B) <= self.memory_budget()
+            self._chosen[key] = "materialised" if fits else "streaming"
+        return self._chosen[key]
+
+    # ------------------------------------------------------------------ row ranges (panels.py)
+
     def _tail(self, ref):
-        return (torch.get_num_threads(),)
+        return (_threads(),)
 
     def _operands(self, img, txt):
         return _as_f32(img), _as_f32(txt)
 
     def _panel(self, X, Y, r0, r1, buf):
-        return _row_panel(X, Y, None, r0, r1, buf)
+        return torch.mm(X[r0:r1], Y.T, out=buf[: r1 - r0])
 
     def _times(self, d, Y, out):
         torch.mm(d, Y, out=out)
 
+    # ------------------------------------------------------------------ forward
+
     def forward(self, img, txt, sim, *, tau, eps, bias):
-        B = (sim if sim is not None else img).shape[0]
-        threads = torch.get_num_threads()
-        x, y = _as_f32(img), _as_f32(txt)
-        rows = _panel_rows(B)
-        buf, qbuf = torch.empty(rows, B, dtype=_F32), torch.empty(rows, B, dtype=_F32)
-        names = ("m_r", "logl_r", "m_c", "pos", "hard_i2t", "hard_t2i", "ce_i2t", "ce_t2i", "entropy_i2t",
-                 "entropy_t2i", "sce", "loss_cbcl", "A_r", "A_c", "A_r_rest", "A_c_rest")  # fmt: skip
-        o = {k: _vec(B) for k in names}
-        for k in ("hard_i2t_index", "hard_t2i_index", "at_r", "at_c"):
-            o[k] = _vec(B, torch.int64)
-        rest_c = _vec(B)  # running state of pass 1, started by its first panel
-        inv_tau = 1.0 / tau
-        for r0 in range(0, B, rows):
-            r1 = min(B, r0 + rows)
-            p = _row_panel(x, y, sim, r0, r1, buf)
-            _C.stats_panel(
-                _ptr(p), p.stride(0), r1 - r0, B, r0, inv_tau, _ptr(o["m_r"]), _ptr(o["logl_r"]), _ptr(o["at_r"]),
-                _ptr(o["pos"]), _ptr(o["hard_i2t"]), _ptr(o["hard_i2t_index"]), _ptr(o["m_c"]), _ptr(rest_c),
-                _ptr(o["at_c"]), _ptr(o["hard_t2i"]), _ptr(o["hard_t2i_index"]), r0 == 0, threads,
-            )  # fmt: skip
-        o["logl_c"] = torch.log1p(rest_c)
-        for r0 in range(0, B, rows):
-            r1 = min(B, r0 + rows)
-            p = _row_panel(x, y, sim, r0, r1, buf)
-            q = _col_panel(x, y, sim, r0, r1, qbuf)
-            _C.forward_panel(
-                _ptr(p), p.stride(0), _ptr(q), q.stride(0), r1 - r0, B, r0, inv_tau, eps, bias, _ptr(o["m_r"]),
-                _ptr(o["logl_r"]), _ptr(o["m_c"]), _ptr(o["logl_c"]), _ptr(o["at_r"]), _ptr(o["at_c"]),
-                _ptr(o["ce_i2t"]), _ptr(o["ce_t2i"]), _ptr(o["entropy_i2t"]), _ptr(o["entropy_t2i"]), _ptr(o["sce"]),
-                _ptr(o["loss_cbcl"]), _ptr(o["A_r"]), _ptr(o["A_c"]), _ptr(o["A_r_rest"]), _ptr(o["A_c_rest"]), threads,
-            )  # fmt: skip
+        o = _outputs((sim if sim is not None else img).shape[0])
+        if sim is not None:
+            self._forward_whole(_sim_f32(sim), o, tau, eps, bias)
+        elif self.strategy_for(img.shape[0], img.shape[1], img.dtype, img.device) == "materialised":
+            x, y = _as_f32(img), _as_f32(txt)
+            o["S"] = torch.mm(x, y.T)
+            self._forward_whole(o["S"], o, tau, eps, bias)
+        else:
+            self._forward_streaming(_as_f32(img), _as_f32(txt), o, tau, eps, bias)
         o["lse_r"] = o["m_r"] + o["logl_r"]
         o["lse_c"] = o["m_c"] + o["logl_c"]
         return o
 
-    def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
-        B = (sim if sim is not None else img).shape[0]
-        threads = torch.get_num_threads()
-        x, y = _as_f32(img), _as_f32(txt)
+    def _pass1(self, p, r0, o, rest_c, inv_tau, first, threads):
+        """Pass 1 over the panel p = S[r0 : r0 + len(p), :]."""
+        _C.stats_panel(
+            _ptr(p), p.stride(0), p.shape[0], p.shape[1], r0, inv_tau, *(_ptr(o[k]) for k in ("m_r", "logl_r", "at_r", "pos")),
+            _ptr(o["hard_i2t"]), _ptr(o["hard_i2t_index"]), _ptr(o["m_c"]), _ptr(rest_c), _ptr(o["at_c"]),
+            _ptr(o["hard_t2i"]), _ptr(o["hard_t2i_index"]), first, threads,
+        )  # fmt: skip
+
+    def _split(self, o):
+        return [_ptr(o[k]) for k in ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c")]
+
+    def _forward_whole(self, S, o, tau, eps, bias):
+        B, threads, inv_tau = S.shape[0], _threads(), 1.0 / tau
+        rest_c = _alloc.empty((B,), dtype=_F32, device="cpu")
+        self._pass1(S, 0, o, rest_c, inv_tau, True, threads)
+        o["logl_c"] = torch.log1p(rest_c)
+        _C.pass2_full(_ptr(S), S.stride(0), B, inv_tau, eps, bias, *self._split(o), _ptr(o["pos"]),
+                      *(_ptr(o[k]) for k in _PASS2_KEYS), threads)  # fmt: skip
+
+    def _forward_streaming(self, x, y, o, tau, eps, bias):
+        B, threads, inv_tau = x.shape[0], _threads(), 1.0 / tau
         rows = _panel_rows(B)
-        buf = torch.empty(rows, B, dtype=_F32)
-        g, k_r, k_c = (t.to(_F32).contiguous() for t in (g_cbcl, k_r, k_c))
-        s = saved
-        if sim is None:
-            D = img.shape[1]
-            d_img, d_txt = _alloc.empty((B, D), dtype=_F32, device="cpu"), _alloc.empty((B, D), dtype=_F32, device="cpu")
-        else:
-            d_sim = _alloc.empty((B, B), dtype=sim.dtype, device="cpu")
+        pbuf, qbuf = torch.empty(rows * B, dtype=_F32), torch.empty(rows * B, dtype=_F32)
+        rest_c = _alloc.empty((B,), dtype=_F32, device="cpu")  # running state of pass 1, started by its first panel
         for r0 in range(0, B, rows):
             r1 = min(B, r0 + rows)
-            p = _row_panel(x, y, sim, r0, r1, buf)
-            d = buf[: r1 - r0]  # dS overwrites the panel it is formed from
-            _C.backward_panel(
-                _ptr(p), p.stride(0), _ptr(d), d.stride(0), r1 - r0, B, r0, 1.0 / tau, eps, bias, _ptr(s["m_r"]),
-                _ptr(s["logl_r"]), _ptr(s["m_c"]), _ptr(s["logl_c"]), _ptr(s["at_r"]), _ptr(s["at_c"]), _ptr(s["A_r"]),
-                _ptr(s["A_c"]), _ptr(s["A_r_rest"]), _ptr(s["A_c_rest"]), _ptr(g),
-                _ptr(k_r), _ptr(k_c), _ptr(s["hard_i2t_index"]), _ptr(s["hard_t2i_index"]), threads,
-            )  # fmt: skip
-            if sim is not None:
-                d_sim[r0:r1].copy_(d)
-                continue
+            p = torch.mm(x[r0:r1], y.T, out=pbuf[: (r1 - r0) * B].view(r1 - r0, B))
+            self._pass1(p, r0, o, rest_c, inv_tau, r0 == 0, threads)
+        o["logl_c"] = torch.log1p(rest_c)
+        acc = torch.zeros(B, _SUMS, dtype=_F32)  # every sample's pass-2 sums, panel after panel
+        split = self._split(o)
+        for r0 in range(0, B, rows):
+            r1 = min(B, r0 + rows)
+            shape = (r1 - r0, B - r0)
+            p = torch.mm(x[r0:r1], y[r0:].T, out=pbuf[: shape[0] * shape[1]].view(shape))  # S[I, r0:]
+            q = torch.mm(y[r0:r1], x[r0:].T, out=qbuf[: shape[0] * shape[1]].view(shape))  # S[r0:, I]ᵀ
+            _C.pass2_panel(_ptr(p), p.stride(0), _ptr(q), q.stride(0), r1 - r0, B, r0, inv_tau, eps, bias, *split,
+                           _ptr(acc), threads)  # fmt: skip
+        _C.pass2_finish(_ptr(acc), B, inv_tau, *split[:4], _ptr(o["pos"]), *(_ptr(o[k]) for k in _PASS2_KEYS))
+
+    # ------------------------------------------------------------------ backward
+
+    def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
+        B = (sim if sim is not None else img).shape[0]
+        threads = _threads()
+        rows = _panel_rows(B)
+        up = [t.to(_F32).contiguous() for t in (g_cbcl, k_r, k_c)]  # held here until the kernels have run
+        names = ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c", "A_r", "A_c", "A_r_rest", "A_c_rest")
+        s = saved
+        vectors = [*(_ptr(s[k]) for k in names), *map(_ptr, up), _ptr(s["hard_i2t_index"]), _ptr(s["hard_t2i_index"])]
+
+        def dS(p, d, r0):  # dS[r0 : r0 + len(p), :] from p = S[r0 : ..., :] into d (may be p)
+            _C.backward_panel(_ptr(p), p.stride(0), _ptr(d), d.stride(0), p.shape[0], B, r0, 1.0 / tau, eps, bias,
+                              *vectors, threads)  # fmt: skip
+
+        return self._backward(img, txt, sim, s.get("S"), B, rows, dS)
+
+    def _backward(self, img, txt, sim, S, B, rows, dS):
+        buf = torch.empty(rows * B, dtype=_F32)
+        if sim is not None:
+            S = _sim_f32(sim)
+            d_sim = _alloc.empty((B, B), dtype=sim.dtype, device="cpu")
+            for r0 in range(0, B, rows):
+                r1 = min(B, r0 + rows)
+                d = d_sim[r0:r1] if sim.dtype == _F32 else buf[: (r1 - r0) * B].view(r1 - r0, B)
+                dS(S[r0:r1], d, r0)
+                if d.data_ptr() != d_sim[r0:r1].data_ptr():
+                    d_sim[r0:r1].copy_(d)
+            return d_sim
+        x, y = _as_f32(img), _as_f32(txt)
+        D = x.shape[1]
+        d_img, d_txt = _alloc.empty((B, D), dtype=_F32, device="cpu"), _alloc.empty((B, D), dtype=_F32, device="cpu")
+        for r0 in range(0, B, rows):
+            r1 = min(B, r0 + rows)
+            d = buf[: (r1 - r0) * B].view(r1 - r0, B)  # dS overwrites the panel it is formed from (streaming)
+            p = S[r0:r1] if S is not None else torch.mm(x[r0:r1], y.T, out=d)
+            dS(p, d, r0)
             torch.mm(d, y, out=d_img[r0:r1])
             if r0 == 0:
                 torch.mm(d.T, x[r0:r1], out=d_txt)
             else:
                 d_txt.addmm_(d.T, x[r0:r1])
-        if sim is not None:
-            return d_sim
         return d_img.to(img.dtype), d_txt.to(txt.dtype)
 
 

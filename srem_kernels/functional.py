@@ -27,7 +27,9 @@ def _compute(img, txt, sim, B: int, *, backend, check_finite, stats_only, **opti
             loss, per_sample, stats = run(img, txt, sim, params, stats_only=True)
     else:
         loss, per_sample, stats = run(img, txt, sim, params)
-    return SREMResult(loss=loss, per_sample=per_sample.detach(), stats=SREMStats(**stats), backend=name)
+    strategy_for = getattr(getattr(run, "kernels", None), "strategy_for", None)
+    strategy = strategy_for(B, img.shape[1], img.dtype, img.device) if strategy_for and sim is None else None
+    return SREMResult(loss=loss, per_sample=per_sample.detach(), stats=SREMStats(**stats), backend=name, strategy=strategy)
 
 
 def loss(

@@ -40,9 +40,12 @@ class SREMStats:
 @dataclass(frozen=True)
 class SREMResult:
     """loss: reduced as asked, differentiable with respect to the inputs.
-    per_sample: the B-vector L_i (detached). stats: SREMStats. backend: the backend that ran."""
+    per_sample: the B-vector L_i (detached). stats: SREMStats. backend: the backend that ran.
+    strategy: how it held S ("materialised" or "streaming") for backends that choose (cpu,
+    triton), on (img, txt) calls; None otherwise."""
 
     loss: torch.Tensor
     per_sample: torch.Tensor
     stats: SREMStats
     backend: str
+    strategy: str | None = None

@@ -218,7 +218,7 @@ void glue_upstream(int64_t B, const T* g, int64_t g_stride, T scale, T lambda_cb
 
 }  // namespace
 
-// Called from srem_cpu.cpp's PYBIND11_MODULE. Vectors: pointers of `double_` ? fp64 : fp32.
+// Called from module.cpp's PYBIND11_MODULE. Vectors: pointers of `double_` ? fp64 : fp32.
 void register_glue(py::module_& m) {
   auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("nonfinite", &nonfinite, "whether a strided 2-D tensor holds NaN/Inf (dtype 0 fp32, 1 fp16, 2 bf16, 3 fp64)",

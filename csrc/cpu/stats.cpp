@@ -1,0 +1,173 @@
+// Pass 1 of the SREM loss over a row panel of S: row and column max, log l (split form: the sum of
+// exp(Z - m) over all but one maximal element), hardest negatives, S_ii. See kernels.h.
+
+#include <cmath>
+
+#include "kernels.h"
+#include "vecmath.h"
+
+namespace srem {
+namespace {
+
+// First j in [from, n), j != skip, with p[j] == v (v NaN: p[j] NaN); n when there is none.
+// Chunks of 64 are tested with one vector OR before they are searched.
+int64_t first_equal(const float* p, int64_t from, int64_t n, float v, int64_t skip) {
+  const bool nan = v != v;
+  for (int64_t c = from; c < n; c += 64) {
+    const int64_t e = std::min(n, c + 64);
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t j = c; j < e; ++j) hit |= (j != skip) & ((p[j] == v) | (nan & (p[j] != p[j])));
+    if (!hit) continue;
+    for (int64_t j = c; j < e; ++j)
+      if (j != skip && (p[j] == v || (nan && p[j] != p[j]))) return j;
+  }
+  return n;
+}
+
+struct RowStats {
+  float m, logl, hard;
+  int64_t at, hard_at;
+};
+
+// Row p = S[i, :] (B entries). m = max Z ignoring NaN (as std::max does), at its first index;
+// hard = max_{j≠i} S_ij, NaN when the row holds a NaN off the diagonal, hard_at its first index
+// (ties: lowest; NaN: the first NaN). logl = log1p(sum_{j≠at} exp(Z_ij - m)).
+RowStats row_stats(const float* __restrict p, int64_t B, int64_t i, float inv_tau) {
+  float hm = -kInf, nans = 0.0f;
+#pragma omp simd reduction(max : hm) reduction(+ : nans)
+  for (int64_t j = 0; j < B; ++j) {
+    const float v = j == i ? -kInf : p[j];
+    hm = vmax(hm, v);
+    nans += v != v ? 1.0f : 0.0f;
+  }
+  RowStats r;
+  const float mx = vmax(hm, p[i]);
+  if (p[i] > hm) {
+    r.at = i;  // an earlier equal entry would be off-diagonal and above hm
+  } else {
+    r.at = first_equal(p, 0, B, mx, -1);
+    if (r.at == B) r.at = B - 1;  // every entry NaN
+  }
+  r.hard = nans > 0 ? kNaN : hm;
+  if (nans > 0) {
+    r.hard_at = first_equal(p, 0, B, kNaN, i);
+  } else if (r.at != i) {
+    r.hard_at = r.at;  // the first entry equal to mx = hm, and not the diagonal
+  } else {
+    r.hard_at = first_equal(p, p[i] > hm ? 0 : i + 1, B, hm, i);
+  }
+  if (r.hard_at == B) r.hard_at = -1;
+  r.m = mx * inv_tau;
+  const int64_t at = r.at;
+  const float m = r.m;
+  float rest = 0.0f;
+#pragma omp simd reduction(+ : rest)
+  for (int64_t j = 0; j < B; ++j) rest += j == at ? 0.0f : exp_neg(p[j] * inv_tau - m);
+  r.logl = std::log1p(rest);
+  return r;
+}
+
+constexpr int64_t kColumnBlock = 512;  // columns per sweep: the running arrays stay in L1
+constexpr int64_t kRowChunk = 256;     // rows per sweep: a chunk of a block (512 KiB) stays in L2
+
+// Folds column statistics (Z max m, rest = sum of exp(Z - m) over all but one maximal element, its
+// index at, hardest off-diagonal value and index) of later rows into those of earlier ones: the
+// online log-sum-exp of streamed panels; strict > keeps the lowest index on ties.
+SREM_INLINE void fold(float& m, float& rest, int64_t& at, float& hard, int64_t& hard_at, float m2, float rest2,
+                      int64_t at2, float hard2, int64_t hard_at2) {
+  if (m2 > m) {  // the old maximal element joins the sum
+    rest = rest2 + (rest + 1.0f) * std::exp(m - m2);
+    m = m2;
+    at = at2;
+  } else {
+    rest = rest + (rest2 + 1.0f) * std::exp(m2 - m);
+  }
+  if (hard == hard && hard_at2 >= 0 && (hard2 > hard || hard2 != hard2 || hard_at < 0)) {
+    hard = hard2;
+    hard_at = hard_at2;
+  }
+}
+
+// Rows [r0, r1) of the panel, columns [c0, c0 + n): their statistics into the arrays (Z units).
+void column_chunk(const float* P, int64_t ld, int64_t r0, int64_t r1, int64_t row0, int64_t c0, int64_t n,
+                  float inv_tau, float* __restrict pm, float* __restrict prest, int32_t* __restrict pat,
+                  float* __restrict ph, int32_t* __restrict phi) {
+  for (int64_t j = 0; j < n; ++j) pm[j] = -kInf, prest[j] = 0.0f, ph[j] = -kInf, pat[j] = 0, phi[j] = -1;
+  for (int64_t a = r0; a < r1; ++a) {  // rows in order: strict > keeps the lowest index
+    const float* __restrict p = P + a * ld + c0;
+    const int64_t diag = row0 + a - c0;  // column (in this block) of the diagonal element, if any
+    const int32_t ai = static_cast<int32_t>(a), ii = static_cast<int32_t>(row0 + a);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = p[j];
+      const bool gt = v > pm[j];
+      pm[j] = gt ? v : pm[j];
+      pat[j] = gt ? ai : pat[j];
+      const bool hit = (j != diag) & (ph[j] == ph[j]) & ((v > ph[j]) | (v != v));
+      ph[j] = hit ? v : ph[j];
+      phi[j] = hit ? ii : phi[j];
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) pm[j] *= inv_tau;
+  for (int64_t a = r0; a < r1; ++a) {
+    const float* __restrict p = P + a * ld + c0;
+    const int32_t ai = static_cast<int32_t>(a);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) prest[j] += pat[j] == ai ? 0.0f : exp_neg(p[j] * inv_tau - pm[j]);
+  }
+}
+
+// The panel's column statistics for columns [c0, c1) (c1 - c0 <= kColumnBlock), folded into the
+// running ones (`first`: started) chunk by chunk. NaN columns: pm ignores NaN, prest carries it.
+void column_stats(const float* P, int64_t ld, int64_t rows, int64_t row0, int64_t c0, int64_t c1, float inv_tau,
+                  float* m_c, float* rest_c, int64_t* at_c, float* hard_c, int64_t* hard_c_idx, bool first) {
+  const int64_t n = c1 - c0;
+  alignas(64) float pm[kColumnBlock], prest[kColumnBlock], ph[kColumnBlock];
+  alignas(64) int32_t pat[kColumnBlock], phi[kColumnBlock];
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowChunk) {
+    column_chunk(P, ld, r0, std::min(rows, r0 + kRowChunk), row0, c0, n, inv_tau, pm, prest, pat, ph, phi);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t c = c0 + j;
+      if (first && r0 == 0) {
+        m_c[c] = pm[j], rest_c[c] = prest[j], at_c[c] = row0 + pat[j], hard_c[c] = ph[j], hard_c_idx[c] = phi[j];
+      } else {
+        fold(m_c[c], rest_c[c], at_c[c], hard_c[c], hard_c_idx[c], pm[j], prest[j], row0 + pat[j], ph[j], phi[j]);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace srem
+
+using namespace srem;
+
+extern "C" void srem_cpu_stats_panel(const float* P, int64_t ld, int64_t rows, int64_t B, int64_t row0, float inv_tau,
+                                     float* m_r, float* logl_r, int64_t* at_r, float* pos, float* hard_r,
+                                     int64_t* hard_r_idx, float* m_c, float* rest_c, int64_t* at_c, float* hard_c,
+                                     int64_t* hard_c_idx, int first, int threads) {
+  // one parallel region: tasks of kRowTask rows, then (unless rows only) the column blocks
+  constexpr int64_t kRowTask = 64;
+  const int64_t row_tasks = (rows + kRowTask - 1) / kRowTask;
+  const int64_t col_tasks = m_c == nullptr ? 0 : (B + kColumnBlock - 1) / kColumnBlock;
+  parallel_tasks(row_tasks + col_tasks, threads, [=](int64_t t) {
+    if (t >= row_tasks) {
+      const int64_t c0 = (t - row_tasks) * kColumnBlock;
+      column_stats(P, ld, rows, row0, c0, std::min(B, c0 + kColumnBlock), inv_tau, m_c, rest_c, at_c, hard_c,
+                   hard_c_idx, first != 0);
+      return;
+    }
+    for (int64_t a = t * kRowTask; a < std::min(rows, (t + 1) * kRowTask); ++a) {
+      const float* p = P + a * ld;
+      const int64_t i = row0 + a;
+      const RowStats r = row_stats(p, B, i, inv_tau);
+      m_r[i] = r.m;
+      logl_r[i] = r.logl;
+      at_r[i] = r.at;
+      pos[i] = p[i];
+      hard_r[i] = r.hard;
+      hard_r_idx[i] = r.hard_at;
+    }
+  });
+}

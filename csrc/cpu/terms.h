@@ -1,0 +1,71 @@
+// The SREM math of one element of S, in the cancellation-free forms of README "Numerics" (and
+// srem_kernels/dense_srem.py): every -log P as (m - Z) + log l, 1 - P from the same exponential
+// (vecmath.h), log(1 - P + eps) by log_q_eps. Shared by the pass-2 kernels (coupled.cpp) and the
+// backward (backward.cpp).
+//
+// Built with -ffp-contract=off: an FMA in (m - S/tau) + log l would skip the rounding of Z that
+// m was taken from, and the max element's -log P would no longer be exactly log l.
+#pragma once
+
+#include "vecmath.h"
+
+namespace srem {
+
+// P of one element under one softmax (a row's or a column's max m and log l): nl = -log P >= 0
+// (the clamp holds P <= 1 where Z comes from another GEMM call than m did), P, and q = 1 - P.
+struct Prob {
+  float nl, p, q;
+};
+
+SREM_INLINE Prob prob(float m, float logl, float z) {
+  const float nl = vmax((m - z) + logl, 0.0f);
+  const PQ e = exp_pq(nl);
+  return {nl, e.p, e.q};
+}
+
+// E = b P / (1 - P + eps): the CBCL gradient's weight of one off-diagonal element.
+SREM_INLINE float e_term(float b, float p, float q, float eps) { return b * p / (q + eps); }
+
+// The terms of one element pair (i, j), j != i, for sample i, added to its sums: `row` = Pr_ij
+// (its i2t problem), `col` = Pc_ji (its t2i problem), with their bias weights b_row = 1 - Pc_ij and
+// b_col = 1 - Pr_ji (1 with bias=False). Summed over j they give the sample's entropies, sce
+// (times 2), L_cbcl, and A_r, A_c (fused.py) split as ar + ar_at: ar_at holds the term of the
+// row's maximal element at_r (is_at_r: j = at_r[i]), ar the rest (A_rest, which the backward
+// needs apart); ac, ac_at the same for the column. The diagonal j = i (off false) adds to the
+// entropies and s only.
+//
+// L_cbcl's -b log(1 - P + eps) is log1p(eps - P) here, without the branch for P >= 1/2: two
+// probabilities of one softmax cannot both exceed 1/2, so only a maximal element (at_r, at_c) can
+// need it, and the loops leave those to cbcl_at after them.
+//
+// A macro over scalars, not a function: `omp simd` loops are lowered before inlining, and a sum
+// passed by reference (or a struct passed by value or returned through memory) then stays in
+// memory per SIMD lane, and the loop no longer vectorises. Small structs returned by value (Prob,
+// in registers) are fine.
+#define SREM_ADD_TERMS(row, col, b_row, b_col, eps, off, is_at_r, is_at_c, ent_r, ent_c, s, cb, ar, ac, ar_at, \
+                       ac_at)                                                                                    \
+  do {                                                                                                           \
+    const float cr_ = (is_at_r) ? 0.0f : -((b_row) * log1p_neg((eps) - (row).p));                               \
+    const float cc_ = (is_at_c) ? 0.0f : (b_col) * log1p_neg((eps) - (col).p);                                  \
+    const float er_ = e_term(b_row, (row).p, (row).q, eps), ec_ = e_term(b_col, (col).p, (col).q, eps);          \
+    ent_r += (row).p * (row).nl;                                                                                 \
+    ent_c += (col).p * (col).nl;                                                                                 \
+    s += (row).p * (col).nl + (col).p * (row).nl;                                                                \
+    cb += (off) ? cr_ - cc_ : 0.0f;                                                                              \
+    const float e_r_ = (off) ? er_ : 0.0f, e_c_ = (off) ? ec_ : 0.0f;                                           \
+    ar += (is_at_r) ? 0.0f : e_r_;                                                                               \
+    ar_at += (is_at_r) ? e_r_ : 0.0f;                                                                            \
+    ac += (is_at_c) ? 0.0f : e_c_;                                                                               \
+    ac_at += (is_at_c) ? e_c_ : 0.0f;                                                                            \
+  } while (0)
+
+// The L_cbcl term SREM_ADD_TERMS leaves out, of one side of one element: -b log(1 - P + eps) with
+// P under the softmax (m, logl) at z and b = 1 - P' under the other one (m_o, logl_o). Scalar.
+inline float cbcl_at(float z, float m, float logl, float m_o, float logl_o, float eps, float unb) {
+  const Prob r = prob(m, logl, z);
+  return -(vmax(prob(m_o, logl_o, z).q, unb) * log_q_eps(r.p, r.q, eps));
+}
+
+constexpr int kSums = 8;  // ent_r, ent_c, s, cb, ar, ac, ar_at, ac_at
+
+}  // namespace srem
