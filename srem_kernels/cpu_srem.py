@@ -67,9 +67,8 @@ def _ptr(t: torch.Tensor) -> int:
 
 def _outputs(B: int) -> dict[str, torch.Tensor]:
     """The forward's output vectors (the one place they are allocated)."""
-    out = {k: _alloc.empty((B,), dtype=_F32, device="cpu") for k in _FLOAT_KEYS}
-    out |= {k: _alloc.empty((B,), dtype=torch.int64, device="cpu") for k in _INDEX_KEYS}
-    return out
+    layout = {k: ((B,), _F32) for k in _FLOAT_KEYS} | {k: ((B,), torch.int64) for k in _INDEX_KEYS}
+    return _alloc.workspace(layout, device="cpu")  # one buffer per dtype
 
 
 def _as_f32(t):

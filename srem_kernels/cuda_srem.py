@@ -155,10 +155,10 @@ class CUDAKernels(PanelRows):
         qbuf = torch.empty(rows, B, dtype=_F32, device=ref.device)
         names = ("m_r", "logl_r", "m_c", "pos", "hard_i2t", "hard_t2i", "ce_i2t", "ce_t2i", "entropy_i2t",
                  "entropy_t2i", "sce", "loss_cbcl", "A_r", "A_c", "A_r_rest", "A_c_rest")  # fmt: skip
-        o = {k: L.vec() for k in names}
-        for k in ("hard_i2t_index", "hard_t2i_index", "at_r", "at_c"):
-            o[k] = L.vec(torch.int64)
-        rest_c = L.vec()  # running state of pass 1, started by its first panel
+        layout = {k: ((B,), _F32) for k in (*names, "rest_c")}
+        layout |= {k: ((B,), torch.int64) for k in ("hard_i2t_index", "hard_t2i_index", "at_r", "at_c")}
+        o = _alloc.workspace(layout, device=ref.device)  # one buffer per dtype
+        rest_c = o.pop("rest_c")  # running state of pass 1, started by its first panel
         inv_tau = 1.0 / tau
         for r0 in range(0, B, rows):
             r1 = min(B, r0 + rows)

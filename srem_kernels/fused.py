@@ -158,7 +158,19 @@ def fused_forward(
     saved = _kernel_forward(k, img, txt, sim, tau, eps, bias, stats_only)
     if set(saved) != set(layout):
         raise RuntimeError(f"{kernels}.forward returned {sorted(saved)}, its saved_layout says {sorted(layout)}")
-    return [saved[name] for name in layout]
+    return _unaliased([saved[name] for name in layout])
+
+
+def _unaliased(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A custom op's outputs may not share storage; the kernels return views of one workspace
+    (_alloc.workspace), so under torch.compile (the only caller of the op) each view after the
+    first of its buffer is copied out: B-vector copies, a cost of the compiled path alone."""
+    seen, out = set(), []
+    for t in tensors:
+        key = t.untyped_storage().data_ptr()
+        out.append(t.clone() if key in seen else t)
+        seen.add(key)
+    return out
 
 
 @fused_forward.register_fake

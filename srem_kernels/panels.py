@@ -31,7 +31,7 @@ class PanelRows:
     supports_rows = True
 
     def _vecs(self, names, n, device, dtype=_F32):
-        return {k: _alloc.empty((n,), dtype=dtype, device=device) for k in names}
+        return _alloc.workspace({k: ((n,), dtype) for k in names}, device=device)  # one buffer
 
     def _ranges(self, lo, hi, B):
         rows = self._panel_rows(B)

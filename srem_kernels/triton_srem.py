@@ -285,7 +285,7 @@ class TritonKernels:
     def forward(self, img, txt, sim, *, tau, eps, bias, stats_only: bool = False):
         layout = self.saved_layout(img, txt, sim, stats_only=stats_only)
         dev = (sim if sim is not None else img).device
-        out = {k: _alloc.empty(shape, dtype=dt, device=dev) for k, (shape, dt) in layout.items() if k != "S"}
+        out = _alloc.workspace({k: v for k, v in layout.items() if k != "S"}, device=dev)  # one buffer per dtype
         if "S" in layout:  # materialised: S once, then the passes read it
             out["S"] = _matmul_acc(img, txt.T)
             src = (None, None, out["S"])
@@ -352,7 +352,7 @@ class TritonKernels:
 
     def _vectors(self, keys, n, img):
         acc = _acc_dtype(img.dtype)
-        return {k: _alloc.empty((n,), dtype=_vector_dtype(k, acc), device=img.device) for k in keys}
+        return _alloc.workspace({k: ((n,), _vector_dtype(k, acc)) for k in keys}, device=img.device)
 
     def pass1_rows(self, img, txt, lo, hi, *, tau):
         out = self._vectors(PASS1_KEYS, hi - lo, img)
