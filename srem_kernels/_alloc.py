@@ -19,27 +19,14 @@ def empty(shape, *, dtype: torch.dtype, device) -> torch.Tensor:
 
 
 def workspace(layout: dict, *, device) -> dict:
-    """{name: tensor} for layout {name: (shape, dtype)}: views into one buffer per dtype, so a
-    call's outputs cost one allocation per dtype (and one poisoning fill in tests), not one each.
-    Each view is contiguous and aligned to 16 elements."""
-    by_dtype: dict = {}
+    """{name: tensor} for layout {name: (shape, dtype)}: views into one buffer per (dtype, shape),
+    so a call's outputs cost one allocation (and one poisoning fill in tests) per kind of output,
+    not one each. Each view is contiguous; views of one buffer come from one unbind (cheap)."""
+    groups: dict = {}
     for name, (shape, dtype) in layout.items():
-        by_dtype.setdefault(dtype, []).append((name, tuple(shape)))
+        groups.setdefault((dtype, tuple(shape)), []).append(name)
     out = {}
-    for dtype, items in by_dtype.items():
-        sizes = [max(1, _numel(shape)) for _, shape in items]
-        starts, total = [], 0
-        for n in sizes:
-            starts.append(total)
-            total += -(-n // 16) * 16
-        buf = empty((total,), dtype=dtype, device=device)
-        for (name, shape), at, n in zip(items, starts, sizes):
-            out[name] = buf[at : at + _numel(shape)].view(shape)
+    for (dtype, shape), names in groups.items():
+        buf = empty((len(names), *shape), dtype=dtype, device=device)
+        out.update(zip(names, buf.unbind(0)))
     return {name: out[name] for name in layout}
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

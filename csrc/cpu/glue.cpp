@@ -18,6 +18,8 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 namespace py = pybind11;
 
@@ -37,15 +39,31 @@ T* mptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
 // dtypes: an all-ones exponent). dtype: 0 fp32, 1 fp16, 2 bf16, 3 fp64.
 template <class U>
 bool nonfinite_bits(const U* x, int64_t rows, int64_t cols, int64_t s0, int64_t s1, U mask, int threads) {
-  bool bad = false;
-#pragma omp parallel for reduction(| : bad) num_threads(std::max(1, threads)) if (rows * cols > (1 << 16))
-  for (int64_t i = 0; i < rows; ++i) {
-    bool row_bad = false;
-    const U* r = x + i * s0;
-    for (int64_t j = 0; j < cols; ++j) row_bad |= (r[j * s1] & mask) == mask;
-    bad |= row_bad;
+  if (s1 != 1 && s0 == 1) {  // a transposed tensor: walk its contiguous direction innermost
+    std::swap(rows, cols);
+    std::swap(s0, s1);
   }
-  return bad;
+  if (s1 == 1 && s0 == cols) {  // contiguous: one flat run
+    cols *= rows;
+    rows = 1;
+  }
+  const int64_t chunk = 1 << 14;  // a contiguous run is split so threads share it
+  const int64_t pieces = rows * ((cols + chunk - 1) / chunk);
+  int64_t bad = 0;
+#pragma omp parallel for reduction(+ : bad) num_threads(std::max(1, threads)) if (rows * cols > (1 << 18))
+  for (int64_t p = 0; p < pieces; ++p) {
+    const int64_t per_row = (cols + chunk - 1) / chunk;
+    const U* r = x + (p / per_row) * s0;
+    const int64_t lo = (p % per_row) * chunk, hi = std::min(cols, lo + chunk);
+    int64_t n = 0;
+    if (s1 == 1) {
+      for (int64_t j = lo; j < hi; ++j) n += (r[j] & mask) == mask;  // vectorises: an integer sum
+    } else {
+      for (int64_t j = lo; j < hi; ++j) n += (r[j * s1] & mask) == mask;
+    }
+    bad += n;
+  }
+  return bad > 0;
 }
 
 bool nonfinite(uintptr_t x, int64_t rows, int64_t cols, int64_t s0, int64_t s1, int dtype, int threads) {
@@ -115,12 +133,13 @@ void gmm_filtration(const T* x, int64_t n, int64_t stride, T* clean, int64_t cle
   g.m[0] = lo;
   g.m[1] = hi;
   g.v[0] = g.v[1] = std::max(ss / double(n), kVarFloor);
+  std::vector<double> resp(2 * n);  // this round's responsibilities, for both of its sweeps
   for (int round = 0; round < kRounds; ++round) {
     g.prepare();
     double nk[2] = {0, 0}, sk[2] = {0, 0};
     for (int64_t i = 0; i < n; ++i) {
       const double xi = x[i * stride];
-      double r[2];
+      double* r = &resp[2 * i];
       g.posterior(xi, &r[0], &r[1]);
       for (int k = 0; k < 2; ++k) {
         nk[k] += r[k];
@@ -132,8 +151,7 @@ void gmm_filtration(const T* x, int64_t n, int64_t stride, T* clean, int64_t cle
     double vk[2] = {0, 0};
     for (int64_t i = 0; i < n; ++i) {  // spread about the new means, with this round's responsibilities
       const double xi = x[i * stride];
-      double r[2];
-      g.posterior(xi, &r[0], &r[1]);
+      const double* r = &resp[2 * i];
       for (int k = 0; k < 2; ++k) vk[k] += r[k] * (xi - means[k]) * (xi - means[k]);
     }
     for (int k = 0; k < 2; ++k) {
