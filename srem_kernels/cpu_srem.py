@@ -43,8 +43,8 @@ MEMORY_FRACTION = 0.25  # default budget of the materialised strategy: this shar
 _SUMS = 8  # pass 2's running sums per sample (csrc/cpu/terms.h, kSums)
 
 # The forward's B-vectors: the contract's and the split forms the backward reads (fused.py).
-_FLOAT_KEYS = ("m_r", "logl_r", "m_c", "pos", "hard_i2t", "hard_t2i", "ce_i2t", "ce_t2i", "entropy_i2t",
-               "entropy_t2i", "sce", "loss_cbcl", "A_r", "A_c", "A_r_rest", "A_c_rest")  # fmt: skip
+_FLOAT_KEYS = ("m_r", "logl_r", "m_c", "logl_c", "lse_r", "lse_c", "pos", "hard_i2t", "hard_t2i", "ce_i2t", "ce_t2i",
+               "entropy_i2t", "entropy_t2i", "sce", "loss_cbcl", "A_r", "A_c", "A_r_rest", "A_c_rest", "rest_c")  # fmt: skip
 _INDEX_KEYS = ("hard_i2t_index", "hard_t2i_index", "at_r", "at_c")
 _PASS2_KEYS = ("ce_i2t", "ce_t2i", "entropy_i2t", "entropy_t2i", "sce", "loss_cbcl", "A_r", "A_c", "A_r_rest", "A_c_rest")
 
@@ -187,8 +187,7 @@ class CPUKernels(PanelRows):
             self._forward_whole(o["S"], o, tau, eps, bias)
         else:
             self._forward_streaming(_as_f32(img), _as_f32(txt), o, tau, eps, bias)
-        o["lse_r"] = o["m_r"] + o["logl_r"]
-        o["lse_c"] = o["m_c"] + o["logl_c"]
+        del o["rest_c"]  # pass 1's running state
         return o
 
     def _pass1(self, p, r0, o, rest_c, inv_tau, first, threads):
@@ -199,14 +198,18 @@ class CPUKernels(PanelRows):
             _ptr(o["hard_t2i"]), _ptr(o["hard_t2i_index"]), first, threads,
         )  # fmt: skip
 
+    def _finish_pass1(self, o):
+        """logl_c from the column sums, and both log-sum-exps (one call)."""
+        _C.finish_pass1(o["m_r"].shape[0], *(_ptr(o[k]) for k in ("m_r", "logl_r", "m_c", "rest_c", "logl_c", "lse_r",
+                                                                  "lse_c")))  # fmt: skip
+
     def _split(self, o):
         return [_ptr(o[k]) for k in ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c")]
 
     def _forward_whole(self, S, o, tau, eps, bias):
         B, threads, inv_tau = S.shape[0], _threads(), 1.0 / tau
-        rest_c = _alloc.empty((B,), dtype=_F32, device="cpu")
-        self._pass1(S, 0, o, rest_c, inv_tau, True, threads)
-        o["logl_c"] = torch.log1p(rest_c)
+        self._pass1(S, 0, o, o["rest_c"], inv_tau, True, threads)
+        self._finish_pass1(o)
         _C.pass2_full(_ptr(S), S.stride(0), B, inv_tau, eps, bias, *self._split(o), _ptr(o["pos"]),
                       *(_ptr(o[k]) for k in _PASS2_KEYS), threads)  # fmt: skip
 
@@ -214,12 +217,11 @@ class CPUKernels(PanelRows):
         B, threads, inv_tau = x.shape[0], _threads(), 1.0 / tau
         rows = _panel_rows(B)
         pbuf, qbuf = torch.empty(rows * B, dtype=_F32), torch.empty(rows * B, dtype=_F32)
-        rest_c = _alloc.empty((B,), dtype=_F32, device="cpu")  # running state of pass 1, started by its first panel
-        for r0 in range(0, B, rows):
+        for r0 in range(0, B, rows):  # o["rest_c"]: pass 1's running state, started by its first panel
             r1 = min(B, r0 + rows)
             p = torch.mm(x[r0:r1], y.T, out=pbuf[: (r1 - r0) * B].view(r1 - r0, B))
-            self._pass1(p, r0, o, rest_c, inv_tau, r0 == 0, threads)
-        o["logl_c"] = torch.log1p(rest_c)
+            self._pass1(p, r0, o, o["rest_c"], inv_tau, r0 == 0, threads)
+        self._finish_pass1(o)
         acc = torch.zeros(B, _SUMS, dtype=_F32)  # every sample's pass-2 sums, panel after panel
         split = self._split(o)
         for r0 in range(0, B, rows):

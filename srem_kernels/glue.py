@@ -33,6 +33,7 @@ directly (a custom op's dispatch costs host time, and no kernel launch is saved 
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -49,6 +50,7 @@ IMPLEMENTATIONS = ("cpu", "triton", "torch")
 CHECKED = ("img", "txt", "sim", "margin", "clean")
 
 
+@functools.cache
 def _cpu_module():
     try:
         from srem_kernels import _srem_cpu
@@ -57,6 +59,7 @@ def _cpu_module():
     return _srem_cpu if hasattr(_srem_cpu, "glue_forward") else None
 
 
+@functools.cache
 def _triton_module():
     try:
         from srem_kernels import triton_glue
@@ -69,15 +72,19 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def implementation(device: torch.device, prefer: str | None = None) -> str:
+def implementation(device, prefer: str | None = None) -> str:
     """Which routine runs the glue for tensors on `device`: "cpu" (csrc/cpu/glue.cpp) for CPU
     tensors, "triton" for CUDA tensors, "torch" where that one is not built or installed.
     prefer="triton" (the Triton backend's kernels) takes the Triton routines for CPU tensors too
     when the interpreter runs them."""
-    device = torch.device(device)
-    if device.type == "cuda" or (prefer == "triton" and device.type == "cpu" and _interpreting()):
+    return _implementation(torch.device(device).type, prefer, _interpreting())
+
+
+@functools.cache
+def _implementation(device: str, prefer: str | None, interpreting: bool) -> str:
+    if device == "cuda" or (prefer == "triton" and device == "cpu" and interpreting):
         return "triton" if _triton_module() is not None else "torch"
-    if device.type == "cpu" and _cpu_module() is not None:
+    if device == "cpu" and _cpu_module() is not None:
         return "cpu"
     return "torch"
 

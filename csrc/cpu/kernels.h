@@ -26,6 +26,11 @@ void srem_cpu_stats_panel(const float* P, int64_t ld, int64_t rows, int64_t B, i
                           float* m_c, float* rest_c, int64_t* at_c, float* hard_c, int64_t* hard_c_idx, int first,
                           int threads);
 
+// After the last panel of pass 1: logl_c = log1p(rest_c), lse_r = m_r + logl_r, lse_c = m_c + logl_c
+// (what three vector operators did, in one call).
+void srem_cpu_finish_pass1(int64_t B, const float* m_r, const float* logl_r, const float* m_c, const float* rest_c,
+                           float* logl_c, float* lse_r, float* lse_c);
+
 // Pass 2 over P = S[I, :] and Q = S[:, I]ᵀ (Q[a, j] = S[j, row0 + a]): every statistic of sample
 // i = row0 + a that needs the probabilities — row i of P for its i2t problem, row a of Q (column
 // i of S) for its t2i problem, and both for sce, which couples (i, j) with (j, i).

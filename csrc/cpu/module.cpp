@@ -28,6 +28,9 @@ PYBIND11_MODULE(_srem_cpu, m) {
   m.doc() = "Fused CPU kernels of the SREM loss over panels of S (raw pointers; see srem_kernels/cpu_srem.py)";
   register_glue(m);
   auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("finish_pass1", [](int64_t B, u m_r, u logl_r, u m_c, u rest_c, u logl_c, u lse_r, u lse_c) {
+    srem_cpu_finish_pass1(B, cf(m_r), cf(logl_r), cf(m_c), cf(rest_c), f(logl_c), f(lse_r), f(lse_c));
+  }, nogil);
   m.def("stats_panel", [](u P, int64_t ld, int64_t rows, int64_t B, int64_t row0, float inv_tau, u m_r, u logl_r,
                           u at_r, u pos, u hard_r, u hard_r_idx, u m_c, u rest_c, u at_c, u hard_c, u hard_c_idx,
                           bool first, int threads) {

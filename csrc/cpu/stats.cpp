@@ -171,3 +171,12 @@ extern "C" void srem_cpu_stats_panel(const float* P, int64_t ld, int64_t rows, i
     }
   });
 }
+
+void srem_cpu_finish_pass1(int64_t B, const float* m_r, const float* logl_r, const float* m_c, const float* rest_c,
+                           float* logl_c, float* lse_r, float* lse_c) {
+  for (int64_t i = 0; i < B; ++i) {
+    logl_c[i] = std::log1p(rest_c[i]);
+    lse_r[i] = m_r[i] + logl_r[i];
+    lse_c[i] = m_c[i] + logl_c[i];
+  }
+}
