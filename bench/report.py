@@ -1,4 +1,5 @@
-"""Tables and plots from the benchmark logs: rewrites bench/RESULTS.md and bench/results/plots/.
+"""Tables and plots from the benchmark logs: rewrites bench/RESULTS.md and bench/results/plots/;
+hand-kept sections (bench/results/*.section.md) are appended as they are.
 
     python -m bench.report [--results bench/results]
 
@@ -192,6 +193,10 @@ def main(argv: list[str] | None = None) -> Path:
         fixed = log.with_name(f"{log.stem}.fixed-cost.csv")
         if fixed.exists():
             lines += fixed_cost_section(fixed)
+    # sections measured by other scripts and written by hand from their output (the Triton
+    # counts and compile table: bench/triton_tiles.py, scripts/triton_aot_check.py --markdown)
+    for part in sorted(args.results.glob("*.section.md")):
+        lines += [part.read_text().rstrip(), ""]
     args.output.write_text("\n".join(lines))
     print(f"wrote {args.output}")
     return args.output

@@ -91,3 +91,9 @@ def test_opcount_sees_operators_reads_copies_and_custom_ops():
     inside = opcount.count(lambda: glue.glue_forward_op(*v.values(), None, None, None, None, 0.2, 0.05, 1.0, 1.0, True, 2, 0,
                                                         "torch"))  # fmt: skip
     assert inside.aten > 5  # the custom op's torch form, counted from inside
+
+
+def test_report_keeps_hand_kept_sections(tmp_path):
+    (tmp_path / "triton.section.md").write_text("## Triton\n\nCounted, not timed.\n")
+    md = report.main(["--results", str(tmp_path), "--output", str(tmp_path / "R.md")]).read_text()
+    assert md.rstrip().endswith("## Triton\n\nCounted, not timed.")
