@@ -3,10 +3,10 @@
 Compiled modules (csrc/) are optional: one that cannot build on this machine is skipped with a
 one-line notice, and its backend reports itself unavailable in srem_kernels.backends().
 
-- srem_kernels._srem_cpu  (csrc/cpu/): C++17 with OpenMP (at run time it shares the libgomp that
+- srem_kernels.backends._srem_cpu  (csrc/cpu/): C++17 with OpenMP (at run time it shares the libgomp that
   torch loads), built everywhere. SREM_CPU_ARCH sets -march (default "native": the kernels are
   built for the machine that installs them).
-- srem_kernels._srem_cuda (csrc/cuda/): built wherever nvcc is found (on PATH, or CUDA_HOME/bin).
+- srem_kernels.backends._srem_cuda (csrc/cuda/): built wherever nvcc is found (on PATH, or CUDA_HOME/bin).
   The .cu files are compiled by nvcc through ninja (in parallel) for the architectures in
   SREM_CUDA_ARCHS (default "80;90"), then linked with the pybind11 binding against the CUDA
   runtime only (static cudart): no torch CUDA libraries, so it builds with a CPU-only torch too.
@@ -130,7 +130,7 @@ def ext_modules():
         return []
     march = os.environ.get("SREM_CPU_ARCH", "native")
     cpu = Extension(
-        "srem_kernels._srem_cpu",
+        "srem_kernels.backends._srem_cpu",
         sources=[f"csrc/cpu/{name}.cpp" for name in ("stats", "coupled", "backward", "vecmath", "glue", "module")],
         depends=[str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc" / "cpu").glob("*.h"))],
         include_dirs=[inc],
@@ -143,7 +143,7 @@ def ext_modules():
     if find_nvcc() is not None:
         mods.append(
             Extension(
-                "srem_kernels._srem_cuda",
+                "srem_kernels.backends._srem_cuda",
                 sources=["csrc/cuda/srem_cuda.cu", "csrc/cuda/bind.cpp"],
                 include_dirs=[inc, str(ROOT / "csrc" / "cuda")],
                 language="c++",
@@ -152,7 +152,7 @@ def ext_modules():
             )
         )
     else:
-        print("srem-kernels: skipping optional module srem_kernels._srem_cuda: nvcc not found")
+        print("srem-kernels: skipping optional module srem_kernels.backends._srem_cuda: nvcc not found")
     return mods
 
 

@@ -85,11 +85,11 @@ def _compiled_reference(img, txt):
 def _variants(name: str) -> dict:
     """A backend's kernels with each choice forced: triton's strategies, cuda's panel GEMMs."""
     if name == "triton":
-        from srem_kernels.triton_srem import STRATEGIES, TritonKernels
+        from srem_kernels.backends.triton.kernels import STRATEGIES, TritonKernels
 
         return {strategy: TritonKernels(strategy=strategy) for strategy in STRATEGIES}
     if name == "cuda":
-        from srem_kernels.cuda_srem import GEMMS, CUDAKernels
+        from srem_kernels.backends.cuda import GEMMS, CUDAKernels
 
         return {gemm: CUDAKernels(gemm=gemm) for gemm in GEMMS}
     return {}
@@ -97,7 +97,7 @@ def _variants(name: str) -> dict:
 
 def _backend(name: str) -> list[Contender]:
     """The backend through the public API, and each of its _variants forced."""
-    from srem_kernels import fused
+    from srem_kernels.backends import fused
     from srem_kernels._validate import SREMParams
 
     fn = lambda a, b: srem_kernels.loss(a, b, backend=name, check_finite=False).loss  # noqa: E731

@@ -113,7 +113,7 @@ def race(B, D, threads, reps, compile_ok, eager_ok):
             samples[name].append(1e3 * (time.perf_counter() - t0))
     peak = {name: peak_memory_mb(f, torch.device("cpu")) for name, f in fns.items()}
     load_after = os.getloadavg()[0]
-    from srem_kernels.cpu_srem import CPUKernels
+    from srem_kernels.backends.cpu import CPUKernels
 
     floor = statistics.median(samples["floor:matmuls"])
     comp = statistics.median(samples["srem:compiled-reference"]) if compile_ok else None

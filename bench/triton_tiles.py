@@ -55,7 +55,9 @@ def _counting(counts: dict):
     """counts[kernel]["dot"], counts[kernel]["nlp"]: elements, while kernels run (interpreter)."""
     from triton.runtime import interpreter
 
-    from srem_kernels import triton_passes, triton_tiles
+    from srem_kernels.backends.triton import passes as triton_passes
+
+    from srem_kernels.backends.triton import tiles as triton_tiles
 
     current = ["?"]
     dot, nlp = triton_tiles._dot_tile, triton_passes._nlp
@@ -88,15 +90,15 @@ def _counting(counts: dict):
 def count(strategy: str, B: int = 256, D: int = 64, dtype=torch.float32, **kernel_kw) -> dict:
     """GEMM-equivalents (B×B×D each) of one forward+backward of TritonKernels(strategy), by
     kernel and for torch's matmuls, and pass 2's -log P evaluations per element of S."""
-    from srem_kernels import triton_srem
+    from srem_kernels.backends.triton import kernels as triton_kernels
 
-    if not triton_srem.INTERPRET:
+    if not triton_kernels.INTERPRET:
         raise RuntimeError("bench.triton_tiles counts under the interpreter: set TRITON_INTERPRET=1")
     g = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=1).to(dtype)
     txt = torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=1).to(dtype)
     v = torch.rand(B, generator=g)
-    k = triton_srem.TritonKernels(strategy, **kernel_kw)
+    k = triton_kernels.TritonKernels(strategy, **kernel_kw)
     counts: dict = collections.defaultdict(collections.Counter)
     mm = _Matmuls()
     kw = dict(tau=0.05, eps=1e-10, bias=True)
@@ -135,7 +137,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--out", type=Path, default=CSV)
     args = ap.parse_args(argv)
-    from srem_kernels.triton_srem import STRATEGIES
+    from srem_kernels.backends.triton.kernels import STRATEGIES
 
     rows = []
     stamp = dict(device=_device(), date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit=_commit(),

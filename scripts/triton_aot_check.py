@@ -32,7 +32,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime import jit  # noqa: E402
 
-from srem_kernels import triton_srem as T  # noqa: E402
+from srem_kernels.backends.triton import kernels as T  # noqa: E402
 
 # (label, dtype, strategy, float32 matmul precision, from a similarity matrix)
 VARIANTS = [
@@ -47,7 +47,7 @@ VARIANTS = [
     ("fp64 materialised", torch.float64, "materialised", "highest", False),
     ("bf16 row ranges", torch.bfloat16, "rows", "highest", False),
     ("fp32 ieee row ranges", torch.float32, "rows", "highest", False),
-    ("fp32 glue", torch.float32, "glue", "highest", False),  # srem_kernels/triton_glue.py
+    ("fp32 glue", torch.float32, "glue", "highest", False),  # srem_kernels/backends/triton/glue.py
     ("fp64 glue", torch.float64, "glue", "highest", False),
 ]
 QUICK = ("bf16 streaming", "fp32 ieee streaming", "fp32 ieee materialised", "fp32 glue")
@@ -140,9 +140,9 @@ def drive(label, dtype, strategy, precision, from_sim, B, D, **tiles):
 
 
 def drive_glue(dtype, B, D):
-    """The glue's Triton routines (srem_kernels/glue.py with impl="triton"): value checks of every
+    """The glue's Triton routines (srem_kernels/backends/glue.py with impl="triton"): value checks of every
     input dtype, the forward in each select/sensitivity form, the upstream vectors, the GMM."""
-    from srem_kernels import glue
+    from srem_kernels.backends import glue
     from srem_kernels._validate import SREMParams
 
     g = torch.Generator().manual_seed(0)

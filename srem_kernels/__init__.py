@@ -5,7 +5,9 @@
     out.loss.backward(); out.stats.energy    # every SPEC.md statistic as a B-vector
 """
 
-from srem_kernels.registry import BackendStatus, BackendUnavailable, backends
+from srem_kernels import backends  # the package of backends; calling it lists them (registry.backends)
+from srem_kernels.errors import BackendUnavailable
+from srem_kernels.registry import BackendStatus
 from srem_kernels.functional import loss, loss_from_similarity
 from srem_kernels.module import SREMLoss
 from srem_kernels.result import SREMResult, SREMStats

@@ -34,7 +34,9 @@ import torch
 import torch.distributed as dist
 
 from python_ref.srem import reduce
-from srem_kernels import fused, glue, registry, sensitivity
+from srem_kernels import registry, sensitivity
+from srem_kernels.backends import fused
+from srem_kernels.backends import glue
 from srem_kernels._validate import REDUCTIONS, SELECTS, SENSITIVITIES, _flag, check_embeddings, check_params, SREMParams
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)

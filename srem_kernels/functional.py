@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from srem_kernels import distributed, glue, registry
+from srem_kernels import distributed, registry
+
+from srem_kernels.backends import glue
 from srem_kernels._validate import _flag, check_embeddings, check_params, check_similarity
 from srem_kernels.result import SREMResult, SREMStats
 

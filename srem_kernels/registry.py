@@ -5,7 +5,10 @@ A backend's implementation is a callable
 
     run(img, txt, sim, params: SREMParams, *, stats_only=False) -> (loss, per_sample, stats: dict[str, Tensor])
 
-given either (img, txt) with sim=None or sim with img=txt=None, all inputs already validated.
+given either (img, txt) with sim=None or sim with img=txt=None, all inputs already validated
+(their values by functional.py's one value check). The implementations live in
+srem_kernels/backends/ (the fused ones behind backends/fused.py's contract); a loader imports
+one only when it is first asked for, so nothing in backends/ imports this module.
 `loss` is differentiable (without grad under stats_only, which skips all gradient work and is
 called under torch.no_grad); `per_sample` and `stats` may be detached. The registry lists backends
 fastest first: `auto` takes the first available one that runs the inputs' device and dtype.
@@ -20,10 +23,7 @@ from typing import Callable
 import torch
 
 from srem_kernels._validate import FLOAT_DTYPES
-
-
-class BackendUnavailable(RuntimeError):
-    """Raised by a backend's loader when it cannot run on this machine; the message says why."""
+from srem_kernels.errors import BackendUnavailable
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def _interpreting() -> bool:
 
 
 def _load_reference():
-    from srem_kernels import reference
+    from srem_kernels.backends import reference
 
     return reference.run
 
@@ -76,28 +76,22 @@ def _load_triton():
         raise BackendUnavailable(f"triton is not installed ({err})") from None
     if not torch.cuda.is_available() and not _interpreting():
         raise BackendUnavailable("no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors, for tests)")
-    from srem_kernels import fused, triton_srem
+    from srem_kernels.backends.fused import FusedRun
+    from srem_kernels.backends.triton import TritonKernels
 
-    return fused.FusedRun(triton_srem.TritonKernels())
+    return FusedRun(TritonKernels())
 
 
 def _load_cpu():
-    from srem_kernels import cpu_srem  # raises BackendUnavailable when the module was not built
+    from srem_kernels.backends import cpu  # raises BackendUnavailable when the module was not built
 
-    return cpu_srem.run
+    return cpu.run
 
 
 def _load_cuda():
-    from srem_kernels import cuda_srem  # raises BackendUnavailable without the module or a device
+    from srem_kernels.backends import cuda  # raises BackendUnavailable without the module or a device
 
-    return cuda_srem.run
-
-
-def _not_yet(issue: str):
-    def load():
-        raise BackendUnavailable(f"not implemented yet ({issue})")
-
-    return load
+    return cuda.run
 
 
 _FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -97,8 +97,8 @@ def check_rows_against_dense(kernels, img, txt, bounds, *, bias: bool, tol_key: 
     pass 2 from every range's pass 1 concatenated, then the backward from everything), against the
     fp64 dense contract on the whole batch: every contract vector and both gradients, taken over
     the concatenated ranges (SPEC's relative error over the global vectors)."""
-    from srem_kernels.dense_srem import DenseKernels
-    from srem_kernels.fused import CONTRACT_KEYS
+    from srem_kernels.backends.dense import DenseKernels
+    from srem_kernels.backends.fused import CONTRACT_KEYS
 
     tol, gtol = TOLERANCES[tol_key]
     B = img.shape[0]

@@ -86,7 +86,7 @@ def test_opcount_sees_operators_reads_copies_and_custom_ops():
     assert opcount.count(lambda: x.view(2, 2).t()).aten == 0  # views launch nothing
     assert opcount.count(lambda: torch.tensor([1.0, 2.0])).h2d == 1
     v = {k: torch.rand(6) for k in ("lse_r", "lse_c", "pos", "hard_i2t", "hard_t2i", "sce", "loss_cbcl")}
-    from srem_kernels import glue
+    from srem_kernels.backends import glue
 
     inside = opcount.count(lambda: glue.glue_forward_op(*v.values(), None, None, None, None, 0.2, 0.05, 1.0, 1.0, True, 2, 0,
                                                         "torch"))  # fmt: skip

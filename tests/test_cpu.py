@@ -1,4 +1,4 @@
-"""The `cpu` backend (csrc/cpu/ via srem_kernels/cpu_srem.py) against the fp64 reference: every
+"""The `cpu` backend (csrc/cpu/ via srem_kernels/backends/cpu.py) against the fp64 reference: every
 statistic, the loss and both gradients, odd shapes, fp32/fp16/bf16, non-contiguous inputs, for
 both strategies (materialised S, streamed panels) and the similarity path; several panels;
 bitwise determinism across thread counts; the strategy choice."""
@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import srem_kernels
-from srem_kernels import fused, registry
+from srem_kernels import registry
+from srem_kernels.backends import fused
 from tests.backend_checks import DTYPES, check_against_reference, check_rows_against_dense, split
-from srem_kernels.dense_srem import DenseKernels
+from srem_kernels.backends.dense import DenseKernels
 from tests.helpers import assert_rel_close, embeddings
 from tests.test_fused import OPTIONS, _params
 
@@ -19,7 +20,7 @@ status = srem_kernels.backends()["cpu"]
 pytestmark = pytest.mark.skipif(not status.available, reason=f"cpu backend unavailable: {status.reason}")
 
 if status.available:
-    from srem_kernels.cpu_srem import CPUKernels, parse_bytes
+    from srem_kernels.backends.cpu import CPUKernels, parse_bytes
 
 STRATEGIES = ("materialised", "streaming")
 # (strategy, from_sim): the similarity path always reads the given matrix, whatever the strategy
@@ -85,7 +86,7 @@ def test_cpu_non_contiguous_inputs(small_panels, dtype, strategy):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_cpu_kernel_intermediates_match_dense_contract(small_panels, strategy):
-    """lse, A_r, A_c and every B-vector of the contract, against srem_kernels/dense_srem.py (fp32);
+    """lse, A_r, A_c and every B-vector of the contract, against srem_kernels/backends/dense.py (fp32);
     the materialised forward also saves S, the streaming one nothing B×B."""
     img, txt = _inputs(130, 33, torch.float32, seed=3)
     for bias in (True, False):
@@ -170,7 +171,7 @@ def test_cpu_kernels_are_independent_of_thread_count(monkeypatch, deterministic_
     """The kernels on 1, 2 and 3 threads (uneven splits) give bitwise the same results. torch's
     GEMMs stay on one thread here: their own results may change with the thread count (for some
     shapes 1 and 3 threads differ in the last bit), which no kernel can undo."""
-    from srem_kernels import cpu_srem
+    from srem_kernels.backends import cpu as cpu_backend
 
     strategy, from_sim = PATHS[path]
     if strategy:
@@ -179,7 +180,7 @@ def test_cpu_kernels_are_independent_of_thread_count(monkeypatch, deterministic_
     img, txt = deterministic_setup
     runs = []
     for t in (1, 2, 3):
-        monkeypatch.setattr(cpu_srem, "_threads", lambda t=t: t)
+        monkeypatch.setattr(cpu_backend, "_threads", lambda t=t: t)
         runs.append(_one_call(img, txt, from_sim))
     for other in runs[1:]:
         for x, y in zip(runs[0], other):

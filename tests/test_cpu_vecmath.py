@@ -16,7 +16,7 @@ status = srem_kernels.backends()["cpu"]
 pytestmark = pytest.mark.skipif(not status.available, reason=f"cpu backend unavailable: {status.reason}")
 
 if status.available:
-    from srem_kernels import _srem_cpu
+    from srem_kernels.backends import _srem_cpu
 
 # name: (function code in srem_cpu_vecmath, fp64 reference, argument sampler, stated bound in ulps)
 _N = 1 << 20

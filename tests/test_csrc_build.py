@@ -55,9 +55,9 @@ def test_cuda_archs_come_from_the_environment(build, monkeypatch):
 
 def test_cuda_module_reports_errors_as_exceptions(nvcc):
     try:
-        from srem_kernels import _srem_cuda as C
+        from srem_kernels.backends import _srem_cuda as C
     except ImportError:
-        pytest.fail("nvcc is here but srem_kernels._srem_cuda was not built (see the install log)")
+        pytest.fail("nvcc is here but srem_kernels.backends._srem_cuda was not built (see the install log)")
     # An unknown dtype code on a GPU machine; here, without a CUDA driver, the runtime's message.
     with pytest.raises(RuntimeError, match="srem_kernels CUDA backend: similarity: "):
         C.similarity(0, 1, 1, 0, 1, 1, 99, 1, 1, 1, 0, 1, 0, 0)

@@ -66,7 +66,7 @@ def _call(backend):
 
     if backend != "triton":
         return srem_kernels.loss
-    from srem_kernels.triton_srem import TritonKernels
+    from srem_kernels.backends.triton.kernels import TritonKernels
 
     def call(img, txt, **kw):
         kw = {"tau": 0.05, "margin": 0.2, "lambda_hard": 1.0, "lambda_cbcl": 1.0, "bias": True, "sce_weight": True,

@@ -1,4 +1,4 @@
-"""The glue shared by the fused backends (srem_kernels/fused.py), driven by the dense executable
+"""The glue shared by the fused backends (srem_kernels/backends/fused.py), driven by the dense executable
 form of the kernel contract: loss, statistics and gradients against the fp64 reference."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import functools
 import pytest
 import torch
 
-from srem_kernels import fused
-from srem_kernels.dense_srem import DenseKernels
+from srem_kernels.backends import fused
+from srem_kernels.backends.dense import DenseKernels
 from tests.backend_checks import check_against_reference, run_both
 from tests.helpers import TOLERANCES, assert_rel_close, embeddings
 

@@ -1,5 +1,5 @@
-"""The glue after the kernels (srem_kernels/glue.py): its CPU routine (csrc/cpu/glue.cpp) and its
-Triton routine (srem_kernels/triton_glue.py, under the interpreter here) against the torch form
+"""The glue after the kernels (srem_kernels/backends/glue.py): its CPU routine (csrc/cpu/glue.cpp) and its
+Triton routine (srem_kernels/backends/triton/glue.py, under the interpreter here) against the torch form
 and python_ref's GMM, the value checks, and the launch-lean bar (a count of operators and host
 reads is deterministic, so it is guarded here; times are bench/'s)."""
 
@@ -11,7 +11,8 @@ import torch
 import srem_kernels
 from bench import opcount
 from python_ref.filtration import gmm_filtration as ref_gmm, gmm_low_posterior
-from srem_kernels import _alloc, glue
+from srem_kernels import _alloc
+from srem_kernels.backends import glue
 from srem_kernels._validate import SREMParams
 
 # the routines that run on CPU tensors here: the C++ one, and Triton's under the interpreter

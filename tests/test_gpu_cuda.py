@@ -1,4 +1,4 @@
-"""The `cuda` backend (csrc/cuda/srem_cuda.cu via srem_kernels/cuda_srem.py) on a GPU, against the
+"""The `cuda` backend (csrc/cuda/srem_cuda.cu via srem_kernels/backends/cuda.py) on a GPU, against the
 fp64 reference: every statistic, the loss and both gradients, odd and real sizes, fp32/fp16/bf16,
 non-contiguous inputs, the similarity path, several panels, determinism, CUDA errors as
 exceptions; each with the panels and products formed by the module's kernels and by torch.mm.
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.gpu
 @pytest.fixture(params=["own", "torch"], ids=["own-gemm", "torch-gemm"])
 def cuda_run(request, monkeypatch):
     """The registered cuda backend, its panels and products formed by its own kernels or by
-    torch.mm (SREM_CUDA_GEMM, cuda_srem.py)."""
+    torch.mm (SREM_CUDA_GEMM, srem_kernels/backends/cuda.py)."""
     status = srem_kernels.backends()["cuda"]
     if not status.available:
         pytest.fail(f"a CUDA device is here but the cuda backend is not available: {status.reason}")
@@ -98,13 +98,13 @@ def test_cuda_is_deterministic(cuda_run, dtype):
 
 
 def test_cuda_errors_are_exceptions(cuda_run):
-    from srem_kernels import _srem_cuda as C
-    from srem_kernels import cuda_srem
+    from srem_kernels.backends import _srem_cuda as C
+    from srem_kernels.backends import cuda as cuda_backend
 
     dev = torch.cuda.current_device()
     with pytest.raises(RuntimeError, match="unknown dtype code"):
         C.similarity(0, 1, 1, 0, 1, 1, 99, 1, 1, 1, 0, 1, dev, torch.cuda.current_stream().cuda_stream)
-    cuda_srem.synchronize()
+    cuda_backend.synchronize()
 
 
 @pytest.mark.parametrize("dtype,B,D,parts", [("fp32", 4096, 256, 2), ("bf16", 5000, 1024, 3), ("fp16", 37, 33, 4)])

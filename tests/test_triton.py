@@ -1,4 +1,4 @@
-"""backend="triton" (srem_kernels/triton_srem.py) against the fp64 reference, within SPEC.md's
+"""backend="triton" (srem_kernels/backends/triton/kernels.py) against the fp64 reference, within SPEC.md's
 tolerances: every statistic, the loss and both gradients, both strategies, every dtype, odd
 shapes, the similarity path, non-contiguous inputs, determinism, stats_only and torch.compile.
 
@@ -19,13 +19,14 @@ import torch
 import triton
 
 import srem_kernels
-from srem_kernels import fused, registry
+from srem_kernels import registry
+from srem_kernels.backends import fused
 from srem_kernels._validate import check_params
 from tests.backend_checks import DTYPES, check_against_reference, check_rows_against_dense, run_both, split
-from srem_kernels.dense_srem import DenseKernels
+from srem_kernels.backends.dense import DenseKernels
 from tests.helpers import TOLERANCES, assert_rel_close, embeddings
 
-triton_srem = pytest.importorskip("srem_kernels.triton_srem")
+triton_kernels = pytest.importorskip("srem_kernels.backends.triton.kernels")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # masked lanes of edge tiles compute -inf - -inf and the like, which numpy reports; they are never stored
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -47,7 +48,7 @@ def kernels(strategy, **kw):
     kw.setdefault("block_n", 16)
     kw.setdefault("split", 2)
     kw.setdefault("panel_rows", 48)
-    return triton_srem.TritonKernels(strategy, **kw)
+    return triton_kernels.TritonKernels(strategy, **kw)
 
 
 def params_for(B, case, seed=0):
@@ -114,7 +115,7 @@ def test_work_splits(strategy, dtype, B, tiles):
     check_against_reference(run_with(kernels(strategy, **tiles)), img, txt, params_for(B, "default"), False, dtype)
 
 
-@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+@pytest.mark.parametrize("strategy", triton_kernels.STRATEGIES)
 @pytest.mark.parametrize("B,D,seed", [(37, 1, 0), (37, 1, 1), (64, 2, 3)])
 def test_confident_unnormalised_inputs(strategy, B, D, seed):
     """|Z| up to ~80: off-diagonal probabilities within an ulp of 1 and diagonal ones of 1e-30.
@@ -126,7 +127,7 @@ def test_confident_unnormalised_inputs(strategy, B, D, seed):
     check_against_reference(run_with(kernels(strategy)), img, txt, params_for(B, "default"), False, "fp32")
 
 
-@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+@pytest.mark.parametrize("strategy", triton_kernels.STRATEGIES)
 def test_confident_wrong_match_b2(strategy):
     """B=2, D=1: both texts closer to image 1, an off-diagonal Pc that rounds to 1 in fp32. The
     loss stays finite and exact. (Not d img: it is 1e-7 here, the difference of two terms of 3.3,
@@ -151,7 +152,7 @@ def test_similarity_path(dtype, B, case, layout):
                             params_for(B, case), True, dtype)  # fmt: skip
 
 
-@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+@pytest.mark.parametrize("strategy", triton_kernels.STRATEGIES)
 def test_non_contiguous_inputs(strategy):
     img, txt = embeddings(2 * 37, 40, seed=5, noise=0.7, dtype=torch.float32, device=DEVICE)
     a, b = img[::2, 1:-6], txt.T.contiguous().T[1::2, 3:-4]  # row-strided and column-major
@@ -159,15 +160,15 @@ def test_non_contiguous_inputs(strategy):
     check_against_reference(run_with(kernels(strategy)), a, b, params_for(37, "default"), False, "fp32")
 
 
-@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+@pytest.mark.parametrize("strategy", triton_kernels.STRATEGIES)
 def test_intermediates_match_the_dense_contract(strategy):
     """lse, A_r, A_c and the backward's split forms (m, log l, at, A_rest) against
-    srem_kernels/dense_srem.py in fp64."""
+    srem_kernels/backends/dense.py in fp64."""
     img, txt = embeddings(37, 33, seed=2, noise=0.7, dtype=torch.float32, device=DEVICE)
     for bias in (True, False):
         out = kernels(strategy).forward(img, txt, None, tau=0.05, eps=1e-10, bias=bias)
         ref = DenseKernels().forward(img.double().cpu(), txt.double().cpu(), None, tau=0.05, eps=1e-10, bias=bias)
-        names = triton_srem.CONTRACT_KEYS + triton_srem.SPLIT_KEYS + triton_srem.REST_KEYS
+        names = triton_kernels.CONTRACT_KEYS + triton_kernels.SPLIT_KEYS + triton_kernels.REST_KEYS
         assert set(out) - {"S"} == set(names)
         for name in names:
             if name.endswith("_index") or name.startswith("at_"):
@@ -184,12 +185,12 @@ def test_fp64_gradcheck():
     img, txt = (t.requires_grad_() for t in embeddings(B, D, seed=4, noise=1.0, device=DEVICE))
     params = check_params(B, img.device, check_finite=True, tau=0.5, margin=0.3, lambda_hard=1.0, lambda_cbcl=1.0,
                           bias=False, sce_weight=False, clean=None, select="none", eps=1e-10, reduction="sum")  # fmt: skip
-    for strategy in triton_srem.STRATEGIES:
+    for strategy in triton_kernels.STRATEGIES:
         k = kernels(strategy, block=16, split=1, panel_rows=4)  # one square tile (B=5)
         assert torch.autograd.gradcheck(lambda a, b: fused.run(k, a, b, None, params)[0], (img, txt))
 
 
-@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+@pytest.mark.parametrize("strategy", triton_kernels.STRATEGIES)
 def test_deterministic(strategy):
     img, txt = embeddings(130, 33, seed=9, noise=0.7, dtype=torch.float32, device=DEVICE)
     k = kernels(strategy)
@@ -216,7 +217,7 @@ def triton_on_this_device(monkeypatch):
     registry._load.cache_clear()
 
 
-@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+@pytest.mark.parametrize("strategy", triton_kernels.STRATEGIES)
 def test_stats_only(strategy, monkeypatch, triton_on_this_device):
     monkeypatch.setenv("SREM_TRITON_STRATEGY", strategy)
     img, txt = embeddings(37, 33, seed=3, noise=0.7, dtype=torch.float32, device=DEVICE)
@@ -228,7 +229,7 @@ def test_stats_only(strategy, monkeypatch, triton_on_this_device):
     for name, value in only.stats.as_dict().items():
         assert torch.equal(value, getattr(full.stats, name)), name
     # no gradient work: A_r, A_c are neither computed nor returned, nothing saved
-    layout = triton_srem.TritonKernels().saved_layout(img, txt, None, stats_only=True)
+    layout = triton_kernels.TritonKernels().saved_layout(img, txt, None, stats_only=True)
     assert "A_r" not in layout and "S" not in layout
     sim_only = srem_kernels.loss_from_similarity(img @ txt.T, backend="triton", stats_only=True)
     assert_rel_close(sim_only.loss, full.loss, TOLERANCES["fp32"][0], "loss from sim")
@@ -288,18 +289,18 @@ def test_torch_compile_fullgraph_training_step():
 
 
 def test_strategy_choice_and_forcing(monkeypatch):
-    k = triton_srem.TritonKernels()
+    k = triton_kernels.TritonKernels()
     monkeypatch.delenv("SREM_TRITON_STRATEGY", raising=False)
     assert k.strategy_for(1024, 64, torch.float32, torch.device(DEVICE)) == "materialised"
     assert k.strategy_for(1 << 17, 64, torch.bfloat16, torch.device(DEVICE)) == "streaming"
     monkeypatch.setenv("SREM_TRITON_STRATEGY", "streaming")
     assert k.strategy_for(1024, 64, torch.float32, torch.device(DEVICE)) == "streaming"
-    assert triton_srem.TritonKernels("materialised").strategy_for(1 << 17, 64, torch.float32, torch.device("cpu")) == "materialised"
+    assert triton_kernels.TritonKernels("materialised").strategy_for(1 << 17, 64, torch.float32, torch.device("cpu")) == "materialised"
     monkeypatch.setenv("SREM_TRITON_STRATEGY", "fast")
     with pytest.raises(ValueError, match="SREM_TRITON_STRATEGY"):
-        triton_srem.TritonKernels().strategy_for(64, 8, torch.float32, torch.device("cpu"))
+        triton_kernels.TritonKernels().strategy_for(64, 8, torch.float32, torch.device("cpu"))
     with pytest.raises(ValueError, match="strategy"):
-        triton_srem.TritonKernels("fast")
+        triton_kernels.TritonKernels("fast")
 
 
 def test_registry_lists_triton_as_available_here(monkeypatch):
@@ -320,7 +321,7 @@ def test_row_ranges_match_dense_contract(dtype, B, D, parts, bias):
     check_rows_against_dense(kernels("streaming", panel_rows=16), img, txt, split(B, parts), bias=bias, tol_key=dtype)
 
 
-@pytest.mark.parametrize("strategy", [*triton_srem.STRATEGIES, "similarity"])
+@pytest.mark.parametrize("strategy", [*triton_kernels.STRATEGIES, "similarity"])
 def test_hot_path_has_no_host_reads_or_copies(strategy):
     """The kernels' forward and backward read nothing back to the host and copy nothing to the
     device (bench/opcount.py counts both; the interpreter's runs show what a GPU run would do), so
@@ -355,4 +356,4 @@ def test_hot_path_has_no_host_reads_or_copies(strategy):
 def test_tile_sizes_are_checked(kw, name):
     """tl.dot on a GPU needs every dimension ≥ 16 (the interpreter takes any): refused up front."""
     with pytest.raises(ValueError, match=name):
-        triton_srem.TritonKernels("streaming", **kw)
+        triton_kernels.TritonKernels("streaming", **kw)

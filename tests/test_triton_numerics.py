@@ -18,8 +18,8 @@ from tests.backend_checks import check_against_reference
 from tests.helpers import embeddings, rel_err
 from tests.test_triton import DEVICE, kernels, params_for, run_with
 
-triton_srem = pytest.importorskip("srem_kernels.triton_srem")
-tiles = pytest.importorskip("srem_kernels.triton_tiles")
+triton_kernels = pytest.importorskip("srem_kernels.backends.triton.kernels")
+tiles = pytest.importorskip("srem_kernels.backends.triton.tiles")
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
@@ -93,7 +93,7 @@ def test_tf32_error_is_that_of_a_rounded_matmul():
     assert sum(truncated[k] > 1.1 * nearest[k] + 1e-5 for k in got) >= len(got) // 2, truncated
 
 
-@pytest.mark.parametrize("strategy", triton_srem.STRATEGIES)
+@pytest.mark.parametrize("strategy", triton_kernels.STRATEGIES)
 def test_nan_in_s_reaches_the_statistics(strategy):
     """check_finite=False with a NaN in one row of img (a NaN row of S): every statistic whose
     max or sum meets that row is NaN, the others stay finite. tl.max drops NaN, on the GPU and in

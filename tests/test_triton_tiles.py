@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-triton_srem = pytest.importorskip("srem_kernels.triton_srem")
+triton_kernels = pytest.importorskip("srem_kernels.backends.triton.kernels")
 pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-              pytest.mark.skipif(not triton_srem.INTERPRET, reason="counts under the interpreter")]  # fmt: skip
+              pytest.mark.skipif(not triton_kernels.INTERPRET, reason="counts under the interpreter")]  # fmt: skip
 
 
 @pytest.mark.parametrize("B,tiles", [(64, dict(block=32, block_n=16, split=2, splits=2)),
@@ -33,18 +33,18 @@ def test_each_tile_once_per_pass(B, tiles):
 @pytest.mark.parametrize("B", [65536, 262144])
 def test_partials_buffer_bound(monkeypatch, B):
     """At most 1 % of one B×B fp32 matrix on a 132-SM device (the plan's K), staging included."""
-    monkeypatch.setattr(triton_srem, "_sm_count", lambda device: 132)
-    k = triton_srem.TritonKernels("streaming")
+    monkeypatch.setattr(triton_kernels, "_sm_count", lambda device: 132)
+    k = triton_kernels.TritonKernels("streaming")
     for dtype in (torch.bfloat16, torch.float32):
         tiles = k.tiles(dtype, False)
         G, K, grid = k.plan(B, B, torch.device("cuda"), tiles, pairs=True)
         assert K * (K + 1) // 2 >= 4 * 132 and grid == (K, K // 2 + 1)
-        size = triton_srem.partials_bytes(B, K, dtype) + K * 4 * tiles["BM"] ** 2 * 4
+        size = triton_kernels.partials_bytes(B, K, dtype) + K * 4 * tiles["BM"] ** 2 * 4
         assert size <= 0.01 * 4 * B * B, (K, size)
 
 
 def test_plan_fills_a_device_at_4096(monkeypatch):
-    monkeypatch.setattr(triton_srem, "_sm_count", lambda device: 132)
-    k = triton_srem.TritonKernels("streaming")
+    monkeypatch.setattr(triton_kernels, "_sm_count", lambda device: 132)
+    k = triton_kernels.TritonKernels("streaming")
     G, K, grid = k.plan(4096, 4096, torch.device("cuda"), k.tiles(torch.bfloat16, False), pairs=True)
     assert K * (K + 1) // 2 >= 132, K

@@ -65,7 +65,7 @@ def check_case(results: Results, variant: str, run, img, txt, ref_run, tol_key: 
 def panels_transpose(results: Results, img, txt, label: str) -> None:
     """cuda: Q = txt·imgᵀ against Pᵀ = (img·txtᵀ)ᵀ, bit for bit, for each panel GEMM (INFO: pass 2
     assumes it; the effect of a difference is ≤ 1 ulp of Z at a row maximum)."""
-    from srem_kernels.cuda_srem import GEMMS, CUDAKernels
+    from srem_kernels.backends.cuda import GEMMS, CUDAKernels
 
     B = img.shape[0]
     for gemm in GEMMS:

@@ -160,7 +160,7 @@ def tier_env(ctx: Context, deadline: Deadline) -> None:
     if rc != 0:
         ctx.results.add(Row(T, "backend import", "ERROR", detail=_last_lines(text)))
     if not ctx.dry_run:  # the module's static cudart against the driver (the review's setup risk)
-        rc, text = call(ctx, [ctx.py, "-c", "from srem_kernels import cuda_srem; cuda_srem.synchronize(); print('cuda module runs')"],
+        rc, text = call(ctx, [ctx.py, "-c", "from srem_kernels.backends import cuda; cuda.synchronize(); print('cuda module runs')"],
                         deadline)  # fmt: skip
         ok = rc == 0 and "cuda module runs" in text
         ctx.results.add(Row(T, "backend cuda call", "PASS" if ok else "FAIL", detail="" if ok else _last_lines(text)))

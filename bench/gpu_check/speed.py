@@ -69,9 +69,9 @@ def triton_kernels(results: Results) -> None:
     """Registers, spills, warps and shared memory of every compiled Triton kernel (Triton's JIT
     caches; the tuning targets of the review)."""
     try:
-        from srem_kernels import triton_srem
+        from srem_kernels.backends.triton import kernels as triton_kernels
 
-        for name, fn in sorted(vars(triton_srem).items()):
+        for name, fn in sorted(vars(triton_kernels).items()):
             for caches in (getattr(fn, "device_caches", None) or {}).values():
                 for i, ck in enumerate(caches[0].values()):
                     md = ck.metadata
@@ -84,7 +84,7 @@ def triton_kernels(results: Results) -> None:
 def gemm_panels(results: Results, dev, B: int, D: int, dtype: str, repeats: int = 10) -> None:
     """cuda's own similarity / GEMM kernels against torch.mm on one panel, as forward and backward
     call them (torch's products take dS already cast to the gradient dtype; the cast is its own row)."""
-    from srem_kernels.cuda_srem import CUDAKernels, _grad_dtype, _panel_rows
+    from srem_kernels.backends.cuda import CUDAKernels, _grad_dtype, _panel_rows
 
     dt = DTYPES[dtype]
     R = _panel_rows(B)

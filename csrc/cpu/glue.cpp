@@ -1,4 +1,4 @@
-// The B-vector work after the kernels, for CPU tensors (srem_kernels/glue.py is the contract and
+// The B-vector work after the kernels, for CPU tensors (srem_kernels/backends/glue.py is the contract and
 // its torch form the readable statement): the value checks of the inputs, SPEC.md's GMM
 // filtration, the glue forward (energies, c, w, the hinge, L_i and the reduction) and the
 // backward's upstream vectors. Each is one call: no ATen operator, no host read.
@@ -175,7 +175,7 @@ void gmm_filtration(const T* x, int64_t n, int64_t stride, T* clean, int64_t cle
 
 // ------------------------------------------------------------------ glue forward / upstream
 
-// Rows of the glue workspace (srem_kernels/glue.py ROWS).
+// Rows of the glue workspace (srem_kernels/backends/glue.py ROWS).
 enum Row { kEnergyI2t, kEnergyT2i, kEnergy, kClean, kWeight, kLossHard, kPerSample, kHingeR, kHingeC, kRows };
 enum Select { kGiven = 0, kGmm = 1, kNone = 2 };
 enum Reduction { kMean = 0, kSum = 1, kNoReduction = 2 };

@@ -1,5 +1,5 @@
 // Fused CPU kernels of the SREM loss (SPEC.md): the `cpu` backend's B×B work, over fp32 panels of
-// S that the caller (srem_kernels/cpu_srem.py) forms with torch's GEMM or takes from a whole S.
+// S that the caller (srem_kernels/backends/cpu.py) forms with torch's GEMM or takes from a whole S.
 // C ABI: raw pointers, sizes and leading dimensions (unit column stride); module.cpp binds them.
 // Vectors are indexed by sample (0..B-1). Every function splits its work over `threads` OpenMP
 // threads so that each output is written by one of them and every sum runs in a fixed order:

@@ -1,4 +1,4 @@
-// srem_kernels._srem_cpu: the pybind11 bindings of the CPU kernels (kernels.h). Arguments are
+// srem_kernels.backends._srem_cpu: the pybind11 bindings of the CPU kernels (kernels.h). Arguments are
 // tensor.data_ptr() integers, sizes and leading dimensions; the GIL is released around each call.
 
 #include <pybind11/pybind11.h>
@@ -25,7 +25,7 @@ int64_t* i64(u p) { return ptr<int64_t>(p); }
 void register_glue(py::module_& m);  // glue.cpp: value checks, GMM, the glue's B-vector work
 
 PYBIND11_MODULE(_srem_cpu, m) {
-  m.doc() = "Fused CPU kernels of the SREM loss over panels of S (raw pointers; see srem_kernels/cpu_srem.py)";
+  m.doc() = "Fused CPU kernels of the SREM loss over panels of S (raw pointers; see srem_kernels/backends/cpu.py)";
   register_glue(m);
   auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("finish_pass1", [](int64_t B, u m_r, u logl_r, u m_c, u rest_c, u logl_c, u lse_r, u lse_c) {

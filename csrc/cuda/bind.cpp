@@ -24,7 +24,7 @@ void* stream_of(uintptr_t s) { return reinterpret_cast<void*>(s); }
 }  // namespace
 
 PYBIND11_MODULE(_srem_cuda, m) {
-  m.doc() = "CUDA kernels of the SREM loss over row panels of S (raw device pointers; see srem_kernels/cuda_srem.py)";
+  m.doc() = "CUDA kernels of the SREM loss over row panels of S (raw device pointers; see srem_kernels/backends/cuda.py)";
   m.attr("F32") = static_cast<int>(SREM_F32);
   m.attr("F16") = static_cast<int>(SREM_F16);
   m.attr("BF16") = static_cast<int>(SREM_BF16);

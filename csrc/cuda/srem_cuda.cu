@@ -1,7 +1,7 @@
 // CUDA kernels of the SREM loss (SPEC.md), the `cuda` backend's B×B work.
 //
 // Same streaming design and numerics as the CPU backend (csrc/cpu/srem_cpu.cpp), whose comments
-// give the math: the host (srem_kernels/cuda_srem.py) walks S in row panels; `similarity` forms a
+// give the math: the host (srem_kernels/backends/cuda.py) walks S in row panels; `similarity` forms a
 // panel from img/txt with shared-memory tiles (tensor cores through WMMA for fp16/bf16, IEEE fp32
 // FMAs for fp32), the panel kernels reduce it per row (one block per row) and per column (one
 // thread per column, folded into running column statistics panel after panel: an online

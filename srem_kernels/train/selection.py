@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import srem_kernels
-from srem_kernels import glue
+from srem_kernels.backends import glue
 from srem_kernels.result import SREMStats
 from srem_kernels.train.data import Split
 

@@ -1,4 +1,4 @@
-"""The glue's B-vector work (srem_kernels/glue.py) as Triton kernels, for CUDA tensors (the
+"""The glue's B-vector work (srem_kernels/backends/glue.py) as Triton kernels, for CUDA tensors (the
 `triton` and `cuda` backends) and, under TRITON_INTERPRET=1, CPU tensors (tests):
 
   _glue_kernel       ONE program: the energies, SPEC.md's GMM filtration (20 EM rounds, each two

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from srem_kernels import _alloc
-from srem_kernels.fused import swap_sides
+from srem_kernels.backends.fused import swap_sides
 
 _F32 = torch.float32
 

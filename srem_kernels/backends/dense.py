@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from srem_kernels.fused import swap_sides
+from srem_kernels.backends.fused import swap_sides
 
 
 def _acc(dtype):

@@ -49,10 +49,12 @@ import torch
 import triton
 import triton.language as tl
 
-from srem_kernels import _alloc, fused
-from srem_kernels.triton_merge import _merge1_kernel, _merge2_kernel
-from srem_kernels.triton_passes import _dsim_kernel, _pass1_kernel, _pass2_kernel
-from srem_kernels.triton_tiles import INTERPRET
+from srem_kernels import _alloc
+
+from srem_kernels.backends import fused
+from srem_kernels.backends.triton.merge import _merge1_kernel, _merge2_kernel
+from srem_kernels.backends.triton.passes import _dsim_kernel, _pass1_kernel, _pass2_kernel
+from srem_kernels.backends.triton.tiles import INTERPRET
 
 STRATEGIES = ("streaming", "materialised")
 
@@ -76,7 +78,7 @@ _PANEL_BYTES = 64 << 20  # streaming backward: the dS panel (< 1 % of a 65536² 
 PARTIAL_FLOATS, PARTIAL_INTS = 8, 4  # words per sample and super-block in the partials buffer
 
 # The forward's entries besides the Kernels contract, for the backward (names as in
-# srem_kernels/dense_srem.py): the split log-sum-exp; each row's (column's) maximal element `at`, the
+# srem_kernels/backends/dense.py): the split log-sum-exp; each row's (column's) maximal element `at`, the
 # one log l leaves out; A without it. REST_KEYS only where the backward will run (not stats_only).
 SPLIT_KEYS = ("m_r", "logl_r", "at_r", "m_c", "logl_c", "at_c")
 REST_KEYS = ("A_r_rest", "A_c_rest")
@@ -152,7 +154,7 @@ def partials_bytes(B: int, K: int, dtype: torch.dtype = torch.float32) -> int:
 
 
 class TritonKernels:
-    """The Kernels contract of srem_kernels/fused.py in Triton (see the module docstring).
+    """The Kernels contract of srem_kernels/backends/fused.py in Triton (see the module docstring).
 
     strategy: "streaming", "materialised" or None/"auto" (then SREM_TRITON_STRATEGY, else chosen
     from B, D and free memory; the similarity path always reads the given matrix). block × block_n

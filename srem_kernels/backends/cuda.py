@@ -1,7 +1,7 @@
 """The `cuda` backend: CUDA C++ kernels (csrc/cuda/srem_cuda.cu) behind fused.py's `Kernels`
 contract.
 
-The same streaming as the cpu backend (srem_kernels/cpu_srem.py): S is walked in row panels of
+The same streaming as the cpu backend (srem_kernels/backends/cpu.py): S is walked in row panels of
 `_panel_rows(B)` rows, never held whole. Every panel is formed, reduced by the panel kernels, and
 in backward turned into dS, then multiplied into dS·T and dSᵀ·I. The module links the CUDA
 runtime only: all pointers, strides and the current stream cross its C ABI as integers. Extra
@@ -25,14 +25,16 @@ import os
 
 import torch
 
-from srem_kernels import _alloc, fused
-from srem_kernels.panels import PanelRows
-from srem_kernels.registry import BackendUnavailable
+from srem_kernels import _alloc
+
+from srem_kernels.backends import fused
+from srem_kernels.backends.panels import PanelRows
+from srem_kernels.errors import BackendUnavailable
 
 try:
-    from srem_kernels import _srem_cuda as _C
+    from srem_kernels.backends import _srem_cuda as _C
 except ImportError as err:  # built by setup.py only where nvcc is found
-    raise BackendUnavailable(f"compiled module srem_kernels._srem_cuda is missing ({err}); install with nvcc on PATH") from err
+    raise BackendUnavailable(f"compiled module srem_kernels.backends._srem_cuda is missing ({err}); install with nvcc on PATH") from err
 if not torch.cuda.is_available():
     raise BackendUnavailable("no CUDA device (torch.cuda.is_available() is False)")
 

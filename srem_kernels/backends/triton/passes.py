@@ -22,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from srem_kernels.triton_tiles import (
+from srem_kernels.backends.triton.tiles import (
     _half, _nlp, _one_minus_p, _pair_halves, _program, _s_tile, _scalar, _side_put, _stats_merge, _sums_put, _terms,
     _tile_stats,
 )  # fmt: skip

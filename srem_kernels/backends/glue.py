@@ -53,7 +53,7 @@ CHECKED = ("img", "txt", "sim", "margin", "clean")
 @functools.cache
 def _cpu_module():
     try:
-        from srem_kernels import _srem_cpu
+        from srem_kernels.backends import _srem_cpu
     except ImportError:
         return None
     return _srem_cpu if hasattr(_srem_cpu, "glue_forward") else None
@@ -62,7 +62,7 @@ def _cpu_module():
 @functools.cache
 def _triton_module():
     try:
-        from srem_kernels import triton_glue
+        from srem_kernels.backends.triton import glue as triton_glue
     except ImportError:  # triton not installed
         return None
     return triton_glue

@@ -1,5 +1,5 @@
 """The `reference` backend: python_ref, the plain-PyTorch oracle, behind the registry's interface.
-In the distributed loss it computes a rank's rows with dense_srem's kernels (Br×B, not B×B)."""
+In the distributed loss it computes a rank's rows with dense's kernels (Br×B, not B×B)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import python_ref
 
 from srem_kernels._validate import SREMParams
-from srem_kernels.dense_srem import DenseKernels
+from srem_kernels.backends.dense import DenseKernels
 
 
 class _Reference:

@@ -28,14 +28,16 @@ import re
 
 import torch
 
-from srem_kernels import _alloc, fused
-from srem_kernels.panels import PanelRows
-from srem_kernels.registry import BackendUnavailable
+from srem_kernels import _alloc
+
+from srem_kernels.backends import fused
+from srem_kernels.backends.panels import PanelRows
+from srem_kernels.errors import BackendUnavailable
 
 try:
-    from srem_kernels import _srem_cpu as _C
+    from srem_kernels.backends import _srem_cpu as _C
 except ImportError as err:  # built by setup.py; skipped there when no C++ compiler works
-    raise BackendUnavailable(f"compiled module srem_kernels._srem_cpu is missing ({err}); reinstall with a C++17 compiler") from err
+    raise BackendUnavailable(f"compiled module srem_kernels.backends._srem_cpu is missing ({err}); reinstall with a C++17 compiler") from err
 
 _F32 = torch.float32
 STRATEGIES = ("streaming", "materialised")
@@ -112,7 +114,7 @@ def parse_bytes(value, name: str) -> int:
 
 
 class CPUKernels(PanelRows):
-    """The Kernels contract of srem_kernels/fused.py in C++ (see the module docstring).
+    """The Kernels contract of srem_kernels/backends/fused.py in C++ (see the module docstring).
 
     strategy: "streaming", "materialised", or None/"auto" (then SREM_CPU_STRATEGY, else chosen by
     memory). memory: the materialised strategy's budget in bytes (or "8G"-style), else

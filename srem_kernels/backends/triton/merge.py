@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from srem_kernels.triton_tiles import _log1p, _nlp, _scalar, _side_load, _stats_merge, _sums_load
+from srem_kernels.backends.triton.tiles import _log1p, _nlp, _scalar, _side_load, _stats_merge, _sums_load
 
 
 @triton.jit

@@ -3,7 +3,7 @@
 A fused backend (triton, cuda, cpu) supplies a `Kernels` object with two methods that do all the
 B×B work; this module turns them into a backend `run` with autograd. Everything that is only
 B-vectors — the energies, the GMM filtration, the weights, the hinge, the reduction, the
-backward's upstream vectors — is srem_kernels/glue.py's, one routine per device class, the same
+backward's upstream vectors — is srem_kernels/backends/glue.py's, one routine per device class, the same
 for every backend. A Kernels object may name the glue it prefers (`glue = "triton"`: the Triton
 routines also for CPU tensors under the interpreter).
 
@@ -31,11 +31,11 @@ backward(img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c) -> (d_img, d
 
 Numerics the backward needs: E_r - Pr·A_r cancels at a row's maximal element when that
 probability is near 1 (both ~1/(1 - P)); form it there as E·(1 - P) - P·A_rest, with A_rest the
-sum without that element (dense_srem.py returns at_r/A_r_rest, at_c/A_c_rest for it), and
+sum without that element (dense.py returns at_r/A_r_rest, at_c/A_c_rest for it), and
 1 - P as -expm1(log P). Compile the arithmetic without contracting (m - Z) + log l into one
 fused multiply-add (Z must round as m did), or the row maximum's -log P is no longer log l.
 
-srem_kernels/dense_srem.py executes this contract densely, in the cancellation-free forms an fp32
+srem_kernels/backends/dense.py executes this contract densely, in the cancellation-free forms an fp32
 kernel needs to meet SPEC.md's 1e-5 (README, "Numerics").
 
 Optional parts of a Kernels object (the contract above does not change):
@@ -74,7 +74,7 @@ from typing import Optional, Protocol
 import torch
 
 from python_ref.srem import STATISTICS
-from srem_kernels import glue
+from srem_kernels.backends import glue
 from srem_kernels._validate import SREMParams
 
 # The glue computes these statistics; the kernels' forward returns the others as they are.
