@@ -10,7 +10,7 @@
               read at most
 
 Each is ONE routine per device class — csrc/cpu/glue.cpp for CPU tensors, srem_kernels/
-triton_glue.py for CUDA tensors (and for CPU tensors under TRITON_INTERPRET=1 where the kernels
+triton/glue.py for CUDA tensors (and for CPU tensors under TRITON_INTERPRET=1 where the kernels
 are Triton's) — and the torch form below, which is the readable statement of what they compute,
 the fallback where neither is built, and what the tests compare them with (its GMM is
 python_ref's). `implementation()` says which runs.

@@ -1,6 +1,6 @@
 """backend="triton": the `Kernels` contract of fused.py (SPEC.md's B×B work) as Triton kernels.
 
-The kernels (triton_passes.py, triton_merge.py; tile helpers in triton_tiles.py):
+The kernels (passes.py, merge.py; tile helpers in tiles.py):
 
   pass 1   _pass1_kernel + _merge1_kernel: split log-sum-exps (m, log l, at) of every row and
            column of Z = S/tau, hardest negatives, S_ii, ce.
@@ -26,7 +26,7 @@ Strategies (TritonKernels(strategy=...) or SREM_TRITON_STRATEGY, else chosen by 
                 backward forms dS a panel of rows at a time (panel_rows × B) and accumulates the
                 two products panel by panel in a fixed order. Extra memory O(B·D + panel·B).
 Per forward+backward, streaming forms S three times (pass 1, pass 2, dS) plus the two gradient
-GEMMs: 5 GEMM-equivalents against the floor's 3 (bench/triton_tiles.py counts them).
+GEMMs: 5 GEMM-equivalents against the floor's 3 (bench/tiles.py counts them).
 
 Row ranges (fused.py, the distributed loss): a rank's rows and columns of S, always streamed
 from the gathered img/txt; a program owns a row block of the range and a column super-block.
@@ -121,7 +121,7 @@ def _matmul_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _split(v: float) -> tuple[float, float]:
-    """v as two fp32 kernel arguments (hi, lo) for triton_tiles._scalar."""
+    """v as two fp32 kernel arguments (hi, lo) for tiles._scalar."""
     hi = float(np.float32(v))
     return hi, float(np.float32(v - hi))
 

@@ -1,4 +1,4 @@
-"""The Triton backend's merge kernels: each sample's K partials of a pass (triton_passes.py), in
+"""The Triton backend's merge kernels: each sample's K partials of a pass (passes.py), in
 slot order, into the Kernels contract's vectors (fused.py). One program per TM samples; cheap
 (K·(8 + 4) words read per sample), deterministic."""
 

@@ -1,6 +1,6 @@
 """The Triton backend's B×B kernels: the two forward passes over tile pairs and the dS kernel.
 
-Pass kernels (PAIRS, one process): a program owns a pair of super-blocks (triton_tiles._program)
+Pass kernels (PAIRS, one process): a program owns a pair of super-blocks (tiles._program)
 and, for every pair of tile blocks {a, b} in it, forms X = S[a, b] and Yᵀ = S[b, a]ᵀ once (one
 tile, X, where a = b), so each element of S is formed once per pass and its probabilities are
 evaluated once in pass 2. Element (i, j) of X serves row i of S and column j; element (i, j) of
@@ -8,7 +8,7 @@ Yᵀ serves column i and row j. Reduced along j, both give sample i's (block a's
 statistics, kept in registers over the program's b loop and written once per a; reduced along
 i, sample j's (block b's), merged into b's slot in the partials buffer per pair (only this
 program writes that slot). Every sample has K slots, one per super-block; a merge kernel
-(triton_merge.py) combines them in slot order. Deterministic: no atomics, fixed order.
+(merge.py) combines them in slot order. Deterministic: no atomics, fixed order.
 
 Row ranges (not PAIRS, the distributed loss): a program owns row block a of the range and one
 column super-block; both tiles of every pair are formed and only their row reduction is kept.
