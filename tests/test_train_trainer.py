@@ -152,3 +152,11 @@ def test_precomputed_layout_trains_end_to_end(tmp_path):
     root = write_precomp(tmp_path / "data", name="coco", n_img=(12, 5, 10), test_split="testall")
     res = trainer.train(_cfg(tmp_path, dataset="coco", data_path=str(root), noise=0.2, batch_size=8, epochs=2))
     assert "fold_rsum" in res["test"] and 0 <= res["test"]["rsum"] <= 600
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, capfd):
+    """A log or CI output (stderr not a terminal) gets no tqdm carriage-return updates, only one line per epoch."""
+    trainer.train(_cfg(tmp_path, epochs=2, progress=True, quiet=False))
+    out, err = capfd.readouterr()
+    assert "\r" not in out and "\r" not in err
+    assert [line.split()[:2] for line in out.splitlines() if line.startswith("epoch")] == [["epoch", "0"], ["epoch", "1"]]

@@ -391,7 +391,8 @@ def _progress(batches, cfg: TrainConfig, epoch: int, d: dist_mod.Dist):
         from tqdm import tqdm
     except ImportError:
         return batches
-    return tqdm(batches, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    # disable=None: bars only on a terminal; a log or CI gets the one line per epoch alone
+    return tqdm(batches, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, disable=None)
 
 
 def _epoch_line(e: dict) -> str:
