@@ -46,7 +46,18 @@ class SREMParams:
 def _tensor(x, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    # the kernels read dense memory: sparse, nested or mkldnn layouts and data-less meta tensors
+    # would otherwise fail deep inside torch (or a kernel) with an error that names neither
+    if x.layout != torch.strided or x.is_nested:
+        layout = "nested" if x.is_nested else str(x.layout)
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {layout}; call .to_dense() first")
     return x
+
+
+def _has_data(x: torch.Tensor, name: str) -> None:
+    # after the device checks, so a meta tensor beside a real one reads as a device mismatch
+    if x.is_meta:
+        raise TypeError(f"{name} is a meta tensor (a shape without data); the loss needs its values")
 
 
 def _float_tensor(x: torch.Tensor, name: str) -> None:
@@ -61,11 +72,13 @@ def _finite(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
 
 
-def _matrix(x, name: str, check_finite: bool) -> torch.Tensor:
+def _matrix(x, name: str, check_finite: bool, has_data: bool = True) -> torch.Tensor:
     x = _tensor(x, name)
     if x.dim() != 2:
         raise ValueError(f"{name} must be a 2-D tensor, got shape {tuple(x.shape)}")
     _float_tensor(x, name)
+    if has_data:
+        _has_data(x, name)
     if check_finite:
         _finite(x, name)
     return x
@@ -74,10 +87,12 @@ def _matrix(x, name: str, check_finite: bool) -> torch.Tensor:
 def check_embeddings(img, txt, check_finite: bool, min_batch: int = 2) -> tuple[int, int]:
     """img and txt: B×D, same B, D, dtype and device, B ≥ min_batch (2; a rank's share of a
     distributed batch: 1), D ≥ 1. Returns (B, D)."""
-    img = _matrix(img, "img", check_finite=False)
-    txt = _matrix(txt, "txt", check_finite=False)
+    img = _matrix(img, "img", check_finite=False, has_data=False)
+    txt = _matrix(txt, "txt", check_finite=False, has_data=False)
     if img.device != txt.device:
         raise ValueError(f"img and txt must be on the same device, got img on {img.device} and txt on {txt.device}")
+    _has_data(img, "img")
+    _has_data(txt, "txt")
     if img.dtype != txt.dtype:
         raise TypeError(f"img and txt must have the same dtype, got img {img.dtype} and txt {txt.dtype}")
     if img.shape[0] != txt.shape[0]:
@@ -145,6 +160,7 @@ def _vector(x, name: str, B: int, device: torch.device, check_finite: bool) -> t
         raise ValueError(f"{name} must have shape (B,) = ({B},), got {tuple(x.shape)}")
     if x.device != device:
         raise ValueError(f"{name} must be on the inputs' device {device}, got {x.device}")
+    _has_data(x, name)
     _float_tensor(x, name)
     if check_finite:
         _finite(x, name)
