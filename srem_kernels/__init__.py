@@ -5,7 +5,9 @@
     out.loss.backward(); out.stats.energy    # every SPEC.md statistic as a B-vector
 """
 
-from srem_kernels import backends  # the package of backends; calling it lists them (registry.backends)
+import types
+
+from srem_kernels import backends, registry
 from srem_kernels.errors import BackendUnavailable
 from srem_kernels.registry import BackendStatus
 from srem_kernels.functional import loss, loss_from_similarity
@@ -13,6 +15,17 @@ from srem_kernels.module import SREMLoss
 from srem_kernels.result import SREMResult, SREMStats
 
 __version__ = "0.1.0"
+
+
+class _Listing(types.ModuleType):
+    """srem_kernels.backends is the package of backends and, called, the registry's listing: the
+    API makes it callable here so that nothing in the package imports the registry above it."""
+
+    def __call__(self) -> dict[str, BackendStatus]:
+        return registry.backends()
+
+
+backends.__class__ = _Listing
 
 __all__ = [
     "loss",

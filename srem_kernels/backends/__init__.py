@@ -13,21 +13,7 @@
     triton/        Triton kernels: tiles, passes, merge, the Python side (kernels.py), glue
 
 srem_kernels/registry.py lists them and loads one when it is asked for; nothing here imports the
-registry or the API above it (errors come from srem_kernels/errors.py). Calling this package,
-`srem_kernels.backends()`, is the registry's listing: every backend, whether it runs here, why not.
+registry or the API above it (errors come from srem_kernels/errors.py). The API makes this package
+callable (srem_kernels/__init__.py): `srem_kernels.backends()` is the registry's listing, every
+backend, whether it runs here, why not.
 """
-
-import sys
-import types
-
-
-class _Listing(types.ModuleType):
-    """The package, callable: srem_kernels.backends() is srem_kernels.registry.backends()."""
-
-    def __call__(self):
-        from srem_kernels.registry import backends
-
-        return backends()
-
-
-sys.modules[__name__].__class__ = _Listing
