@@ -177,14 +177,14 @@ def main(argv: list[str] | None = None) -> Path:
         "# Benchmark results",
         "",
         "Written by `python -m bench.report` from the logs in `bench/results/`; reproduce with `make bench`",
-        "(`python -m bench --quick` on CPU) or, on a GPU machine, `python -m bench` (see the README).",
+        "(`python -m bench --quick` on CPU) or, on a GPU machine, `python -m bench` (docs/benchmarks.md).",
         "Times are medians over interleaved rounds after a warm-up; the ratio is to the three bare",
         "matmuls (S = I·Tᵀ, G·T, Gᵀ·I) of the same dtype in the same run. `—`: not run at that size",
         "(see the log's status column: skipped for memory, error).",
         "",
     ]
     if not any(not p.stem.startswith("cpu-") for p in logs):  # CPU logs are named cpu-<model>
-        lines += ["## GPU", "", "Awaits a run on a GPU machine: `make gpu-check` (README).", ""]
+        lines += ["## GPU", "", "Awaits a run on a GPU machine: `make gpu-check` (docs/gpu_check.md).", ""]
     for log in logs:
         lines += device_section(log, args.results / "plots")
         step = log.with_name(f"{log.stem}.train-step.csv")

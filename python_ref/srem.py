@@ -192,7 +192,7 @@ def weight(sce: torch.Tensor, sce_weight: bool) -> torch.Tensor:
 
 
 def sensitivity_terms(sce: torch.Tensor, sce_weight: bool, sensitivity: str, margin) -> dict:
-    """The package's `sensitivity` modes (README, "Design decisions"; srem_kernels/sensitivity.py),
+    """The package's `sensitivity` modes (docs/design.md; srem_kernels/sensitivity.py),
     written literally: {"weight": w, "margin": m_i, "clean_factor": f}, all constants.
     "weight": w = exp(-sce). "margin": w = 1, m_i = margin_i exp(-sce_i). "clean": w = 1, f = the
     GMM filtration of the batch's sce. "rank": w_i = 2 (B - r_i) / (B + 1), r_i = #{j: sce_j < sce_i}

@@ -23,7 +23,7 @@ The filtration runs on every rank over the same gathered energies, so every rank
 clean flags. `.loss` ("mean"/"sum") is the global loss on every rank, reduced from the gathered
 L_i in rank order. Its gradient for the local embeddings is d(global loss)/d(local embeddings):
 the rows of one process's gradient on the concatenated batch. DistributedDataParallel averages
-parameter gradients over the ranks, so backward `loss * world_size` there (README).
+parameter gradients over the ranks, so backward `loss * world_size` there (docs/distributed.md).
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def loss(
     Embeddings are used as given (normalise them first, VSE∞/CLIP style). `margin` is a float or
     a (B,) tensor; `clean` optional (B,) weights in [0, 1] that replace the in-batch filtration
     chosen by `select` ("gmm" or "none"). `sensitivity` says how sce enters the hinge: "weight"
-    (SPEC's w = exp(-sce)), "margin", "clean" or "rank" (srem_kernels/sensitivity.py, README);
+    (SPEC's w = exp(-sce)), "margin", "clean" or "rank" (srem_kernels/sensitivity.py, docs/design.md);
     sce_weight=False turns it off. `reduction` is "mean", "sum" or "none" (the B-vector).
     `backend` is "auto" or a name from srem_kernels.backends(). `check_finite=True` checks the
     values of img, txt (or sim), a margin vector and `clean` (NaN/Inf; clean in [0, 1]) in one
@@ -74,7 +74,7 @@ def loss(
     `.per_sample`/`.stats`/a "none" loss are the local rows' (indices into the global batch);
     margin and clean are the local rows'. Every rank must make the call and run the backward
     (collectives inside). Under DistributedDataParallel backward `loss * world_size`
-    (srem_kernels/distributed.py, README "Distributed").
+    (srem_kernels/distributed.py, docs/distributed.md).
     """
     if group is not None:
         name, total, per_sample, stats = distributed.loss(

@@ -6,7 +6,7 @@ f on the clean weight (or None). The glue then forms
 
     L_i = lambda_hard * (c_i f_i) * w_i * L_hard_i(m_i) + lambda_cbcl * L_cbcl_i
 
-with w, m, f constants in the gradient (as SPEC's w). Modes (README, "Design decisions"):
+with w, m, f constants in the gradient (as SPEC's w). Modes (docs/design.md):
 
     "weight"  w = exp(-sce), SPEC.md's sensitivity weight (the default)
     "margin"  w = 1, m = margin * exp(-sce): NCR-style soft margin, a sensitive pair's hinge

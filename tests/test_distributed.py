@@ -270,7 +270,7 @@ def _rank_ddp(rank, world):
     model = DDP(_Encoders())
     loss_fn = srem_kernels.SREMLoss(group=dist.group.WORLD)
     out = loss_fn(*model(a[lo:hi], b[lo:hi]))
-    (out.loss * dist.get_world_size()).backward()  # DDP averages over the ranks (README)
+    (out.loss * dist.get_world_size()).backward()  # DDP averages over the ranks (docs/distributed.md)
     return float(out.loss), {k: p.grad for k, p in model.module.named_parameters()}
 
 

@@ -13,7 +13,7 @@ weights (measured: loss equal, gradient 3e-7 apart). No such bound holds for lat
 start from weights that differ by those roundings passed through Adam, whose first update
 g / (|g| + eps) moves a near-zero gradient's rounding by up to lr / eps times. The per-step losses
 of these 4-8 steps and the final weights are compared at 1e-4 relative; measured: ~1e-7 (and
-1e-6 for the 46-step first epoch of the default synthetic run, README "Multi-process training").
+1e-6 for the 46-step first epoch of the default synthetic run, docs/training.md "Multi-process training").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ purpose: it is the executable statement of what every fused backend's kernels re
 (intermediates included: lse, A_r, A_c), so the glue and the distributed exchange can be tested
 without them and kernel tests can compare intermediates; and it is how the `reference` backend
 computes a rank's rows in the distributed loss. Arithmetic uses the cancellation-free forms an
-fp32 kernel needs (README, "Numerics").
+fp32 kernel needs (docs/numerics.md).
 
 Everything is written for a block of rows: Sr = S[lo:hi, :] (samples' i2t problems) and
 Sc = S[:, lo:hi]ᵀ (their t2i problems, the rows of the swapped problem). A whole batch is the

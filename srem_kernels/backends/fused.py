@@ -36,7 +36,7 @@ sum without that element (dense.py returns at_r/A_r_rest, at_c/A_c_rest for it),
 fused multiply-add (Z must round as m did), or the row maximum's -log P is no longer log l.
 
 srem_kernels/backends/dense.py executes this contract densely, in the cancellation-free forms an fp32
-kernel needs to meet SPEC.md's 1e-5 (README, "Numerics").
+kernel needs to meet SPEC.md's 1e-5 (docs/numerics.md).
 
 Optional parts of a Kernels object (the contract above does not change):
   saved_layout(img, txt, sim, *, stats_only) -> {name: (shape, dtype)}, the entries forward

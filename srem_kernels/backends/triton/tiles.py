@@ -1,7 +1,7 @@
 """Tile helpers of the Triton backend (@triton.jit device functions): forming a tile of S, the
 probabilities and per-element terms of SPEC.md on it, online reductions and their merges.
 
-Numerics (README, "Numerics"): a row's log-sum-exp in the split form (m, l1) with l = 1 + l1, l1
+Numerics (docs/numerics.md): a row's log-sum-exp in the split form (m, l1) with l = 1 + l1, l1
 the sum without one maximal element `at` (the lowest index among equal maxima), so that
 log l = log1p(l1) stays exact for confident rows; -log P = (m - z) + log l, and exactly log l at
 `at` by construction, so a tile of S whose last bit differs between kernels (tile shapes, wgmma vs
