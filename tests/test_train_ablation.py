@@ -137,7 +137,8 @@ def _write_run(runs, method, noise, seed, rsum):
     out.mkdir(parents=True)
     cfg = {"dataset": "synthetic", "method": method, "noise": noise, "seed": seed, "epochs": 12, "warmup_epochs": 2,
            "batch_size": 128, "lr": 1e-3, "tau": 0.05, "margin": 0.2}  # fmt: skip
-    (out / trainer.RESULTS).write_text(json.dumps({"config": cfg, "test": {"rsum": rsum, "i2t_r1": 10.0, "t2i_r1": 20.0}}))
+    (out / trainer.RESULTS).write_text(json.dumps({"config": cfg, "best_epoch": seed,  # seeds 0, 1: inside the warm-up
+                                                   "test": {"rsum": rsum, "i2t_r1": 10.0, "t2i_r1": 20.0}}))
     sel = {"sel_selected": 0.5, "sel_precision": 0.9, "sel_recall": 0.6, "hinge_selected": 0.5, "hinge_precision": 0.95,
            "hinge_recall": 0.55, "hinge_weight_mean": 0.012, "hinge_weight_precision": float("nan") if seed else 0.97}  # fmt: skip
     (out / trainer.LOG).write_text(json.dumps({"epoch": 10, **sel}) + "\n" + json.dumps({"epoch": 11, **sel}) + "\n")
@@ -169,6 +170,21 @@ def test_report_on_a_fake_result_set(tmp_path):
     # selection per variant: the seeds' last epoch; a nan share (nothing weighted) is left out
     assert "| srem | 40% | 90.0 ± 0.0 | 60.0 ± 0.0 | 95.0 ± 0.0 | 55.0 ± 0.0 | 97.0 ± 0.0 | 0.012 ± 0.000 |" in text
     assert "`the command`" in text
+    assert "![Test rSum minus srem-nosce's, paired by seed, ±2 SE, per regime](ablation.png)" in text
+    # best epochs inside the warm-up (epochs 0-1): seeds 0 and 1 of every cell; seed 2 missing for one cell
+    assert "| srem-nosce | 2/3 | 2/3 | 2/3 |" in text and "| srem-sce-margin | 2/3 | 2/3 | 2/2 |" in text
+
+
+def test_report_says_when_removing_the_hinge_is_better(tmp_path):
+    runs = tmp_path / "runs"
+    for n, per in {0.4: [5, 6, 7], 0.6: [4, 5, 6], 0.8: [-1, 0, 1]}.items():
+        for s, b in BASE.items():
+            _write_run(runs, "srem-nosce", n, s, b)
+            _write_run(runs, "srem-nohinge", n, s, b + per[s])
+    spec = Spec(regimes={"synthetic": (0, 1, 2)}, variants=("srem-nohinge",), table=False)
+    text = ablation.report(spec, runs, tmp_path / "ablation.md", "the command")
+    assert ("- `synthetic`: no variant passes; the hinge is not shown to earn its place — removing it is better at "
+            "2 of 3 noise levels and worse at none") in text
 
 
 def test_command_line_lists_and_narrows(tmp_path, capsys):

@@ -252,6 +252,11 @@ def _conclusion(spec: Spec, verdicts: dict) -> list[str]:
             h = per[NO_HINGE]["decision"]
             text += ("; the hinge **earns its place** (`srem-nohinge` is worse)" if h == "passes"
                      else "; the hinge is not shown to earn its place" if h == "fails" else "")
+            # descriptive, outside the protocol's rule: a hinge whose removal is better where it differs
+            if h == "fails" and decide([r[-1] for r in per[NO_HINGE]["levels"]]) == "passes":
+                better = sum(r[-1] == "better" for r in per[NO_HINGE]["levels"])
+                text += (f" — removing it is better at {better} of {len(per[NO_HINGE]['levels'])} noise levels "
+                         "and worse at none (descriptive: the protocol decides only whether the hinge helps)")
         if incomplete:
             text += f"; incomplete: {', '.join(f'`{v}`' for v in incomplete)}"
         lines.append(f"- `{dataset}`: {text}.")
@@ -303,6 +308,19 @@ def _selection_rows(spec: Spec, runs: dict, dataset: str) -> list[str]:
     return rows
 
 
+def _warmup_rows(spec: Spec, runs: dict, dataset: str) -> list[str]:
+    """How many seeds' best-on-validation epoch lies inside the warm-up, where every SREM variant
+    trains the same complementary loss alone (their test results then coincide)."""
+    rows = ["| method | " + " | ".join(f"{n:.0%} noise" for n in spec.noises) + " |", "|---|" + "---|" * len(spec.noises)]
+    for m in (spec.baseline, *spec.variants):
+        cells = []
+        for n in spec.noises:
+            rs = [r for j, r in runs.items() if (j.dataset, j.method, j.noise) == (dataset, m, round(n, 2))]
+            cells.append(f"{sum(r['best_epoch'] < r['config']['warmup_epochs'] for r in rs)}/{len(rs)}" if rs else "–")
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def report(spec: Spec, runs_dir: Path, out_md: Path, command: str) -> str:
     import torch
 
@@ -334,6 +352,8 @@ def report(spec: Spec, runs_dir: Path, out_md: Path, command: str) -> str:
         "",
         *_conclusion(spec, verdicts),
         "",
+        f"![Test rSum minus {spec.baseline}'s, paired by seed, ±2 SE, per regime]({out_md.with_suffix('.png').name})",
+        "",
     ]
     for dataset, seeds in spec.regimes.items():
         lines += [f"## `{dataset}` (seeds {', '.join(map(str, seeds))})", "",
@@ -358,7 +378,10 @@ def report(spec: Spec, runs_dir: Path, out_md: Path, command: str) -> str:
         lines += ["", "Selection at the last epoch (%, mean ± std over seeds; against the ground-truth noise flags, never "
                   "used in training): the dataset-level GMM's flags, the flags the hinge used (after `srem-sce-clean`'s "
                   "factor), the share of the total hinge weight c·w on clean pairs, and the mean of c·w.", "",
-                  *_selection_rows(spec, runs, dataset), ""]
+                  *_selection_rows(spec, runs, dataset), "",
+                  "Seeds whose best-on-validation epoch (the one tested) lies inside the warm-up (epochs 0–"
+                  f"{cfg['warmup_epochs'] - 1}), where every SREM variant trains the complementary loss alone, so that "
+                  "their test results coincide:", "", *_warmup_rows(spec, runs, dataset), ""]
     if spec.table:
         lines += _table_section(spec, runs)
     lines += ["## Methods", "", *(f"- `{m}`: {METHODS[m].describe()}" for m in
