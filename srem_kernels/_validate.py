@@ -1,6 +1,8 @@
 """Input checks shared by every entry point: all run before any backend does.
 
-Each error names the offending argument. Nothing is broadcast or moved between devices.
+Each error names the offending argument. Nothing is broadcast or moved between devices. These
+checks read only shapes, dtypes, devices and Python values; the tensors' values (NaN/Inf, clean's
+range) are checked by one routine per call, backends/glue.check_values (at most one host read).
 """
 
 from __future__ import annotations
@@ -67,28 +69,21 @@ def _float_tensor(x: torch.Tensor, name: str) -> None:
         )
 
 
-def _finite(x: torch.Tensor, name: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
-
-
-def _matrix(x, name: str, check_finite: bool, has_data: bool = True) -> torch.Tensor:
+def _matrix(x, name: str, has_data: bool = True) -> torch.Tensor:
     x = _tensor(x, name)
     if x.dim() != 2:
         raise ValueError(f"{name} must be a 2-D tensor, got shape {tuple(x.shape)}")
     _float_tensor(x, name)
     if has_data:
         _has_data(x, name)
-    if check_finite:
-        _finite(x, name)
     return x
 
 
-def check_embeddings(img, txt, check_finite: bool, min_batch: int = 2) -> tuple[int, int]:
+def check_embeddings(img, txt, min_batch: int = 2) -> tuple[int, int]:
     """img and txt: B×D, same B, D, dtype and device, B ≥ min_batch (2; a rank's share of a
     distributed batch: 1), D ≥ 1. Returns (B, D)."""
-    img = _matrix(img, "img", check_finite=False, has_data=False)
-    txt = _matrix(txt, "txt", check_finite=False, has_data=False)
+    img = _matrix(img, "img", has_data=False)
+    txt = _matrix(txt, "txt", has_data=False)
     if img.device != txt.device:
         raise ValueError(f"img and txt must be on the same device, got img on {img.device} and txt on {txt.device}")
     _has_data(img, "img")
@@ -109,15 +104,12 @@ def check_embeddings(img, txt, check_finite: bool, min_batch: int = 2) -> tuple[
         raise ValueError(f"img and txt need {what}, got B={B}")
     if D < 1:
         raise ValueError(f"img and txt need an embedding size D ≥ 1, got D={D}")
-    if check_finite:
-        _finite(img, "img")
-        _finite(txt, "txt")
     return B, D
 
 
-def check_similarity(sim, check_finite: bool) -> int:
+def check_similarity(sim) -> int:
     """sim: a square B×B matrix with B ≥ 2. Returns B."""
-    sim = _matrix(sim, "sim", check_finite)
+    sim = _matrix(sim, "sim")
     if sim.shape[0] != sim.shape[1]:
         raise ValueError(f"sim must be a square B×B matrix, got shape {tuple(sim.shape)}")
     if sim.shape[0] < 2:
@@ -153,7 +145,7 @@ def _choice(x, name: str, choices: tuple[str, ...]) -> str:
     return x
 
 
-def _vector(x, name: str, B: int, device: torch.device, check_finite: bool) -> torch.Tensor:
+def _vector(x, name: str, B: int, device: torch.device) -> torch.Tensor:
     """A per-sample tensor: exactly shape (B,), floating, on the inputs' device."""
     x = _tensor(x, name)
     if tuple(x.shape) != (B,):
@@ -162,8 +154,6 @@ def _vector(x, name: str, B: int, device: torch.device, check_finite: bool) -> t
         raise ValueError(f"{name} must be on the inputs' device {device}, got {x.device}")
     _has_data(x, name)
     _float_tensor(x, name)
-    if check_finite:
-        _finite(x, name)
     return x
 
 
@@ -191,32 +181,27 @@ def check_options(*, tau, lambda_hard, lambda_cbcl, bias, sce_weight, select, ep
     )
 
 
-def check_margin(margin, B: int | None = None, device: torch.device | None = None, check_finite: bool = True):
+def check_margin(margin, B: int | None = None, device: torch.device | None = None):
     """A real number, or a tensor of shape (B,) (NCR's soft margin); B=None defers the tensor check."""
     if isinstance(margin, torch.Tensor):
-        return margin if B is None else _vector(margin, "margin", B, device, check_finite)
+        return margin if B is None else _vector(margin, "margin", B, device)
     return _real(margin, "margin")
 
 
-def check_clean(clean, B: int, device: torch.device, check_range: bool = True) -> torch.Tensor | None:
-    """None, or weights in [0, 1] of shape (B,); a bool mask counts as 0/1 weights.
-    check_range=False leaves the range to the caller (functional.py: glue.check_values, one
-    host read for every value check of a call)."""
+def check_clean(clean, B: int, device: torch.device) -> torch.Tensor | None:
+    """None, or weights of shape (B,); a bool mask counts as 0/1 weights. Their range [0, 1] is a
+    value check (glue.check_values)."""
     if clean is None:
         return None
     if isinstance(clean, torch.Tensor) and clean.dtype == torch.bool:
         clean = clean.float()
-    clean = _vector(clean, "clean", B, device, check_finite=False)
-    if check_range and not bool(((clean >= 0) & (clean <= 1)).all()):  # also catches NaN
-        raise ValueError("clean weights must lie in [0, 1]")
-    return clean
+    return _vector(clean, "clean", B, device)
 
 
-def check_params(B: int, device: torch.device, *, margin, clean, check_finite: bool, check_range: bool = True,
-                 **options) -> SREMParams:  # fmt: skip
+def check_params(B: int, device: torch.device, *, margin, clean, **options) -> SREMParams:
     """Everything but the input tensors, checked against the batch size B and the inputs' device."""
     return SREMParams(
-        margin=check_margin(margin, B, device, check_finite),
-        clean=check_clean(clean, B, device, check_range),
+        margin=check_margin(margin, B, device),
+        clean=check_clean(clean, B, device),
         **check_options(**options),
     )

@@ -35,8 +35,7 @@ import torch.distributed as dist
 
 from python_ref.srem import reduce
 from srem_kernels import registry, sensitivity
-from srem_kernels.backends import fused
-from srem_kernels.backends import glue
+from srem_kernels.backends import fused, glue
 from srem_kernels._validate import REDUCTIONS, SELECTS, SENSITIVITIES, _flag, check_embeddings, check_params, SREMParams
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -238,14 +237,17 @@ def loss(img, txt, *, group, backend, check_finite, stats_only, kernels=None, **
     check_group(group)  # before anything: without a group there is nobody to tell
     error, n, params, name, needs_grad, x = None, 0, None, None, False, img
     try:
-        n, _ = check_embeddings(img, txt, check_finite, min_batch=1)
-        params = check_params(n, img.device, check_finite=check_finite, **options)
+        n, _ = check_embeddings(img, txt, min_batch=1)
+        params = check_params(n, img.device, **options)
         stats_only = _flag(stats_only, "stats_only")
         if kernels is None:
             name, run = registry.resolve(backend, img.device, img.dtype)
             kernels = row_kernels(name, run)
         else:
             name = backend
+        if _flag(check_finite, "check_finite"):  # the local rows' values, as one process checks them
+            glue.check_values(img=img, txt=txt, margin=params.margin, clean=params.clean,
+                              impl=fused.glue_impl(kernels, img.device))
         if dist.get_backend(group) == "nccl" and img.device.type != "cuda":
             raise ValueError(f"img and txt must be CUDA tensors for an NCCL group, got {img.device}")
         needs_grad = not stats_only and torch.is_grad_enabled() and (img.requires_grad or txt.requires_grad)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from srem_kernels import distributed, registry
-
-from srem_kernels.backends import glue
+from srem_kernels.backends import fused, glue
 from srem_kernels._validate import _flag, check_embeddings, check_params, check_similarity
 from srem_kernels.result import SREMResult, SREMStats
 
@@ -17,13 +16,12 @@ def _compute(img, txt, sim, B: int, *, backend, check_finite, stats_only, **opti
     the statistics call) and the result."""
     x = sim if sim is not None else img
     check_finite = _flag(check_finite, "check_finite")
-    params = check_params(B, x.device, check_finite=False, check_range=False, **options)
+    params = check_params(B, x.device, **options)
     stats_only = _flag(stats_only, "stats_only")
     name, run = registry.resolve(backend, x.device, x.dtype)
     if check_finite:
-        margin = params.margin if isinstance(params.margin, torch.Tensor) else None
-        impl = glue.implementation(x.device, prefer=getattr(getattr(run, "kernels", None), "glue", None))
-        glue.check_values(img=img, txt=txt, sim=sim, margin=margin, clean=params.clean, impl=impl)
+        glue.check_values(img=img, txt=txt, sim=sim, margin=params.margin, clean=params.clean,
+                          impl=fused.glue_impl(getattr(run, "kernels", None), x.device))
     if stats_only:
         with torch.no_grad():
             loss, per_sample, stats = run(img, txt, sim, params, stats_only=True)
@@ -83,7 +81,7 @@ def loss(
             reduction=reduction, backend=backend, check_finite=check_finite, stats_only=stats_only,
         )  # fmt: skip
         return SREMResult(loss=total, per_sample=per_sample.detach(), stats=SREMStats(**stats), backend=name)
-    B, _ = check_embeddings(img, txt, check_finite=False)  # values: _compute, in one routine
+    B, _ = check_embeddings(img, txt)  # their values: _compute, in one routine
     return _compute(
         img, txt, None, B, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,
         sce_weight=sce_weight, sensitivity=sensitivity, clean=clean, select=select, eps=eps, reduction=reduction,
@@ -111,7 +109,7 @@ def loss_from_similarity(
 ) -> SREMResult:
     """The SREM loss from a precomputed B×B similarity matrix, sim[i, j] = s(image i, text j),
     for models whose similarity is not a dot product (e.g. SGRAF). Parameters as in `loss`."""
-    B = check_similarity(sim, check_finite=False)  # values: _compute, in one routine
+    B = check_similarity(sim)  # its values: _compute, in one routine
     return _compute(
         None, None, sim, B, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,
         sce_weight=sce_weight, sensitivity=sensitivity, clean=clean, select=select, eps=eps, reduction=reduction,

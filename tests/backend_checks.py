@@ -22,7 +22,7 @@ def reference_run(img, txt, kw, from_sim):
     the CPU from the same rounded values as the backend's inputs (img, txt, or their sim)."""
     B = img.shape[0]
     kw = {k: (v.to(img.device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-    params = check_params(B, img.device, check_finite=True, **kw)
+    params = check_params(B, img.device, **kw)
     ref_kw = {k: (v.double().cpu() if isinstance(v, torch.Tensor) else v) for k, v in params.as_kwargs().items()}
     if from_sim:
         leaves = (_sim_input(img, txt).detach().double().cpu().requires_grad_(),)

@@ -177,6 +177,7 @@ def _bad(rank, img, txt, kw):
         "NaN on one rank": (img.index_fill(0, torch.tensor([0]), float("nan")) if rank == 0 else img, txt, kw),
         "grad on one rank only": (img.detach().requires_grad_(rank == 0), txt.detach(), kw),
         "clean on one rank only": (img, txt, kw | ({"clean": torch.ones(img.shape[0])} if rank == 1 else {})),
+        "clean out of range on one rank": (img, txt, kw | {"clean": torch.full((img.shape[0],), 1.5 if rank == 1 else 1.0)}),
         "sensitivity differs between ranks": (img, txt, kw | {"sensitivity": ("weight", "rank")[rank]}),
     }
 
@@ -207,6 +208,7 @@ BAD = {  # case: (rank 0's error, rank 1's error), as (type, a phrase of the mes
     "NaN on one rank": (("ValueError", "img contains NaN"), ("RuntimeError", "rank(s) [0]")),
     "grad on one rank only": (("ValueError", "whether img/txt require grad must be the same"),) * 2,
     "clean on one rank only": (("ValueError", "clean (given on every rank or on none)"),) * 2,
+    "clean out of range on one rank": (("RuntimeError", "rank(s) [1]"), ("ValueError", r"clean weights must lie in [0, 1]")),
     "sensitivity differs between ranks": (("ValueError", "sensitivity must be the same on every rank"),) * 2,
 }  # fmt: skip
 

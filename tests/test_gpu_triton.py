@@ -70,7 +70,7 @@ def _run(k, img, txt, params):
 def test_strategies_agree_and_are_deterministic_at_32768():
     B, D = 32768, 256
     img, txt = embeddings(B, D, seed=7, noise=0.7, dtype=torch.bfloat16, device="cuda")
-    params = check_params(B, torch.device("cuda"), check_finite=True, **params_for(B, "default"))
+    params = check_params(B, torch.device("cuda"), **params_for(B, "default"))
     results = {}
     for strategy in triton_kernels.STRATEGIES:
         k = triton_kernels.TritonKernels(strategy)

@@ -183,7 +183,7 @@ def test_fp64_gradcheck():
     gradient is the analytic one."""
     B, D = 5, 3
     img, txt = (t.requires_grad_() for t in embeddings(B, D, seed=4, noise=1.0, device=DEVICE))
-    params = check_params(B, img.device, check_finite=True, tau=0.5, margin=0.3, lambda_hard=1.0, lambda_cbcl=1.0,
+    params = check_params(B, img.device, tau=0.5, margin=0.3, lambda_hard=1.0, lambda_cbcl=1.0,
                           bias=False, sce_weight=False, clean=None, select="none", eps=1e-10, reduction="sum")  # fmt: skip
     for strategy in triton_kernels.STRATEGIES:
         k = kernels(strategy, block=16, split=1, panel_rows=4)  # one square tile (B=5)
@@ -194,7 +194,7 @@ def test_fp64_gradcheck():
 def test_deterministic(strategy):
     img, txt = embeddings(130, 33, seed=9, noise=0.7, dtype=torch.float32, device=DEVICE)
     k = kernels(strategy)
-    params = check_params(130, torch.device(DEVICE), check_finite=True, **params_for(130, "default"))
+    params = check_params(130, torch.device(DEVICE), **params_for(130, "default"))
     runs = []
     for _ in range(2):
         a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
@@ -258,7 +258,7 @@ def test_torch_compile_fullgraph_training_step():
     both gradients match eager."""
     lin = torch.nn.Linear(8, 6).to(DEVICE)
     streaming, materialised = kernels("streaming"), kernels("materialised")  # the latter saves S (B×B)
-    params = check_params(16, torch.device(DEVICE), check_finite=True, **params_for(16, "default"))
+    params = check_params(16, torch.device(DEVICE), **params_for(16, "default"))
     x, y = torch.randn(16, 8, device=DEVICE), torch.randn(16, 8, device=DEVICE)
 
     def embed():

@@ -281,10 +281,10 @@ _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.flo
 
 
 def check_values(*, img=None, txt=None, sim=None, margin=None, clean=None, impl: str) -> None:
-    """ValueError naming the first argument that holds NaN/Inf (img, txt, sim, a margin vector)
-    or clean weights outside [0, 1]. CPU: the C++ checks, no host read; Triton: one launch per
+    """ValueError naming the first argument that holds NaN/Inf (img, txt, sim, a margin vector;
+    a float margin or None is skipped) or clean weights outside [0, 1]. CPU: the C++ checks, no host read; Triton: one launch per
     tensor into one flag, read once; torch: the flags as tensors, read once."""
-    given = {k: t for k, t in zip(CHECKED, (img, txt, sim, margin, clean)) if t is not None}
+    given = {k: t for k, t in zip(CHECKED, (img, txt, sim, margin, clean)) if isinstance(t, torch.Tensor)}
     if not given:
         return
     bad = 0
