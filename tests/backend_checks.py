@@ -35,10 +35,12 @@ def reference_run(img, txt, kw, from_sim):
     return params, ref, [t.grad for t in leaves], g
 
 
-def backend_run(run, img, txt, params, g, from_sim):
-    """(backend result, grads) of `run` on fresh leaves, backward with the upstream gradient g."""
+def backend_run(run, img, txt, params, g, from_sim, sim_layout=None):
+    """(backend result, grads) of `run` on fresh leaves, backward with the upstream gradient g;
+    `sim_layout` re-lays the sim input out (same values, other strides)."""
     if from_sim:
-        leaves = (_sim_input(img, txt).requires_grad_(),)
+        sim = _sim_input(img, txt)
+        leaves = ((sim_layout(sim) if sim_layout else sim).requires_grad_(),)
         out = run(None, None, leaves[0], params)
     else:
         leaves = (img.clone().requires_grad_(), txt.clone().requires_grad_())
@@ -47,11 +49,11 @@ def backend_run(run, img, txt, params, g, from_sim):
     return out, [t.grad for t in leaves]
 
 
-def run_both(run, img, txt, kw, from_sim):
+def run_both(run, img, txt, kw, from_sim, sim_layout=None):
     """(backend result, reference result, backend grads, reference grads); img, txt in the
     backend's dtype and device, the reference in fp64 on the CPU from the same rounded values."""
     params, ref, ref_grads, g = reference_run(img, txt, kw, from_sim)
-    out, grads = backend_run(run, img, txt, params, g, from_sim)
+    out, grads = backend_run(run, img, txt, params, g, from_sim, sim_layout)
     return out, ref, grads, ref_grads
 
 
@@ -80,8 +82,8 @@ def compare(out, ref, grads, ref_grads, img, txt, from_sim, tol_key):
         assert_rel_close(gr, rg, gtol, name)
 
 
-def check_against_reference(run, img, txt, kw, from_sim, tol_key):
-    out, ref, grads, ref_grads = run_both(run, img, txt, kw, from_sim)
+def check_against_reference(run, img, txt, kw, from_sim, tol_key, sim_layout=None):
+    out, ref, grads, ref_grads = run_both(run, img, txt, kw, from_sim, sim_layout)
     compare(out, ref, grads, ref_grads, img, txt, from_sim, tol_key)
     return out
 

@@ -61,9 +61,10 @@ def test_cpu_options_match_reference(small_panels, case, path):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_cpu_default_panels_match_reference(strategy):
-    """The default panel and pass-2 tile sizes (several of each at B=1100), not the tests' small ones."""
-    img, txt = _inputs(1100, 24, torch.float32, seed=11)
-    check_against_reference(_run(strategy), img, txt, _params(1100, "default", 1), False, "fp32")
+    """The default panel and pass-2 tile sizes, not the tests' small ones: at B=1600 pass 2's panels
+    are 48 rows, so each holds two diagonal tasks (the second transposes its tile from row 32)."""
+    img, txt = _inputs(1600, 24, torch.float32, seed=11)
+    check_against_reference(_run(strategy), img, txt, _params(1600, "default", 1), False, "fp32")
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -74,14 +75,20 @@ def test_cpu_non_contiguous_inputs(small_panels, dtype, strategy):
     a = img.T.contiguous().T
     b = torch.zeros(37, 66, dtype=txt.dtype)[:, ::2].copy_(txt)
     assert not a.is_contiguous() and not b.is_contiguous()
-    run = _run(strategy)
-    check_against_reference(run, a, b, _params(37, "default", 2), False, dtype)
-    sim = (img.float() @ txt.float().T).to(img.dtype).T.contiguous().T  # column-major sim
-    assert not sim.is_contiguous()
-    params = srem_kernels._validate.check_params(37, sim.device, **_params(37, "default", 2))
-    out = run(None, None, sim, params)
-    ref = run(None, None, sim.contiguous(), params)
-    assert torch.equal(out[1], ref[1])
+    check_against_reference(_run(strategy), a, b, _params(37, "default", 2), False, dtype)
+
+
+SIM_LAYOUTS = {  # the same values in other strides: copied per panel, or read in place
+    "column-major": lambda s: s.T.contiguous().T,
+    "wide rows": lambda s: torch.zeros(s.shape[0], 2 * s.shape[1] + 3, dtype=s.dtype)[:, : s.shape[1]].copy_(s),
+}
+
+
+@pytest.mark.parametrize("layout", SIM_LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_strided_sim_with_gradient(small_panels, dtype, layout):
+    img, txt = _inputs(37, 33, DTYPES[dtype], seed=5)
+    check_against_reference(_run(None), img, txt, _params(37, "default", 2), True, dtype, sim_layout=SIM_LAYOUTS[layout])
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -280,8 +280,8 @@ int64_t srem_cpu_pass2_workspace(int64_t B) {
   const int64_t R = srem_cpu_pass2_rows(B);
   int64_t floats = 0;
   for (int64_t row0 = 0; row0 < B; row0 += R) {
-    const int64_t rows = std::min(R, B - row0);
-    floats += (B - row0 - rows) * kSums + (1 + (B - row0 - rows + kPairColumns - 1) / kPairColumns) * rows * kSums;
+    const Panel p(nullptr, 0, nullptr, 0, true, std::min(R, B - row0), row0, B);  // pass2_full's panels, sizes only
+    floats += p.part_size() + p.cols_size();
   }
   return floats * static_cast<int64_t>(sizeof(float));
 }

@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "kernels.h"
+#include "terms.h"
 
 namespace py = pybind11;
 
@@ -27,6 +28,7 @@ void register_glue(py::module_& m);  // glue.cpp: value checks, GMM, the glue's 
 PYBIND11_MODULE(_srem_cpu, m) {
   m.doc() = "Fused CPU kernels of the SREM loss over panels of S (raw pointers; see srem_kernels/backends/cpu.py)";
   register_glue(m);
+  m.attr("PASS2_SUMS") = srem::kSums;  // pass 2's running sums per sample (the streaming accumulator's width)
   auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("finish_pass1", [](int64_t B, u m_r, u logl_r, u m_c, u rest_c, u logl_c, u lse_r, u lse_c) {
     srem_cpu_finish_pass1(B, cf(m_r), cf(logl_r), cf(m_c), cf(rest_c), f(logl_c), f(lse_r), f(lse_c));

@@ -1,4 +1,4 @@
-// The SREM math of one element of S, in the cancellation-free forms of README "Numerics" (and
+// The SREM math of one element of S, in the cancellation-free forms of docs/numerics.md (and
 // srem_kernels/backends/dense.py): every -log P as (m - Z) + log l, 1 - P from the same exponential
 // (vecmath.h), log(1 - P + eps) by log_q_eps. Shared by the pass-2 kernels (coupled.cpp) and the
 // backward (backward.cpp).

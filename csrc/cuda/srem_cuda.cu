@@ -1,7 +1,8 @@
 // CUDA kernels of the SREM loss (SPEC.md), the `cuda` backend's B×B work.
 //
-// Same streaming design and numerics as the CPU backend (csrc/cpu/srem_cpu.cpp), whose comments
-// give the math: the host (srem_kernels/backends/cuda.py) walks S in row panels; `similarity` forms a
+// The numerics of the CPU backend (csrc/cpu/terms.h and backward.cpp give the math) in its
+// streaming design with a per-sample pass 2 (forward_panel: rows and columns of each panel; the CPU
+// backend has since added a materialised strategy and a paired pass 2): the host (srem_kernels/backends/cuda.py) walks S in row panels; `similarity` forms a
 // panel from img/txt with shared-memory tiles (tensor cores through WMMA for fp16/bf16, IEEE fp32
 // FMAs for fp32), the panel kernels reduce it per row (one block per row) and per column (one
 // thread per column, folded into running column statistics panel after panel: an online
@@ -9,7 +10,7 @@
 // results are bitwise reproducible. Only S panels of R×B are held, never B×B.
 //
 // Z = S / tau is always rounded before it meets m (z = __fmul_rn(s, 1/tau)): a contracted
-// fma(-s, 1/tau, m) would skip the rounding m was taken from (see the CPU file).
+// fma(-s, 1/tau, m) would skip the rounding m was taken from (csrc/cpu/terms.h).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -349,7 +350,7 @@ __global__ void __launch_bounds__(kThreads) forward_rows(
 // ---------------------------------------------------------------- backward
 
 // One thread per element of the panel; E - P A at a row's (column's) maximal element as
-// E (1 - P) - P A_rest (see the CPU file).
+// E (1 - P) - P A_rest (csrc/cpu/backward.cpp).
 __global__ void backward_elems(const float* P, int64_t ldp, float* Dm, int64_t ldd, int64_t B, int64_t row0,
                                float inv_tau, float eps, int bias, const float* __restrict__ m_r,
                                const float* __restrict__ logl_r, const float* __restrict__ m_c,

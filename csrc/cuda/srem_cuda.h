@@ -18,7 +18,7 @@ const char* srem_cuda_similarity(const void* X, int64_t sx0, int64_t sx1, const 
                                  int dtype, int64_t rows, int64_t n, int64_t D, float* P, int64_t ldp, int device,
                                  void* stream);
 
-// Pass 1 over P = S[row0 : row0+rows, :] (the CPU kernel's contract, csrc/cpu/srem_cpu.cpp);
+// Pass 1 over P = S[row0 : row0+rows, :] (the CPU kernel's contract, csrc/cpu/kernels.h);
 // m_c == nullptr: the rows' statistics only.
 const char* srem_cuda_stats_panel(const float* P, int64_t ldp, int64_t rows, int64_t B, int64_t row0, float inv_tau,
                                   float* m_r, float* logl_r, int64_t* at_r, float* pos, float* hard_r,

@@ -42,7 +42,6 @@ except ImportError as err:  # built by setup.py; skipped there when no C++ compi
 _F32 = torch.float32
 STRATEGIES = ("streaming", "materialised")
 MEMORY_FRACTION = 0.25  # default budget of the materialised strategy: this share of available memory
-_SUMS = 8  # pass 2's running sums per sample (csrc/cpu/terms.h, kSums)
 
 # The forward's B-vectors: the contract's and the split forms the backward reads (fused.py).
 _FLOAT_KEYS = ("m_r", "logl_r", "m_c", "logl_c", "lse_r", "lse_c", "pos", "hard_i2t", "hard_t2i", "ce_i2t", "ce_t2i",
@@ -157,7 +156,7 @@ class CPUKernels(PanelRows):
                 raise ValueError(f"SREM_CPU_STRATEGY must be 'auto' or one of {STRATEGIES}; got {forced!r}")
             return forced
         explicit = self.memory if self.memory is not None else os.environ.get("SREM_CPU_MEMORY")
-        key = (B, D, dtype, explicit)
+        key = (B, explicit)  # materialised_bytes depends on B alone
         if key not in self._chosen:
             fits = self.materialised_bytes(B) <= self.memory_budget()
             self._chosen[key] = "materialised" if fits else "streaming"
@@ -224,7 +223,7 @@ class CPUKernels(PanelRows):
             p = torch.mm(x[r0:r1], y.T, out=pbuf[: (r1 - r0) * B].view(r1 - r0, B))
             self._pass1(p, r0, o, o["rest_c"], inv_tau, r0 == 0, threads)
         self._finish_pass1(o)
-        acc = torch.zeros(B, _SUMS, dtype=_F32)  # every sample's pass-2 sums, panel after panel
+        acc = torch.zeros(B, _C.PASS2_SUMS, dtype=_F32)  # every sample's pass-2 sums, panel after panel
         split = self._split(o)
         for r0 in range(0, B, rows):
             r1 = min(B, r0 + rows)
@@ -254,14 +253,15 @@ class CPUKernels(PanelRows):
 
     def _backward(self, img, txt, sim, S, B, rows, dS):
         buf = torch.empty(rows * B, dtype=_F32)
-        if sim is not None:
-            S = _sim_f32(sim)
+        if sim is not None:  # a panel at a time: no fp32 copy of the whole of sim beside d_sim
             d_sim = _alloc.empty((B, B), dtype=sim.dtype, device="cpu")
+            in_place = sim.dtype == _F32 and sim.stride(1) == 1
             for r0 in range(0, B, rows):
                 r1 = min(B, r0 + rows)
-                d = d_sim[r0:r1] if sim.dtype == _F32 else buf[: (r1 - r0) * B].view(r1 - r0, B)
-                dS(S[r0:r1], d, r0)
-                if d.data_ptr() != d_sim[r0:r1].data_ptr():
+                p = sim[r0:r1] if in_place else buf[: (r1 - r0) * B].view(r1 - r0, B).copy_(sim[r0:r1])
+                d = d_sim[r0:r1] if in_place else p  # dS may overwrite the panel it is formed from
+                dS(p, d, r0)
+                if not in_place:
                     d_sim[r0:r1].copy_(d)
             return d_sim
         x, y = _as_f32(img), _as_f32(txt)

@@ -5,8 +5,8 @@ The same streaming as the cpu backend (srem_kernels/backends/cpu.py): S is walke
 `_panel_rows(B)` rows, never held whole. Every panel is formed, reduced by the panel kernels, and
 in backward turned into dS, then multiplied into dS·T and dSᵀ·I. The module links the CUDA
 runtime only: all pointers, strides and the current stream cross its C ABI as integers. Extra
-memory: two R×B fp32 panels plus O(B·D) (a third panel with the torch GEMMs). No atomics: results
-are bitwise reproducible.
+memory: two R×B fp32 panels plus O(B·D) (with the torch GEMMs and 16-bit inputs, an fp32
+temporary per product). No atomics: results are bitwise reproducible.
 
 Who forms the panels P, Q and the products (CUDAKernels(gemm=...), else SREM_CUDA_GEMM, read at
 each call; default "own"):
@@ -54,9 +54,16 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
-def _mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a·b by torch.mm (cuBLAS) with an fp32 result; 16-bit operands on the tensor cores."""
-    return torch.mm(a, b) if a.dtype == _F32 else torch.mm(a, b, out_dtype=_F32)
+def _mm32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
+    """a·b by torch.mm (cuBLAS) with an fp32 result, written into (accumulate: added to) `out`
+    when given; 16-bit operands on the tensor cores. fp32 operands write into `out` directly;
+    16-bit ones go through an fp32 temporary (mm's dtype_out overload is not used: untested here)."""
+    if a.dtype == _F32 and out is not None:
+        return out.addmm_(a, b) if accumulate else torch.mm(a, b, out=out)
+    p = torch.mm(a, b) if a.dtype == _F32 else torch.mm(a, b, out_dtype=_F32)
+    if out is None:
+        return p
+    return out.add_(p) if accumulate else out.copy_(p)
 
 
 def _grad_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -73,9 +80,6 @@ class _Launch:
         self.stream = torch.cuda.current_stream(ref.device).cuda_stream
         self.kernels, self.img, self.txt, self.sim = kernels, img, txt, sim
         self.B = ref.shape[0]
-
-    def vec(self, dtype=_F32):
-        return _alloc.empty((self.B,), dtype=dtype, device=torch.device("cuda", self.dev))
 
     def rows(self, r0, r1, buf):
         """S[r0:r1, :] as an fp32 panel with unit column stride."""
@@ -120,11 +124,11 @@ class CUDAKernels(PanelRows):
         return img, txt  # read in their dtype and strides
 
     def _panel(self, X, Y, r0, r1, buf):
-        """X[r0:r1]·Yᵀ in fp32 (in buf, or a new tensor from torch)."""
+        """X[r0:r1]·Yᵀ in fp32, in buf."""
         x = X[r0:r1]
-        if self.gemm_for_call() == "torch":
-            return _mm32(x, Y.T)
         p = buf[: r1 - r0]
+        if self.gemm_for_call() == "torch":
+            return _mm32(x, Y.T, out=p)
         _C.similarity(_ptr(x), x.stride(0), x.stride(1), _ptr(Y), Y.stride(0), Y.stride(1), _CODES[X.dtype], r1 - r0,
                       Y.shape[0], X.shape[1], _ptr(p), p.stride(0), *self._tail(X))  # fmt: skip
         return p
@@ -133,7 +137,7 @@ class CUDAKernels(PanelRows):
         """out = d·Y, d an fp32 panel (torch: cast to _grad_dtype first)."""
         if self.gemm_for_call() == "torch":
             g = _grad_dtype(Y.dtype)
-            out.copy_(_mm32(d.to(g), Y.to(g)))
+            _mm32(d.to(g), Y.to(g), out=out)
             return
         _C.gemm(_ptr(d), d.stride(0), 1, _ptr(Y), Y.stride(0), Y.stride(1), _CODES[Y.dtype], _ptr(out), out.stride(0),
                 d.shape[0], Y.shape[1], d.shape[1], False, *self._tail(Y))  # fmt: skip
@@ -142,8 +146,7 @@ class CUDAKernels(PanelRows):
         """out = dᵀ·X, or out += dᵀ·X with accumulate (d an R×B panel, X the R matching rows)."""
         if self.gemm_for_call() == "torch":
             g = _grad_dtype(X.dtype)
-            p = _mm32(d.T.to(g), X.to(g))
-            out.add_(p) if accumulate else out.copy_(p)
+            _mm32(d.T.to(g), X.to(g), out=out, accumulate=accumulate)
             return
         _C.gemm(_ptr(d), 1, d.stride(0), _ptr(X), X.stride(0), X.stride(1), _CODES[X.dtype], _ptr(out), out.stride(0),
                 d.shape[1], X.shape[1], d.shape[0], accumulate, *self._tail(X))  # fmt: skip
