@@ -125,7 +125,7 @@ def test_resume_after_interrupt_gives_bitwise_the_same_weights(tmp_path, monkeyp
 
 def test_resume_refuses_another_configuration(tmp_path):
     trainer.train(_cfg(tmp_path, epochs=1, warmup_epochs=0))
-    with pytest.raises(ValueError, match="written with noise=0.4, not 0.2"):
+    with pytest.raises(ValueError, match="written with noise=0.4, not noise=0.2"):
         trainer.train(_cfg(tmp_path, epochs=2, warmup_epochs=0, noise=0.2, resume=True))
 
 

@@ -27,7 +27,10 @@ LOG = "log.jsonl"
 RESULTS = "results.json"
 RUN_FILES = (CHECKPOINT, LOG, RESULTS)
 CHECKPOINT_KEYS = ("epoch", "config", "model", "optimizer", "scheduler", "best", "clean", "rng")
-MATCHED = ("dataset", "noise", "method", "seed", "synthetic_size", "embed_dim")  # a resumed run's flags equal these
+# The flags a resumed run may change: none alters what it trains (epochs extends it; the noise
+# file's pairs are checked by their digest, the batch as the global batch). All others must match.
+RESUME_FREE = ("output", "resume", "overwrite", "progress", "quiet", "device", "loss_backend", "dist_timeout",
+               "save_noise", "noise_file", "epochs", "batch_size")  # fmt: skip
 
 
 @dataclass
@@ -234,13 +237,15 @@ def read_checkpoint(path: Path, cfg: TrainConfig, world: int) -> dict:
     if lacks or not isinstance(ck["config"], dict):
         raise ValueError(f"--resume: {path} is not a srem-train checkpoint (a {type(ck).__name__} without "
                          f"{', '.join(lacks or ['config'])})")
-    for key in MATCHED:
-        if ck["config"].get(key) != getattr(cfg, key):
-            raise ValueError(f"--resume: {path} was written with {key}={ck['config'].get(key)!r}, not {getattr(cfg, key)!r}")
+    now = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}
+    differ = [k for k, v in now.items() if ck["config"].get(k) != v]
+    if differ:
+        was = ", ".join(f"{k}={ck['config'].get(k)!r}" for k in differ)
+        raise ValueError(f"--resume: {path} was written with {was}, not " + ", ".join(f"{k}={now[k]!r}" for k in differ))
     ck_world = ck.get("world_size", 1)
     if ck["config"].get("batch_size", 0) * ck_world != cfg.batch_size * world:
         was = f"batch_size={ck['config'].get('batch_size')!r}" + (f" x {ck_world} processes" if ck_world > 1 else "")
-        now = f"{cfg.batch_size!r}" + (f" x {world} processes" if world > 1 else "")
+        now = f"batch_size={cfg.batch_size!r}" + (f" x {world} processes" if world > 1 else "")
         raise ValueError(f"--resume: {path} was written with {was}, not {now}")
     return ck
 
