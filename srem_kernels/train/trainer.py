@@ -171,17 +171,6 @@ class Logger:
             print(line, flush=True)
 
 
-def _described(info: dict) -> dict:
-    """The dataset's info as results.json holds it: what describes the data (sizes, files, noise
-    source), not per-pair tensors a generator keeps there (synthetic-scenes' scene ids)."""
-    def plain(v):
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items() if not isinstance(x, torch.Tensor)}
-        return v
-
-    return plain(info)
-
-
 def train(cfg: TrainConfig) -> dict:
     """Train as `cfg` says; returns the final results (also written to OUTPUT/results.json).
 
@@ -420,7 +409,7 @@ def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Pa
     protocol = {"val": dataset.info.get("val", f"the val split ({len(dataset.val.images)} images)"),
                 "test": dataset.info.get("test", f"the test split ({len(dataset.test.images)} images)")}
     results = {"config": asdict(cfg), "best_epoch": best["epoch"], "val_rsum": best["rsum"], "test": test,
-               "protocol": protocol, "data": _described(dataset.info)}
+               "protocol": protocol, "data": dataset.info}
     if d.group is not None:
         results["world_size"] = d.world
     if not d.main:
