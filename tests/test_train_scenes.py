@@ -76,6 +76,13 @@ def test_scene_mate_rate_by_hand_and_at_the_default_size():
     assert r["batch"] == 1.0
 
 
+def test_scene_mate_rate_counts_the_trainers_batches():
+    scene = torch.arange(200) // 2  # pairs 2i and 2i + 1 are scene-mates
+    batches = [b for e in range(3) for b in trainer.epoch_batches(200, 16, trainer.epoch_seed(7, e, 0))]
+    hit = sum(int((torch.bincount(scene[b])[scene[b]] > 1).sum()) for b in batches)
+    assert scenes.scene_mate_rate(scene, 16, seed=7, epochs=3)["pair"] == hit / (16 * len(batches))
+
+
 def test_trains_end_to_end(tmp_path):
     cfg = trainer.TrainConfig(dataset="synthetic-scenes", synthetic_size="tiny", noise=0.4, method="srem", seed=0,
                               output=str(tmp_path), epochs=2, warmup_epochs=1, batch_size=64, embed_dim=16,

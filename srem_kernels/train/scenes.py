@@ -12,7 +12,7 @@ training caption shuffled onto a scene-mate's image is noisy.
 Scenes are drawn uniformly per instance, and the val and test splits share the training split's
 scenes (new instances of the same scenes). With N_train / PAIRS_PER_SCENE scenes (300 at the
 default size), a given pair of a batch of B = 128 has another pair of its scene in the batch
-with probability ≈ 1 - (1 - 1/S)^(B - 1) ≈ 0.35 (measured by `scene_mate_rate`: 0.34, and every
+with probability ≈ 1 - (1 - 1/S)^(B - 1) ≈ 0.35 (measured by `scene_mate_rate`: 0.35, and every
 batch holds such pairs). After 12 epochs at 0 % noise, half of SREM's test R@1 errors (image →
 text) land on a caption of the same scene, against 0.3 % by chance: scene-mates are the hard
 negatives (`python -m srem_kernels.train.scenes --train` prints both measurements).
@@ -25,6 +25,7 @@ import torch
 from srem_kernels.train import synthetic
 from srem_kernels.train.data import Dataset
 from srem_kernels.train.noise import shuffle_captions
+from srem_kernels.train.trainer import epoch_batches, epoch_seed
 
 PAIRS_PER_SCENE = 20  # training pairs per scene on average: 300 scenes at the default size
 SHARED_FACTORS = 28  # of synthetic.LATENT (32): the scene's; the other 4 are the instance's own
@@ -71,17 +72,15 @@ def load_with_scenes(*, noise: float, seed: int, size: str = "default") -> tuple
 
 
 def scene_mate_rate(scene: torch.Tensor, batch_size: int, seed: int, epochs: int = 5) -> dict[str, float]:
-    """How often in-batch near-duplicates occur, over `epochs` random epochs of batches of
-    `batch_size` pairs (the trainer's batching: a permutation, the last partial batch dropped).
+    """How often in-batch near-duplicates occur in the first `epochs` epochs of a run of `seed`
+    with batches of `batch_size` pairs (the trainer's own batches: trainer.epoch_batches).
     `pair`: the fraction of a batch's pairs that have another pair of their scene in the batch
     (a false or near-false negative in their row); `batch`: the fraction of batches holding at
     least one such pair; `mates`: the mean number of scene-mates a pair has in its batch."""
-    g = torch.Generator().manual_seed(seed)
     hit = pairs = batches = with_mate = mates = 0
-    for _ in range(epochs):
-        order = torch.randperm(len(scene), generator=g)
-        for k in range(len(scene) // batch_size):
-            s = scene[order[k * batch_size : (k + 1) * batch_size]]
+    for epoch in range(epochs):
+        for idx in epoch_batches(len(scene), batch_size, epoch_seed(seed, epoch, 0)):
+            s = scene[idx]
             count = torch.bincount(s)[s] - 1  # other pairs of the same scene in this batch
             hit += int((count > 0).sum())
             mates += int(count.sum())

@@ -129,7 +129,7 @@ def _to(x, device):
     return tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
 
 
-def _epoch_seed(seed: int, epoch: int, salt: int) -> int:
+def epoch_seed(seed: int, epoch: int, salt: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + salt) % (2**63)
 
 
@@ -312,14 +312,14 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
         entry = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "warmup": warming_up}
         if method.selection == "dataset" and not warming_up:
             energy = selection.pair_energies(model, train_split, batch_size=global_batch, tau=cfg.tau,
-                                             backend=cfg.loss_backend, seed=_epoch_seed(cfg.seed, epoch, 1), dist=d)
+                                             backend=cfg.loss_backend, seed=epoch_seed(cfg.seed, epoch, 1), dist=d)
             clean = selection.select_clean(energy).float()
             entry.update({f"sel_{k}": v for k, v in selection.selection_metrics(clean, train_split.noisy).items()})
             if train_split.noisy is not None:
                 entry["energy_auc"] = selection.separation_auc(energy, train_split.noisy)
 
         model.train()
-        batches = epoch_batches(len(train_split), global_batch, _epoch_seed(cfg.seed, epoch, 0))
+        batches = epoch_batches(len(train_split), global_batch, epoch_seed(cfg.seed, epoch, 0))
         # per pair, what the hinge used: the clean weight c (stats.clean) and c·w, w the sensitivity weight
         used = torch.zeros(len(train_split), 2) if method.selection != "none" and not warming_up else None
         total, bar = 0.0, _progress(batches, cfg, epoch, d)
