@@ -215,8 +215,13 @@ def load_runs(runs: Path) -> dict[Job, dict]:
     return out
 
 
+def _cell(runs: dict, dataset: str, method: str, noise: float) -> dict[int, dict]:
+    """One (regime, method, noise) cell's finished runs, by seed."""
+    return {j.seed: r for j, r in runs.items() if (j.dataset, j.method, j.noise) == (dataset, method, round(noise, 2))}
+
+
 def _rsums(runs: dict, dataset: str, method: str, noise: float) -> dict[int, float]:
-    return {j.seed: r["test"]["rsum"] for j, r in runs.items() if (j.dataset, j.method, j.noise) == (dataset, method, round(noise, 2))}
+    return {s: r["test"]["rsum"] for s, r in _cell(runs, dataset, method, noise).items()}
 
 
 def judge(spec: Spec, runs: dict) -> dict:
@@ -296,7 +301,7 @@ def _selection_rows(spec: Spec, runs: dict, dataset: str) -> list[str]:
             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for m in (spec.baseline, *spec.variants):
         for n in spec.noises:
-            es = [r["last_selection"] for j, r in runs.items() if (j.dataset, j.method, j.noise) == (dataset, m, round(n, 2))]
+            es = [r["last_selection"] for r in _cell(runs, dataset, m, n).values()]
             if not any(es):
                 continue
             cells = []
@@ -319,7 +324,7 @@ def _warmup_rows(spec: Spec, runs: dict, dataset: str) -> list[str]:
     for m in (spec.baseline, *spec.variants):
         cells = []
         for n in spec.noises:
-            rs = [r for j, r in runs.items() if (j.dataset, j.method, j.noise) == (dataset, m, round(n, 2))]
+            rs = list(_cell(runs, dataset, m, n).values())
             cells.append(f"{sum(r['best_epoch'] < r['config']['warmup_epochs'] for r in rs)}/{len(rs)}" if rs else "–")
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
     return rows
@@ -376,7 +381,7 @@ def report(spec: Spec, runs_dir: Path, out_md: Path, command: str) -> str:
                   "| method | " + " | ".join(f"rSum {n:.0%}" for n in spec.noises) + " | "
                   + " | ".join(f"R@1 {n:.0%}" for n in spec.noises) + " |", "|---|" + "---|" * (2 * len(spec.noises))]
         for m in (spec.baseline, *spec.variants):
-            sel = {n: [r for j, r in runs.items() if (j.dataset, j.method, j.noise) == (dataset, m, round(n, 2))] for n in spec.noises}
+            sel = {n: list(_cell(runs, dataset, m, n).values()) for n in spec.noises}
             lines.append(f"| {m} | " + " | ".join(_ms([r["test"]["rsum"] for r in sel[n]]) for n in spec.noises) + " | "
                          + " | ".join(_ms([_r1(r) for r in sel[n]]) for n in spec.noises) + " |")
         lines += ["", "Selection at the last epoch (%, mean ± std over seeds; against the ground-truth noise flags, never "
@@ -406,7 +411,7 @@ def _table_section(spec: Spec, runs: dict) -> list[str]:
     d, noises = TABLE_DATASET, spec.table_noises
 
     def of(m, n):
-        return [r for j, r in runs.items() if (j.dataset, j.method, j.noise) == (d, m, round(n, 2)) and j.seed in spec.table_seeds]
+        return [r for s, r in _cell(runs, d, m, n).items() if s in spec.table_seeds]
 
     lines = [f"## VSE++, InfoNCE, RCL and SREM on `{d}` (seeds {', '.join(map(str, spec.table_seeds))})", "",
              "Test rSum, mean ± std:", "", *_noise_header(noises)]
