@@ -51,7 +51,7 @@ def test_runner_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, monke
     assert {j for j, _, _ in done} == {j for j in spec.jobs() if j != finished}
     by_dir = {c.output: c for c in calls}
     assert len(calls) == 3 and str(finished.dir(runs)) not in by_dir
-    assert by_dir[str(interrupted.dir(runs))].resume and not by_dir[str(Job("synthetic", "srem", 0.4, 1).dir(runs))].resume
+    assert all(c.resume for c in calls)  # the trainer resumes a checkpoint and starts afresh without one
     assert all(c.synthetic_size == "tiny" and c.epochs == 3 and not c.progress for c in calls)
     assert not (interrupted.dir(runs) / trainer.CHECKPOINT).exists()  # deleted once finished
     log = [json.loads(line) for line in (runs / ablation.WALL_LOG).read_text().splitlines()]
@@ -90,6 +90,17 @@ def test_two_processes_train_the_tiny_grid(tmp_path):
     for j in spec.jobs():
         assert (j.dir(tmp_path) / trainer.RESULTS).exists() and not (j.dir(tmp_path) / trainer.CHECKPOINT).exists()
     assert ablation.run(spec, tmp_path, n_jobs=2) == []
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_run_again(tmp_path):
+    """Killed after its first epoch was logged but before the checkpoint was written: the folder
+    holds log.jsonl alone, and the runner trains the run afresh instead of refusing the folder."""
+    job = Job("synthetic", "srem", 0.4, 0)
+    job.dir(tmp_path).mkdir(parents=True)
+    (job.dir(tmp_path) / trainer.LOG).write_text(json.dumps({"epoch": 0, "loss": 1.0}) + "\n")
+    assert ablation.execute(job, str(tmp_path), "tiny", 2, 1)[0] == job
+    assert [json.loads(line)["epoch"] for line in (job.dir(tmp_path) / trainer.LOG).read_text().splitlines()] == [0, 1]
+    assert (job.dir(tmp_path) / trainer.RESULTS).exists() and not (job.dir(tmp_path) / trainer.CHECKPOINT).exists()
 
 
 # ---------------------------------------------------------------- the decision rule

@@ -89,14 +89,16 @@ def pending(jobs: list[Job], runs: Path) -> list[Job]:
 
 def execute(job: Job, runs: str, size: str, epochs: int | None, warmup_epochs: int | None) -> tuple[Job, float, float]:
     """Train one job (in a worker process, one thread): resumed from its checkpoint if it was
-    interrupted; the checkpoint is deleted once results.json is written. (job, seconds, test rSum)."""
+    interrupted (--resume also starts afresh where there is none: an empty folder, or a log whose
+    first checkpoint was never written); the checkpoint is deleted once results.json is written.
+    (job, seconds, test rSum)."""
     from srem_kernels.train import trainer
 
     out = job.dir(Path(runs))
     t0 = time.time()
     cfg = trainer.TrainConfig(dataset=job.dataset, noise=job.noise, method=job.method, seed=job.seed, output=str(out),
                               epochs=epochs, warmup_epochs=warmup_epochs, synthetic_size=size,
-                              resume=(out / CHECKPOINT).exists(), progress=False, quiet=True)  # fmt: skip
+                              resume=True, progress=False, quiet=True)  # fmt: skip
     res = trainer.train(cfg)
     (out / CHECKPOINT).unlink(missing_ok=True)  # 5 MB a run; the log and results stay
     return job, time.time() - t0, res["test"]["rsum"]
