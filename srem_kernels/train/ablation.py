@@ -5,7 +5,8 @@
     python -m srem_kernels.train.ablation report               # docs/ablation.md and docs/ablation.png
 
 Runs live in RUNS/REGIME/METHOD_noiseNN_seedS/ (the trainer's log.jsonl and results.json). A run
-whose results.json exists is skipped; one interrupted mid-way resumes from its checkpoint. Each
+whose results.json exists is skipped, and a run of other settings (size, epochs) than the grid's
+is refused; one interrupted mid-way resumes from its checkpoint. Each
 run is one process with one thread, so its result does not depend on --jobs or on the order.
 Flags narrow the grid (--regimes, --methods, --noises, --seeds, --size, --epochs) for a smoke
 test; the report then judges what that narrower grid holds.
@@ -28,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from srem_kernels.train.experiment import _commit, _ms, _r1
-from srem_kernels.train.trainer import CHECKPOINT, LOG, RESULTS
+from srem_kernels.train.trainer import CHECKPOINT, DATASET_DEFAULTS, LOG, RESULTS
 
 BASELINE = "srem-nosce"
 VARIANTS = ("srem", "srem-sce-margin", "srem-sce-clean", "srem-sce-rank", "srem-nosce-lh0.5", "srem-nosce-lh2",
@@ -40,6 +41,7 @@ TABLE_DATASET = "synthetic-scenes"
 TABLE_METHODS = ("vsepp", "infonce", "rcl", "srem")
 TABLE_NOISES = (0.0, 0.2, 0.4, 0.6, 0.8)
 TABLE_SEEDS = (0, 1, 2)
+SIZED = ("synthetic", "synthetic-scenes")  # the regimes --size sets the size of
 WALL_LOG = "RUNNER_LOG.jsonl"  # one line per runner start, finished run and runner end
 
 
@@ -81,10 +83,45 @@ class Spec:
     def jobs(self) -> list[Job]:
         return list(dict.fromkeys(self.grid_jobs() + self.table_jobs()))  # the shared runs once
 
+    def settings(self, dataset: str) -> dict:
+        """What a run of `dataset` in this grid trained with, beyond what its folder's name says."""
+        d = DATASET_DEFAULTS[dataset]
+        out = {"epochs": d["epochs"] if self.epochs is None else self.epochs,
+               "warmup_epochs": d["warmup_epochs"] if self.warmup_epochs is None else self.warmup_epochs}
+        return out | ({"synthetic_size": self.size} if dataset in SIZED else {})
 
-def pending(jobs: list[Job], runs: Path) -> list[Job]:
-    """The jobs without a results.json: what is still to run."""
-    return [j for j in jobs if not (j.dir(runs) / RESULTS).exists()]
+
+class OtherGrid(ValueError):
+    """A finished run under --runs trained with other settings than the grid's (size, epochs)."""
+
+
+def finished(path: Path, spec: Spec) -> dict:
+    """A run's results.json, checked against `spec`: a run folder's name does not say its size or
+    epochs, so a smoke run (--size tiny --epochs 2) must not pass later for one of the full grid."""
+    try:
+        r = json.loads(path.read_text())
+        c = r["config"]
+        want = spec.settings(c["dataset"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise OtherGrid(f"{path}: not a srem-train results.json ({type(err).__name__}: {err})") from None
+    differ = [k for k in want if c.get(k) != want[k]]
+    if differ:
+        raise OtherGrid(f"{path.parent}: a run with {', '.join(f'{k}={c.get(k)!r}' for k in differ)}, not this grid's "
+                        + ", ".join(f"{k}={want[k]!r}" for k in differ)
+                        + " (another grid's run: move it away or give that grid its own --runs)")
+    return r
+
+
+def pending(spec: Spec, runs: Path) -> list[Job]:
+    """The jobs of `spec` without a results.json: what is still to run (a finished run of other
+    settings is an OtherGrid error)."""
+    todo = []
+    for j in spec.jobs():
+        if (j.dir(runs) / RESULTS).exists():
+            finished(j.dir(runs) / RESULTS, spec)
+        else:
+            todo.append(j)
+    return todo
 
 
 def execute(job: Job, runs: str, size: str, epochs: int | None, warmup_epochs: int | None) -> tuple[Job, float, float]:
@@ -127,7 +164,7 @@ def run(spec: Spec, runs: Path, n_jobs: int = 2, executor=None) -> list[tuple[Jo
     done; a run that raises is logged (event "error") and the others go on."""
     if n_jobs < 1:
         raise ValueError(f"--jobs must be at least 1; got {n_jobs}")
-    todo = pending(spec.jobs(), runs)
+    todo = pending(spec, runs)
     total = len(spec.jobs())
     print(f"{total} runs in the grid, {total - len(todo)} done, {len(todo)} to run in {n_jobs} process(es)", flush=True)
     if not todo:
@@ -203,11 +240,12 @@ def decide(levels: list[str], reverse: bool = False) -> str:
 # ---------------------------------------------------------------- the report
 
 
-def load_runs(runs: Path) -> dict[Job, dict]:
-    """Every finished run under `runs`: its results.json plus its last selection epoch's log entry."""
+def load_runs(runs: Path, spec: Spec) -> dict[Job, dict]:
+    """Every finished run under `runs` (each of `spec`'s settings, else OtherGrid): its
+    results.json plus its last selection epoch's log entry."""
     out = {}
     for f in sorted(runs.glob(f"*/*/{RESULTS}")):
-        r = json.loads(f.read_text())
+        r = finished(f, spec)
         c = r["config"]
         log = f.parent / LOG
         entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -337,7 +375,7 @@ def report(spec: Spec, runs_dir: Path, out_md: Path, command: str) -> str:
 
     from srem_kernels.train.methods import METHODS
 
-    runs = load_runs(runs_dir)
+    runs = load_runs(runs_dir, spec)
     if not runs:
         raise SystemExit(f"no finished runs under {runs_dir}")
     verdicts = judge(spec, runs)
@@ -505,19 +543,22 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     spec, runs = spec_from(args), Path(args.runs)
     command = " ".join(["python -m srem_kernels.train.ablation", *(sys.argv[1:] if argv is None else argv)])
-    if args.command == "list":
-        jobs = spec.jobs()
-        todo = pending(jobs, runs)
-        for j in todo:
-            print(j.dir(runs))
-        print(f"{len(jobs)} runs ({len(spec.grid_jobs())} in the grid, {len(spec.table_jobs())} in the table, "
-              f"{len(spec.grid_jobs()) + len(spec.table_jobs()) - len(jobs)} shared); {len(todo)} to run")
-    elif args.command == "run":
-        run(spec, runs, args.jobs)
-        if pending(spec.jobs(), runs):
-            raise SystemExit(1)
-    else:
-        print(report(spec, runs, Path(args.report), command))
+    try:
+        if args.command == "list":
+            jobs = spec.jobs()
+            todo = pending(spec, runs)
+            for j in todo:
+                print(j.dir(runs))
+            print(f"{len(jobs)} runs ({len(spec.grid_jobs())} in the grid, {len(spec.table_jobs())} in the table, "
+                  f"{len(spec.grid_jobs()) + len(spec.table_jobs()) - len(jobs)} shared); {len(todo)} to run")
+        elif args.command == "run":
+            run(spec, runs, args.jobs)
+            if pending(spec, runs):
+                raise SystemExit(1)
+        else:
+            print(report(spec, runs, Path(args.report), command))
+    except OtherGrid as err:
+        raise SystemExit(f"ablation {args.command}: {err}") from None
 
 
 if __name__ == "__main__":
