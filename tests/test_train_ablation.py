@@ -188,6 +188,19 @@ def test_report_on_a_fake_result_set(tmp_path):
     assert "| srem-nosce | 2/3 | 2/3 | 2/3 |" in text and "| srem-sce-margin | 2/3 | 2/3 | 2/2 |" in text
 
 
+def test_report_on_a_partial_grid(tmp_path):
+    """A regime of the spec without any finished run yet: its tables say incomplete, the rest is reported."""
+    runs = tmp_path / "runs"
+    for s, b in BASE.items():
+        _write_run(runs, "srem-nosce", 0.4, s, b)
+        _write_run(runs, "srem", 0.4, s, b + 5 + s)
+    spec = Spec(regimes={"synthetic": (0, 1, 2), "digits": (0, 1, 2)}, noises=(0.4, 0.6), variants=("srem",), table=False)
+    text = ablation.report(spec, runs, tmp_path / "ablation.md", "the command")
+    assert "- `synthetic`: no variant passes; incomplete: `srem`." in text and "- `digits`: no variant passes; incomplete: `srem`." in text
+    assert "| srem | +6.0 ± 0.6 ▲ | – | incomplete |" in text and "| srem | – | – | incomplete |" in text
+    assert "warm-up (epochs 0–1)" in text and "| srem-nosce | – | – |" in text
+
+
 def test_report_says_when_removing_the_hinge_is_better(tmp_path):
     runs = tmp_path / "runs"
     for n, per in {0.4: [5, 6, 7], 0.6: [4, 5, 6], 0.8: [-1, 0, 1]}.items():

@@ -353,10 +353,6 @@ def _selection_rows(spec: Spec, runs: dict, dataset: str) -> list[str]:
     return rows
 
 
-def _warmup(runs: dict, dataset: str) -> int:
-    return next(r["config"]["warmup_epochs"] for j, r in runs.items() if j.dataset == dataset)
-
-
 def _warmup_rows(spec: Spec, runs: dict, dataset: str) -> list[str]:
     """How many seeds' best-on-validation epoch lies inside the warm-up, where every SREM variant
     trains the same complementary loss alone (their test results then coincide)."""
@@ -429,7 +425,7 @@ def report(spec: Spec, runs_dir: Path, out_md: Path, command: str) -> str:
                   "factor), the share of the total hinge weight c·w on clean pairs, and the mean of c·w.", "",
                   *_selection_rows(spec, runs, dataset), "",
                   "Seeds whose best-on-validation epoch (the one tested) lies inside the warm-up (epochs 0–"
-                  f"{_warmup(runs, dataset) - 1}), where every SREM variant trains the complementary loss alone, so that "
+                  f"{spec.settings(dataset)['warmup_epochs'] - 1}), where every SREM variant trains the complementary loss alone, so that "
                   "their test results coincide:", "", *_warmup_rows(spec, runs, dataset), ""]
     if spec.table:
         lines += _table_section(spec, runs)
