@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from srem_kernels.train import captions, cli, data, evaluation, noise, precomp
-from tests.test_train_data import write_precomp
+from tests.test_train_data import write_npz, write_precomp
 
 N_TRAIN = 12  # training images of the default fixture: 60 captions for f30k
 
@@ -204,6 +204,7 @@ def test_no_file_draws_as_ncr_and_save_noise_is_found_by_the_next_run(tmp_path, 
         (np.arange(60) - 1, "f30k_precomp_0.4.npy", r"image index -1 out of range; expected"),
         (np.arange(12), "f30k_precomp_0.2.npy", r"its name says noise 0\.2, not --noise 0\.4"),
         ("not numpy", "f30k_precomp_0.4.npy", r"not a \.npy array .*; expected an integer \.npy of 12"),
+        ({"idx": np.arange(12)}, "f30k_precomp_0.4.npy", r"an \.npz archive, not a \.npy array; expected an integer \.npy of 12"),
     ],
 )
 def test_bad_noise_files_one_line_naming_the_file_and_the_shapes(tmp_path, content, name, message):
@@ -211,6 +212,8 @@ def test_bad_noise_files_one_line_naming_the_file_and_the_shapes(tmp_path, conte
     path = tmp_path / name
     if isinstance(content, str):
         path.write_text(content)
+    elif isinstance(content, dict):
+        write_npz(path, **content)
     else:
         np.save(path, content)
     with pytest.raises(data.DataError, match=re.escape(str(path)) + ": " + message) as e:

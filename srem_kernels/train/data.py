@@ -40,6 +40,19 @@ class DataError(ValueError):
     """A dataset that cannot be loaded: names the path and the layout expected there."""
 
 
+def load_npy(path, *, expected: str = "", **kw) -> np.ndarray:
+    """np.load of one .npy array (no pickles; `kw`: mmap_mode); anything else, an .npz archive
+    too (np.load gives it as an NpzFile), is a DataError naming the file, `expected` appended."""
+    try:
+        arr = np.load(path, allow_pickle=False, **kw)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path}: not a .npy array ({err}){expected}") from None
+    if not isinstance(arr, np.ndarray):
+        arr.close()
+        raise DataError(f"{path}: an .npz archive, not a .npy array{expected}")
+    return arr
+
+
 @dataclass
 class Split:
     """One split. `images`: N_img×d features or N_img×R×d region features. `captions`: N_cap×d

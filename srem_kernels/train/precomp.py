@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from srem_kernels.train.captions import encode, load_vocab, read_captions
-from srem_kernels.train.data import DataError, Dataset, Split
+from srem_kernels.train.data import DataError, Dataset, Split, load_npy
 from srem_kernels.train.evaluation import size_label
 from srem_kernels.train.noise import assignment
 
@@ -50,10 +50,7 @@ def caption_file(root: Path, name: str, split: str) -> Path:
 
 
 def load_images(path: Path) -> np.ndarray:
-    try:
-        images = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"{path}: not a .npy array ({err})") from None
+    images = load_npy(path, mmap_mode="r")
     if images.ndim not in (2, 3) or not np.issubdtype(images.dtype, np.floating) or len(images) == 0:
         raise DataError(f"{path}: expected float features of shape (N_img, R, d) or (N_img, d), "
                         f"got {images.dtype} {images.shape}")
