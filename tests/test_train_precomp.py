@@ -203,6 +203,7 @@ def test_no_file_draws_as_ncr_and_save_noise_is_found_by_the_next_run(tmp_path, 
         (np.arange(12) + 1, "f30k_precomp_0.4.npy", r"image index 12 out of range; expected"),
         (np.arange(60) - 1, "f30k_precomp_0.4.npy", r"image index -1 out of range; expected"),
         (np.arange(12), "f30k_precomp_0.2.npy", r"its name says noise 0\.2, not --noise 0\.4"),
+        (np.arange(12), "noise_inx_0.npy", r"its name says noise 0, not --noise 0\.4"),
         ("not numpy", "f30k_precomp_0.4.npy", r"not a \.npy array .*; expected an integer \.npy of 12"),
         ({"idx": np.arange(12)}, "f30k_precomp_0.4.npy", r"an \.npz archive, not a \.npy array; expected an integer \.npy of 12"),
     ],
@@ -230,6 +231,9 @@ def test_noise_file_arguments(tmp_path):
         _load(root, noise=0.2, noise_file=str(tmp_path / "nope.npy"))
     with pytest.raises(data.DataError, match=r"--noise-file: synthetic draws its noise from the seed; noise files are read for f30k, coco, cc152k"):
         data.load("synthetic", noise=0.2, seed=0, size="tiny", noise_file=str(tmp_path / "n.npy"))
+    # a rate is read only from RCL's and NCR's names: another codebase's name ending in _0 says a seed
+    np.save(tmp_path / "f30k_seed_0.npy", np.arange(12))
+    assert "mismatched" in _load(root, noise=0.4, noise_file=str(tmp_path / "f30k_seed_0.npy")).info["noise"]
 
 
 # ---------------------------------------------------------------- malformed caption files

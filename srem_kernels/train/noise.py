@@ -21,7 +21,7 @@ from srem_kernels.train.data import DataError, load_npy
 
 RCL_FILE = "{name}_precomp/noise_inx_{rate:g}.npy"
 NCR_FILE = "noise_index/{name}_precomp_{rate:g}.npy"
-_RATE_IN_NAME = re.compile(r"_(0?\.\d+|0)\.npy$")
+_RATE_IN_NAME = re.compile(r"^(?:noise_inx|\w+_precomp)_(0?\.\d+|0)\.npy$")  # RCL_FILE's and NCR_FILE's names only
 
 
 def shuffle_captions(cap2img: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
