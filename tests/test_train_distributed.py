@@ -194,7 +194,8 @@ def two_ranks(tmp_path_factory):
         ("own_group", "own_group", None),
         ("cli", "bad_argument", ["--noise", "2", "--output", os.path.join(out, "bad")]),
         ("cli", "bad_resume", ["--synthetic-size", "tiny", "--noise", "0.2", "--seed", "3", "--embed-dim", "16",
-                               "--batch-size", str(LOCAL_BATCH), "--resume", "--output", os.path.join(out, "srem")]),
+                               "--warmup-epochs", "1", "--batch-size", str(LOCAL_BATCH), "--resume", "--output",
+                               os.path.join(out, "srem")]),  # fmt: skip
     ]
     return out, run_ranks(WORLD, jobs, out)
 
