@@ -320,9 +320,11 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
 
         model.train()
         batches = epoch_batches(len(train_split), global_batch, epoch_seed(cfg.seed, epoch, 0))
-        # per pair, what the hinge used: the clean weight c (stats.clean) and c·w, w the sensitivity weight
-        used = torch.zeros(len(train_split), 2) if method.selection != "none" and not warming_up else None
-        total, bar = 0.0, _progress(batches, cfg, epoch, d)
+        # per pair, what the hinge used: the clean weight c (stats.clean) and c·w, w the sensitivity weight.
+        # It and the loss's sum stay on the device, read once an epoch: no device sync per step for them
+        used = torch.zeros(len(train_split), 2, device=device) if method.selection != "none" and not warming_up else None
+        total, bar = torch.zeros((), dtype=torch.float64, device=device), _progress(batches, cfg, epoch, d)
+        live = not getattr(bar, "disable", True)  # a bar shown on a terminal: its running loss is read each step
         for step, idx in enumerate(bar):
             local = d.local(idx)  # this rank's contiguous slice of the global batch
             images, captions = train_split.batch(local)
@@ -338,15 +340,15 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            total += loss.item()  # the global batch's loss, the same on every rank
+            total += loss.detach()  # the global batch's loss, the same on every rank; summed in float64
             if used is not None:
-                used[local] = torch.stack([out.stats.clean, out.stats.clean * out.stats.weight], dim=1).float().cpu()
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+                used[local] = torch.stack([out.stats.clean, out.stats.clean * out.stats.weight], dim=1).float()
+            if live:
+                bar.set_postfix(loss=f"{total.item() / (step + 1):.4f}")
         sched.step()
-        entry["loss"] = total / len(batches)
+        entry["loss"] = total.item() / len(batches)
         if used is not None:
-            used = dist_mod.merge_rows(used, d)
+            used = dist_mod.merge_rows(used, d).cpu()
             seen = torch.zeros(len(train_split), dtype=torch.bool)
             seen[torch.cat(batches)] = True
             noisy = None if train_split.noisy is None else train_split.noisy[seen]
