@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from srem_kernels.train.data import REGISTRY
 from srem_kernels.train.experiment import _commit, _ms, _r1
 from srem_kernels.train.trainer import CHECKPOINT, DATASET_DEFAULTS, LOG, RESULTS
 
@@ -41,7 +42,6 @@ TABLE_DATASET = "synthetic-scenes"
 TABLE_METHODS = ("vsepp", "infonce", "rcl", "srem")
 TABLE_NOISES = (0.0, 0.2, 0.4, 0.6, 0.8)
 TABLE_SEEDS = (0, 1, 2)
-SIZED = ("synthetic", "synthetic-scenes")  # the regimes --size sets the size of
 WALL_LOG = "RUNNER_LOG.jsonl"  # one line per runner start, finished run and runner end
 
 
@@ -88,7 +88,7 @@ class Spec:
         d = DATASET_DEFAULTS[dataset]
         out = {"epochs": d["epochs"] if self.epochs is None else self.epochs,
                "warmup_epochs": d["warmup_epochs"] if self.warmup_epochs is None else self.warmup_epochs}
-        return out | ({"synthetic_size": self.size} if dataset in SIZED else {})
+        return out | ({"synthetic_size": self.size} if REGISTRY[dataset].sized else {})
 
 
 class OtherGrid(ValueError):
