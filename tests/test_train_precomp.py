@@ -391,7 +391,7 @@ def test_check_data_exits_2_with_the_first_problem(tmp_path, capsys):
 def test_check_data_on_a_generated_dataset(capsys):
     assert cli.main(["--check-data", "--synthetic-size", "tiny", "--noise", "0.2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "synthetic: generated" and lines[1].startswith("  train: 256 images (4, 64) float32, 256 captions of (48,) features")
+    assert lines[0] == "synthetic: generated from the seed (no files)" and lines[1].startswith("  train: 256 images (4, 64) float32, 256 captions of (48,) features")
 
 
 def test_noise_module_reads_a_cc152k_index_as_one_per_pair(tmp_path):

@@ -91,7 +91,7 @@ def test_trains_end_to_end(tmp_path):
     assert 0 <= res["test"]["rsum"] <= 600 and res["config"]["dataset"] == "synthetic-scenes"
     # results.json describes the data: the generator's numbers, no per-pair scene ids (not even emptied)
     assert json.loads((tmp_path / trainer.RESULTS).read_text())["data"] == {
-        "size": "tiny", "latent": synthetic.LATENT, "regions": synthetic.REGIONS, "scenes": scenes.scene_count("tiny"),
+        "layout": synthetic.GENERATED, "size": "tiny", "latent": synthetic.LATENT, "regions": synthetic.REGIONS, "scenes": scenes.scene_count("tiny"),
         "shared_factors": scenes.SHARED_FACTORS, "jitter": scenes.JITTER}
 
 

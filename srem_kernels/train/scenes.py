@@ -66,8 +66,8 @@ def load_with_scenes(*, noise: float, seed: int, size: str = "default") -> tuple
     train, val, test = splits
     train.cap2img = shuffle_captions(train.cap2img, noise, g)
     train.noisy = train.cap2img != train.cap_key
-    info = {"size": size, "latent": synthetic.LATENT, "regions": synthetic.REGIONS, "scenes": n_scenes,
-            "shared_factors": SHARED_FACTORS, "jitter": JITTER}
+    info = {"layout": synthetic.GENERATED, "size": size, "latent": synthetic.LATENT, "regions": synthetic.REGIONS,
+            "scenes": n_scenes, "shared_factors": SHARED_FACTORS, "jitter": JITTER}
     return Dataset("synthetic-scenes", train, val, test, info=info), scenes
 
 
