@@ -87,21 +87,6 @@ def test_both_caption_files_the_datasets_own_form_is_read(tmp_path):
 
 # ---------------------------------------------------------------- noise files
 
-def test_validation_is_devs_first_images_and_only_their_captions_are_tokenised(tmp_path, monkeypatch):
-    root = write_precomp(tmp_path, name="coco", n_img=(12, 5, 10))
-    full = _load(root, name="coco")  # 5 dev images, under VAL_IMAGES: all of dev
-    encoded = []
-    encode = precomp.encode
-    monkeypatch.setattr(precomp, "encode", lambda caps, w2i: encoded.append(len(caps)) or encode(caps, w2i))
-    monkeypatch.setattr(precomp, "VAL_IMAGES", 2)
-    d = _load(root, name="coco")
-    assert encoded == [60, 10, 50]  # train, dev's first 2 images' 10 captions, test: dev's other 15 never tokenised
-    assert len(d.val.images) == 2 and np.array_equal(d.val.images, full.val.images[:2])
-    assert all(torch.equal(a, b) for a, b in zip(d.val.captions, full.val.captions[:10])) and len(d.val.captions) == 10
-    assert torch.equal(d.val.cap_key, torch.arange(10) // 5) and torch.equal(d.val.img_key, torch.arange(2))
-    assert d.info["val"] == "dev's first 2 of 5 images (10 captions)"
-
-
 def test_rcl_image_level_file_beside_the_features_mismatches_exactly_the_shuffled_images(tmp_path, capsys, monkeypatch):
     root = write_precomp(tmp_path)
     idx, moved = _shuffled_images(N_TRAIN, 4)
@@ -291,9 +276,12 @@ def test_without_nltk_one_line_says_how_to_install(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- protocol
 
-def test_validation_is_the_first_1000_dev_images(tmp_path):
+def test_validation_is_the_first_1000_dev_images(tmp_path, monkeypatch):
     root = write_precomp(tmp_path, n_img=(12, 1003, 4), regions=1, dim=4)
+    encoded, encode = [], precomp.encode
+    monkeypatch.setattr(precomp, "encode", lambda caps, w2i: encoded.append(len(caps)) or encode(caps, w2i))
     d = _load(root)
+    assert encoded == [60, 5000, 20]  # train, dev's first 1000 images' captions (its last 15 never tokenised), test
     dev = np.load(root / "f30k_precomp" / "dev_ims.npy")
     assert len(d.val.images) == 1000 and len(d.val) == 5000 and np.array_equal(d.val.images, dev[:1000])
     lines = (root / "f30k_precomp" / "dev_caps.txt").read_text().split("\n")
