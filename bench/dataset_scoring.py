@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from bench.run import RESULTS, environment
+from bench.run import RESULTS, device_log, environment
 from srem_kernels.train import model as model_mod, selection
 from srem_kernels.train.data import Dataset, Split
 
@@ -82,8 +81,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     env = environment(torch.device("cpu"))
     env["command"] = " ".join(["python -m bench.dataset_scoring", *(sys.argv[1:] if argv is None else argv)])
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = args.out / f"{re.sub(r'[^A-Za-z0-9]+', '-', env['device']).strip('-').lower()}.scoring.csv"
+    log = device_log(args.out, env, ".scoring.csv")
     new = not log.exists()
 
     rows = []

@@ -4,7 +4,9 @@ skip and resume, the decision rule by hand, and the report on a small fake resul
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 import pytest
 
@@ -27,8 +29,7 @@ def _fake_train(calls):
         calls.append(cfg)
         out = ablation.Path(cfg.output)
         out.mkdir(parents=True, exist_ok=True)
-        res = {"config": {"dataset": cfg.dataset, "method": cfg.method, "noise": cfg.noise, "seed": cfg.seed},
-               "test": {"rsum": 100.0 + cfg.seed}}  # fmt: skip
+        res = {"config": asdict(cfg.resolved()), "test": {"rsum": 100.0 + cfg.seed}}
         (out / trainer.RESULTS).write_text(json.dumps(res))
         return res
 
@@ -42,16 +43,17 @@ def test_runner_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, monke
     runs = tmp_path / "runs"
     finished, interrupted = Job("synthetic", "srem", 0.4, 0), Job("synthetic", "srem-nosce", 0.4, 1)
     finished.dir(runs).mkdir(parents=True)
-    (finished.dir(runs) / trainer.RESULTS).write_text("{}")
+    _fake_train([])(trainer.TrainConfig(dataset="synthetic", method="srem", noise=0.4, seed=0, output=str(finished.dir(runs)),
+                                        synthetic_size="tiny", epochs=3))  # fmt: skip
     interrupted.dir(runs).mkdir(parents=True)
     (interrupted.dir(runs) / trainer.CHECKPOINT).write_bytes(b"an epoch's checkpoint")
-    assert ablation.pending(spec.jobs(), runs) == [j for j in spec.jobs() if j != finished]
+    assert ablation.pending(spec, runs) == [j for j in spec.jobs() if j != finished]
 
     done = ablation.run(spec, runs, n_jobs=1, executor=ThreadPoolExecutor(1))
     assert {j for j, _, _ in done} == {j for j in spec.jobs() if j != finished}
     by_dir = {c.output: c for c in calls}
     assert len(calls) == 3 and str(finished.dir(runs)) not in by_dir
-    assert by_dir[str(interrupted.dir(runs))].resume and not by_dir[str(Job("synthetic", "srem", 0.4, 1).dir(runs))].resume
+    assert all(c.resume for c in calls)  # the trainer resumes a checkpoint and starts afresh without one
     assert all(c.synthetic_size == "tiny" and c.epochs == 3 and not c.progress for c in calls)
     assert not (interrupted.dir(runs) / trainer.CHECKPOINT).exists()  # deleted once finished
     log = [json.loads(line) for line in (runs / ablation.WALL_LOG).read_text().splitlines()]
@@ -75,7 +77,7 @@ def test_a_failing_run_is_logged_and_the_others_go_on(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "train", train)
     spec = Spec(regimes={"synthetic": (0, 1)}, noises=(0.4,), variants=("srem",), table=False)
     done = ablation.run(spec, tmp_path, n_jobs=1, executor=ThreadPoolExecutor(1))
-    assert len(done) == 3 and ablation.pending(spec.jobs(), tmp_path) == [Job("synthetic", "srem", 0.4, 1)]
+    assert len(done) == 3 and ablation.pending(spec, tmp_path) == [Job("synthetic", "srem", 0.4, 1)]
     log = [json.loads(line) for line in (tmp_path / ablation.WALL_LOG).read_text().splitlines()]
     assert [e for e in log if e["event"] == "error"][0]["error"] == "RuntimeError: out of memory"
     assert log[-1]["failed"] == 1
@@ -90,6 +92,17 @@ def test_two_processes_train_the_tiny_grid(tmp_path):
     for j in spec.jobs():
         assert (j.dir(tmp_path) / trainer.RESULTS).exists() and not (j.dir(tmp_path) / trainer.CHECKPOINT).exists()
     assert ablation.run(spec, tmp_path, n_jobs=2) == []
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_run_again(tmp_path):
+    """Killed after its first epoch was logged but before the checkpoint was written: the folder
+    holds log.jsonl alone, and the runner trains the run afresh instead of refusing the folder."""
+    job = Job("synthetic", "srem", 0.4, 0)
+    job.dir(tmp_path).mkdir(parents=True)
+    (job.dir(tmp_path) / trainer.LOG).write_text(json.dumps({"epoch": 0, "loss": 1.0}) + "\n")
+    assert ablation.execute(job, str(tmp_path), "tiny", 2, 1)[0] == job
+    assert [json.loads(line)["epoch"] for line in (job.dir(tmp_path) / trainer.LOG).read_text().splitlines()] == [0, 1]
+    assert (job.dir(tmp_path) / trainer.RESULTS).exists() and not (job.dir(tmp_path) / trainer.CHECKPOINT).exists()
 
 
 # ---------------------------------------------------------------- the decision rule
@@ -132,11 +145,11 @@ FAKE = {  # method -> noise -> d_s added to the baseline's rSum per seed
 }
 
 
-def _write_run(runs, method, noise, seed, rsum):
-    out = Job("synthetic", method, noise, seed).dir(runs)
+def _write_run(runs, method, noise, seed, rsum, dataset="synthetic", **settings):
+    out = Job(dataset, method, noise, seed).dir(runs)
     out.mkdir(parents=True)
-    cfg = {"dataset": "synthetic", "method": method, "noise": noise, "seed": seed, "epochs": 12, "warmup_epochs": 2,
-           "batch_size": 128, "lr": 1e-3, "tau": 0.05, "margin": 0.2}  # fmt: skip
+    cfg = {"dataset": dataset, "method": method, "noise": noise, "seed": seed, "epochs": 12, "warmup_epochs": 2,
+           "synthetic_size": "default", "batch_size": 128, "lr": 1e-3, "tau": 0.05, "margin": 0.2, **settings}  # fmt: skip
     (out / trainer.RESULTS).write_text(json.dumps({"config": cfg, "best_epoch": seed,  # seeds 0, 1: inside the warm-up
                                                    "test": {"rsum": rsum, "i2t_r1": 10.0, "t2i_r1": 20.0}}))
     sel = {"sel_selected": 0.5, "sel_precision": 0.9, "sel_recall": 0.6, "hinge_selected": 0.5, "hinge_precision": 0.95,
@@ -153,7 +166,7 @@ def test_report_on_a_fake_result_set(tmp_path):
             for s, d in enumerate(per[n]):
                 _write_run(runs, m, n, s, BASE[s] + d)
     spec = Spec(regimes={"synthetic": (0, 1, 2)}, variants=tuple(FAKE), table=False)
-    verdicts = ablation.judge(spec, ablation.load_runs(runs))["synthetic"]
+    verdicts = ablation.judge(spec, ablation.load_runs(runs, spec))["synthetic"]
     assert {v: r["decision"] for v, r in verdicts.items()} == {
         "srem": "passes", "srem-sce-rank": "fails", "srem-nohinge": "passes", "srem-sce-margin": "incomplete"}
     n, d, m, se, verdict = verdicts["srem"]["levels"][0]
@@ -175,6 +188,19 @@ def test_report_on_a_fake_result_set(tmp_path):
     assert "| srem-nosce | 2/3 | 2/3 | 2/3 |" in text and "| srem-sce-margin | 2/3 | 2/3 | 2/2 |" in text
 
 
+def test_report_on_a_partial_grid(tmp_path):
+    """A regime of the spec without any finished run yet: its tables say incomplete, the rest is reported."""
+    runs = tmp_path / "runs"
+    for s, b in BASE.items():
+        _write_run(runs, "srem-nosce", 0.4, s, b)
+        _write_run(runs, "srem", 0.4, s, b + 5 + s)
+    spec = Spec(regimes={"synthetic": (0, 1, 2), "digits": (0, 1, 2)}, noises=(0.4, 0.6), variants=("srem",), table=False)
+    text = ablation.report(spec, runs, tmp_path / "ablation.md", "the command")
+    assert "- `synthetic`: no variant passes; incomplete: `srem`." in text and "- `digits`: no variant passes; incomplete: `srem`." in text
+    assert "| srem | +6.0 ± 0.6 ▲ | – | incomplete |" in text and "| srem | – | – | incomplete |" in text
+    assert "warm-up (epochs 0–1)" in text and "| srem-nosce | – | – |" in text
+
+
 def test_report_says_when_removing_the_hinge_is_better(tmp_path):
     runs = tmp_path / "runs"
     for n, per in {0.4: [5, 6, 7], 0.6: [4, 5, 6], 0.8: [-1, 0, 1]}.items():
@@ -185,6 +211,28 @@ def test_report_says_when_removing_the_hinge_is_better(tmp_path):
     text = ablation.report(spec, runs, tmp_path / "ablation.md", "the command")
     assert ("- `synthetic`: no variant passes; the hinge is not shown to earn its place — removing it is better at "
             "2 of 3 noise levels and worse at none") in text
+
+
+@pytest.mark.parametrize("dataset, settings, differ", [
+    ("synthetic-scenes", {"synthetic_size": "tiny", "epochs": 2}, "epochs=2, synthetic_size='tiny', not this grid's epochs=12, synthetic_size='default'"),
+    ("digits", {"warmup_epochs": 1, "synthetic_size": "tiny"}, "warmup_epochs=1, not this grid's warmup_epochs=2"),
+])  # fmt: skip
+def test_a_run_of_another_grids_settings_is_refused_naming_its_folder(tmp_path, capsys, dataset, settings, differ):
+    """A smoke run (--size tiny --epochs 2) left under the default --runs: its folder's name is a
+    full run's, so the runner must not skip it as done nor the report judge it as full."""
+    _write_run(tmp_path, "srem", 0.4, 0, 300.0, dataset=dataset, **settings)
+    folder = Job(dataset, "srem", 0.4, 0).dir(tmp_path)
+    spec = Spec(regimes={dataset: (0,)}, noises=(0.4,), variants=("srem",), table=False)
+    for call in (lambda: ablation.pending(spec, tmp_path), lambda: ablation.load_runs(tmp_path, spec)):
+        with pytest.raises(ablation.OtherGrid, match=f"^{re.escape(f'{folder}: a run with {differ}')} "):
+            call()
+    with pytest.raises(SystemExit, match=re.escape(f"ablation list: {folder}: a run with {differ}")):
+        ablation.main(["list", "--runs", str(tmp_path), "--regimes", dataset])
+    # the grid it belongs to accepts it
+    same = Spec(regimes={dataset: (0,)}, noises=(0.4,), variants=("srem",), table=False,
+                size=settings.get("synthetic_size", "default"), epochs=settings.get("epochs"),
+                warmup_epochs=settings.get("warmup_epochs"))  # fmt: skip
+    assert Job(dataset, "srem", 0.4, 0) not in ablation.pending(same, tmp_path) and len(ablation.load_runs(tmp_path, same)) == 1
 
 
 def test_command_line_lists_and_narrows(tmp_path, capsys):

@@ -28,6 +28,12 @@ def captions_for(rng, n: int) -> list[str]:
     return out
 
 
+def write_npz(path, **arrays):
+    """An .npz archive under a .npy name (np.savez would append .npz to the name)."""
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def write_precomp(root: Path, name: str = "f30k", n_img=(12, 4, 4), per: int | None = None, regions: int = 3,
                   dim: int = 16, seed: int = 0, test_split: str = "test", caps: str | None = None) -> Path:
     """A tiny dataset in the NCR/RCL precomputed layout (srem_kernels/train/precomp.py): captions in
@@ -153,6 +159,8 @@ def test_coco_testall_gives_five_folds(tmp_path):
         (lambda r: (r / "f30k_precomp" / "train_caps.txt").write_text("one\ntwo\nthree\n"), r"3 captions for 12 images"),
         (lambda r: np.save(r / "f30k_precomp" / "test_ims.npy", np.zeros((4, 2, 2, 2), np.float32)), r"test_ims\.npy: expected float features"),
         (lambda r: (r / "f30k_precomp" / "train_ims.npy").write_text("not numpy"), r"train_ims\.npy: not a \.npy"),
+        (lambda r: write_npz(r / "f30k_precomp" / "dev_ims.npy", x=np.zeros((5, 2), np.float32)),
+         r"dev_ims\.npy: an \.npz archive, not a \.npy array"),
         (lambda r: (r / "noise_index").mkdir() or np.save(r / "noise_index" / "f30k_precomp_0.4.npy", np.zeros(7, np.int64)),
          r"f30k_precomp_0\.4\.npy: int64 of shape \(7,\); expected an integer \.npy of 12 image indices \(RCL, one per training image\) or 60 \(NCR, one per training caption\)"),
     ],

@@ -8,6 +8,26 @@ import torch
 from srem_kernels.train import data, digits
 
 
+def test_check_data_says_the_digits_are_real_images(monkeypatch, capsys):
+    """--check-data's first line says what the data is: scikit-learn's real images, not generated
+    ones (the extra faked: its 1797 images and the caption embeddings random here)."""
+    import sys
+    import types
+
+    from srem_kernels.train import cli
+
+    g = torch.Generator().manual_seed(0)
+    fake = types.SimpleNamespace(data=torch.randint(17, (1797, 64), generator=g).numpy(),
+                                 target=torch.randint(10, (1797,), generator=g).numpy())
+    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", types.SimpleNamespace(load_digits=lambda: fake))
+    monkeypatch.setattr(digits, "missing", lambda: None)
+    monkeypatch.setattr(digits, "embed_captions", lambda caps: torch.randn(len(caps), 8, generator=g))
+    assert cli.main(["--check-data", "--dataset", "digits", "--noise", "0.2"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "digits: scikit-learn's 8x8 handwritten digits (real images), captions from templates")
+
+
 def test_without_the_extra_a_clear_message(monkeypatch):
     import builtins
 
@@ -29,6 +49,7 @@ def test_digits_with_minilm_captions():
     n_train, n_val, n_test = digits.SPLIT
     assert d.train.images.shape == (n_train, 64) and len(d.val) == n_val and len(d.test) == n_test
     assert d.train.captions.shape == (n_train, 384)  # MiniLM-L6's width
+    assert d.info["layout"].startswith("scikit-learn's 8x8 handwritten digits (real images)")
     assert torch.allclose(d.train.captions.norm(dim=1), torch.ones(n_train), atol=1e-3)  # normalised sentence embeddings
     # flags: a shuffled caption is noisy only when it lands on another digit
     assert torch.equal(d.train.noisy, d.train.img_key[d.train.cap2img] != d.train.cap_key)

@@ -194,7 +194,8 @@ def two_ranks(tmp_path_factory):
         ("own_group", "own_group", None),
         ("cli", "bad_argument", ["--noise", "2", "--output", os.path.join(out, "bad")]),
         ("cli", "bad_resume", ["--synthetic-size", "tiny", "--noise", "0.2", "--seed", "3", "--embed-dim", "16",
-                               "--batch-size", str(LOCAL_BATCH), "--resume", "--output", os.path.join(out, "srem")]),
+                               "--warmup-epochs", "1", "--batch-size", str(LOCAL_BATCH), "--resume", "--output",
+                               os.path.join(out, "srem")]),  # fmt: skip
     ]
     return out, run_ranks(WORLD, jobs, out)
 
@@ -299,7 +300,7 @@ def test_errors_one_line_on_every_rank(two_ranks):
         assert rec["rc"] == 2 and rec["stderr"] == "srem-train: error: --noise must be in [0, 1); got 2.0\n"
     for rec in bad_resume:  # raised after the process group exists: every rank, no collective left waiting
         assert rec["rc"] == 2 and rec["stderr"].startswith("srem-train: error: --resume: ")
-        assert "was written with noise=0.4, not 0.2" in rec["stderr"] and not rec["initialized_after"]
+        assert "was written with noise=0.4, not noise=0.2" in rec["stderr"] and not rec["initialized_after"]
 
 
 def test_without_torchrun_no_process_group(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from srem_kernels.train import captions, cli, data, evaluation, noise, precomp
-from tests.test_train_data import write_precomp
+from tests.test_train_data import write_npz, write_precomp
 
 N_TRAIN = 12  # training images of the default fixture: 60 captions for f30k
 
@@ -203,7 +203,9 @@ def test_no_file_draws_as_ncr_and_save_noise_is_found_by_the_next_run(tmp_path, 
         (np.arange(12) + 1, "f30k_precomp_0.4.npy", r"image index 12 out of range; expected"),
         (np.arange(60) - 1, "f30k_precomp_0.4.npy", r"image index -1 out of range; expected"),
         (np.arange(12), "f30k_precomp_0.2.npy", r"its name says noise 0\.2, not --noise 0\.4"),
+        (np.arange(12), "noise_inx_0.npy", r"its name says noise 0, not --noise 0\.4"),
         ("not numpy", "f30k_precomp_0.4.npy", r"not a \.npy array .*; expected an integer \.npy of 12"),
+        ({"idx": np.arange(12)}, "f30k_precomp_0.4.npy", r"an \.npz archive, not a \.npy array; expected an integer \.npy of 12"),
     ],
 )
 def test_bad_noise_files_one_line_naming_the_file_and_the_shapes(tmp_path, content, name, message):
@@ -211,6 +213,8 @@ def test_bad_noise_files_one_line_naming_the_file_and_the_shapes(tmp_path, conte
     path = tmp_path / name
     if isinstance(content, str):
         path.write_text(content)
+    elif isinstance(content, dict):
+        write_npz(path, **content)
     else:
         np.save(path, content)
     with pytest.raises(data.DataError, match=re.escape(str(path)) + ": " + message) as e:
@@ -227,6 +231,9 @@ def test_noise_file_arguments(tmp_path):
         _load(root, noise=0.2, noise_file=str(tmp_path / "nope.npy"))
     with pytest.raises(data.DataError, match=r"--noise-file: synthetic draws its noise from the seed; noise files are read for f30k, coco, cc152k"):
         data.load("synthetic", noise=0.2, seed=0, size="tiny", noise_file=str(tmp_path / "n.npy"))
+    # a rate is read only from RCL's and NCR's names: another codebase's name ending in _0 says a seed
+    np.save(tmp_path / "f30k_seed_0.npy", np.arange(12))
+    assert "mismatched" in _load(root, noise=0.4, noise_file=str(tmp_path / "f30k_seed_0.npy")).info["noise"]
 
 
 # ---------------------------------------------------------------- malformed caption files
@@ -269,9 +276,12 @@ def test_without_nltk_one_line_says_how_to_install(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- protocol
 
-def test_validation_is_the_first_1000_dev_images(tmp_path):
+def test_validation_is_the_first_1000_dev_images(tmp_path, monkeypatch):
     root = write_precomp(tmp_path, n_img=(12, 1003, 4), regions=1, dim=4)
+    encoded, encode = [], precomp.encode
+    monkeypatch.setattr(precomp, "encode", lambda caps, w2i: encoded.append(len(caps)) or encode(caps, w2i))
     d = _load(root)
+    assert encoded == [60, 5000, 20]  # train, dev's first 1000 images' captions (its last 15 never tokenised), test
     dev = np.load(root / "f30k_precomp" / "dev_ims.npy")
     assert len(d.val.images) == 1000 and len(d.val) == 5000 and np.array_equal(d.val.images, dev[:1000])
     lines = (root / "f30k_precomp" / "dev_caps.txt").read_text().split("\n")
@@ -369,7 +379,7 @@ def test_check_data_exits_2_with_the_first_problem(tmp_path, capsys):
 def test_check_data_on_a_generated_dataset(capsys):
     assert cli.main(["--check-data", "--synthetic-size", "tiny", "--noise", "0.2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "synthetic: generated" and lines[1].startswith("  train: 256 images (4, 64) float32, 256 captions of (48,) features")
+    assert lines[0] == "synthetic: generated from the seed (no files)" and lines[1].startswith("  train: 256 images (4, 64) float32, 256 captions of (48,) features")
 
 
 def test_noise_module_reads_a_cc152k_index_as_one_per_pair(tmp_path):

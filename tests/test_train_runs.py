@@ -119,9 +119,13 @@ def test_a_checkpoint_that_is_not_one_is_one_line_naming_the_file(tmp_path, caps
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--method", "rcl"], "was written with method='srem', not 'rcl'"),
-        (["--embed-dim", "12"], "was written with embed_dim=8, not 12"),
-        (["--batch-size", "32"], "was written with batch_size=64, not 32"),
+        (["--method", "rcl"], "was written with method='srem', not method='rcl'"),
+        (["--embed-dim", "12"], "was written with embed_dim=8, not embed_dim=12"),
+        (["--batch-size", "32"], "was written with batch_size=64, not batch_size=32"),
+        # every flag that changes training, not only the run's identity: the optimizer and scheduler would keep the old
+        (["--tau", "0.1", "--margin", "0.3"], "was written with margin=0.2, tau=0.05, not margin=0.3, tau=0.1"),
+        (["--lr", "0.01", "--lr-update", "3"], "was written with lr=0.001, lr_update=8, not lr=0.01, lr_update=3"),
+        (["--warmup-epochs", "0", "--grad-clip", "1"], "was written with warmup_epochs=1, grad_clip=2.0, not warmup_epochs=0, grad_clip=1.0"),
     ],
 )
 def test_a_checkpoint_of_another_run_names_what_differs(tmp_path, capsys, extra, message):
@@ -129,6 +133,15 @@ def test_a_checkpoint_of_another_run_names_what_differs(tmp_path, capsys, extra,
     assert _run(out, "--epochs", "2")[0] == 0
     rc, err = _run(out, "--epochs", "2", "--resume", *extra, capsys=capsys)
     assert rc == 2 and err == f"srem-train: error: --resume: {out / trainer.CHECKPOINT} {message}\n"
+
+
+def test_a_resume_may_extend_the_run_and_change_what_does_not_train(tmp_path):
+    out = tmp_path / "run"
+    assert _run(out, "--epochs", "2")[0] == 0
+    assert _run(out, "--epochs", "3", "--resume", "--device", "cpu", "--loss-backend", "cpu", "--dist-timeout", "60")[0] == 0
+    res = json.loads((out / trainer.RESULTS).read_text())
+    assert res["config"]["epochs"] == 3 and res["config"]["loss_backend"] == "cpu"
+    assert [json.loads(line)["epoch"] for line in (out / trainer.LOG).read_text().splitlines()] == [0, 1, 2]
 
 
 def test_a_checkpoint_of_other_training_pairs_is_refused(tmp_path, capsys):

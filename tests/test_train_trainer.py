@@ -93,6 +93,30 @@ def test_every_method_trains_and_logs(tmp_path, method):
         assert "hinge_precision" not in log[0] and 0 <= log[1]["hinge_weight_precision"] <= 1
 
 
+@pytest.mark.parametrize("method", ["vsepp", "srem", "srem-inbatch"])
+def test_host_reads_do_not_grow_with_the_steps(tmp_path, monkeypatch, method):
+    """The loss's sum and what the hinge used stay on the device through an epoch and are read
+    once: a run's host reads (device syncs on a GPU) are the same at 8 steps an epoch as at 4.
+    Adam's reads of its step counters (CPU tensors, no sync) are left out; a progress bar that is
+    not shown (not a terminal) reads nothing."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    from bench import opcount
+
+    adam_step = torch.optim.Adam.step
+
+    def uncounted(self, *args, **kwargs):
+        with _disable_current_modes():
+            return adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", uncounted)
+    reads = []
+    for batch in (32, 64):  # 256 tiny training pairs: 8 and 4 steps an epoch
+        cfg = _cfg(tmp_path / str(batch), method=method, epochs=2, batch_size=batch, progress=True, quiet=False)
+        reads.append(opcount.count(lambda: trainer.train(cfg)).reads)
+    assert reads[0] == reads[1], reads
+
+
 def test_resume_after_interrupt_gives_bitwise_the_same_weights(tmp_path, monkeypatch):
     full = trainer.train(_cfg(tmp_path / "a"))
     a = torch.load(tmp_path / "a" / "run" / trainer.CHECKPOINT, weights_only=False)
@@ -125,7 +149,7 @@ def test_resume_after_interrupt_gives_bitwise_the_same_weights(tmp_path, monkeyp
 
 def test_resume_refuses_another_configuration(tmp_path):
     trainer.train(_cfg(tmp_path, epochs=1, warmup_epochs=0))
-    with pytest.raises(ValueError, match="written with noise=0.4, not 0.2"):
+    with pytest.raises(ValueError, match="written with noise=0.4, not noise=0.2"):
         trainer.train(_cfg(tmp_path, epochs=2, warmup_epochs=0, noise=0.2, resume=True))
 
 

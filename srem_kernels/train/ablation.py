@@ -5,7 +5,8 @@
     python -m srem_kernels.train.ablation report               # docs/ablation.md and docs/ablation.png
 
 Runs live in RUNS/REGIME/METHOD_noiseNN_seedS/ (the trainer's log.jsonl and results.json). A run
-whose results.json exists is skipped; one interrupted mid-way resumes from its checkpoint. Each
+whose results.json exists is skipped, and a run of other settings (size, epochs) than the grid's
+is refused; one interrupted mid-way resumes from its checkpoint. Each
 run is one process with one thread, so its result does not depend on --jobs or on the order.
 Flags narrow the grid (--regimes, --methods, --noises, --seeds, --size, --epochs) for a smoke
 test; the report then judges what that narrower grid holds.
@@ -27,8 +28,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from srem_kernels.train.data import REGISTRY
 from srem_kernels.train.experiment import _commit, _ms, _r1
-from srem_kernels.train.trainer import CHECKPOINT, LOG, RESULTS
+from srem_kernels.train.trainer import CHECKPOINT, DATASET_DEFAULTS, LOG, RESULTS
 
 BASELINE = "srem-nosce"
 VARIANTS = ("srem", "srem-sce-margin", "srem-sce-clean", "srem-sce-rank", "srem-nosce-lh0.5", "srem-nosce-lh2",
@@ -81,22 +83,59 @@ class Spec:
     def jobs(self) -> list[Job]:
         return list(dict.fromkeys(self.grid_jobs() + self.table_jobs()))  # the shared runs once
 
+    def settings(self, dataset: str) -> dict:
+        """What a run of `dataset` in this grid trained with, beyond what its folder's name says."""
+        d = DATASET_DEFAULTS[dataset]
+        out = {"epochs": d["epochs"] if self.epochs is None else self.epochs,
+               "warmup_epochs": d["warmup_epochs"] if self.warmup_epochs is None else self.warmup_epochs}
+        return out | ({"synthetic_size": self.size} if REGISTRY[dataset].sized else {})
 
-def pending(jobs: list[Job], runs: Path) -> list[Job]:
-    """The jobs without a results.json: what is still to run."""
-    return [j for j in jobs if not (j.dir(runs) / RESULTS).exists()]
+
+class OtherGrid(ValueError):
+    """A finished run under --runs trained with other settings than the grid's (size, epochs)."""
+
+
+def finished(path: Path, spec: Spec) -> dict:
+    """A run's results.json, checked against `spec`: a run folder's name does not say its size or
+    epochs, so a smoke run (--size tiny --epochs 2) must not pass later for one of the full grid."""
+    try:
+        r = json.loads(path.read_text())
+        c = r["config"]
+        want = spec.settings(c["dataset"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise OtherGrid(f"{path}: not a srem-train results.json ({type(err).__name__}: {err})") from None
+    differ = [k for k in want if c.get(k) != want[k]]
+    if differ:
+        raise OtherGrid(f"{path.parent}: a run with {', '.join(f'{k}={c.get(k)!r}' for k in differ)}, not this grid's "
+                        + ", ".join(f"{k}={want[k]!r}" for k in differ)
+                        + " (another grid's run: move it away or give that grid its own --runs)")
+    return r
+
+
+def pending(spec: Spec, runs: Path) -> list[Job]:
+    """The jobs of `spec` without a results.json: what is still to run (a finished run of other
+    settings is an OtherGrid error)."""
+    todo = []
+    for j in spec.jobs():
+        if (j.dir(runs) / RESULTS).exists():
+            finished(j.dir(runs) / RESULTS, spec)
+        else:
+            todo.append(j)
+    return todo
 
 
 def execute(job: Job, runs: str, size: str, epochs: int | None, warmup_epochs: int | None) -> tuple[Job, float, float]:
     """Train one job (in a worker process, one thread): resumed from its checkpoint if it was
-    interrupted; the checkpoint is deleted once results.json is written. (job, seconds, test rSum)."""
+    interrupted (--resume also starts afresh where there is none: an empty folder, or a log whose
+    first checkpoint was never written); the checkpoint is deleted once results.json is written.
+    (job, seconds, test rSum)."""
     from srem_kernels.train import trainer
 
     out = job.dir(Path(runs))
     t0 = time.time()
     cfg = trainer.TrainConfig(dataset=job.dataset, noise=job.noise, method=job.method, seed=job.seed, output=str(out),
                               epochs=epochs, warmup_epochs=warmup_epochs, synthetic_size=size,
-                              resume=(out / CHECKPOINT).exists(), progress=False, quiet=True)  # fmt: skip
+                              resume=True, progress=False, quiet=True)  # fmt: skip
     res = trainer.train(cfg)
     (out / CHECKPOINT).unlink(missing_ok=True)  # 5 MB a run; the log and results stay
     return job, time.time() - t0, res["test"]["rsum"]
@@ -125,7 +164,7 @@ def run(spec: Spec, runs: Path, n_jobs: int = 2, executor=None) -> list[tuple[Jo
     done; a run that raises is logged (event "error") and the others go on."""
     if n_jobs < 1:
         raise ValueError(f"--jobs must be at least 1; got {n_jobs}")
-    todo = pending(spec.jobs(), runs)
+    todo = pending(spec, runs)
     total = len(spec.jobs())
     print(f"{total} runs in the grid, {total - len(todo)} done, {len(todo)} to run in {n_jobs} process(es)", flush=True)
     if not todo:
@@ -201,11 +240,12 @@ def decide(levels: list[str], reverse: bool = False) -> str:
 # ---------------------------------------------------------------- the report
 
 
-def load_runs(runs: Path) -> dict[Job, dict]:
-    """Every finished run under `runs`: its results.json plus its last selection epoch's log entry."""
+def load_runs(runs: Path, spec: Spec) -> dict[Job, dict]:
+    """Every finished run under `runs` (each of `spec`'s settings, else OtherGrid): its
+    results.json plus its last selection epoch's log entry."""
     out = {}
     for f in sorted(runs.glob(f"*/*/{RESULTS}")):
-        r = json.loads(f.read_text())
+        r = finished(f, spec)
         c = r["config"]
         log = f.parent / LOG
         entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -215,8 +255,13 @@ def load_runs(runs: Path) -> dict[Job, dict]:
     return out
 
 
+def _cell(runs: dict, dataset: str, method: str, noise: float) -> dict[int, dict]:
+    """One (regime, method, noise) cell's finished runs, by seed."""
+    return {j.seed: r for j, r in runs.items() if (j.dataset, j.method, j.noise) == (dataset, method, round(noise, 2))}
+
+
 def _rsums(runs: dict, dataset: str, method: str, noise: float) -> dict[int, float]:
-    return {j.seed: r["test"]["rsum"] for j, r in runs.items() if (j.dataset, j.method, j.noise) == (dataset, method, round(noise, 2))}
+    return {s: r["test"]["rsum"] for s, r in _cell(runs, dataset, method, noise).items()}
 
 
 def judge(spec: Spec, runs: dict) -> dict:
@@ -296,7 +341,7 @@ def _selection_rows(spec: Spec, runs: dict, dataset: str) -> list[str]:
             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for m in (spec.baseline, *spec.variants):
         for n in spec.noises:
-            es = [r["last_selection"] for j, r in runs.items() if (j.dataset, j.method, j.noise) == (dataset, m, round(n, 2))]
+            es = [r["last_selection"] for r in _cell(runs, dataset, m, n).values()]
             if not any(es):
                 continue
             cells = []
@@ -308,10 +353,6 @@ def _selection_rows(spec: Spec, runs: dict, dataset: str) -> list[str]:
     return rows
 
 
-def _warmup(runs: dict, dataset: str) -> int:
-    return next(r["config"]["warmup_epochs"] for j, r in runs.items() if j.dataset == dataset)
-
-
 def _warmup_rows(spec: Spec, runs: dict, dataset: str) -> list[str]:
     """How many seeds' best-on-validation epoch lies inside the warm-up, where every SREM variant
     trains the same complementary loss alone (their test results then coincide)."""
@@ -319,7 +360,7 @@ def _warmup_rows(spec: Spec, runs: dict, dataset: str) -> list[str]:
     for m in (spec.baseline, *spec.variants):
         cells = []
         for n in spec.noises:
-            rs = [r for j, r in runs.items() if (j.dataset, j.method, j.noise) == (dataset, m, round(n, 2))]
+            rs = list(_cell(runs, dataset, m, n).values())
             cells.append(f"{sum(r['best_epoch'] < r['config']['warmup_epochs'] for r in rs)}/{len(rs)}" if rs else "–")
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
     return rows
@@ -330,7 +371,7 @@ def report(spec: Spec, runs_dir: Path, out_md: Path, command: str) -> str:
 
     from srem_kernels.train.methods import METHODS
 
-    runs = load_runs(runs_dir)
+    runs = load_runs(runs_dir, spec)
     if not runs:
         raise SystemExit(f"no finished runs under {runs_dir}")
     verdicts = judge(spec, runs)
@@ -376,7 +417,7 @@ def report(spec: Spec, runs_dir: Path, out_md: Path, command: str) -> str:
                   "| method | " + " | ".join(f"rSum {n:.0%}" for n in spec.noises) + " | "
                   + " | ".join(f"R@1 {n:.0%}" for n in spec.noises) + " |", "|---|" + "---|" * (2 * len(spec.noises))]
         for m in (spec.baseline, *spec.variants):
-            sel = {n: [r for j, r in runs.items() if (j.dataset, j.method, j.noise) == (dataset, m, round(n, 2))] for n in spec.noises}
+            sel = {n: list(_cell(runs, dataset, m, n).values()) for n in spec.noises}
             lines.append(f"| {m} | " + " | ".join(_ms([r["test"]["rsum"] for r in sel[n]]) for n in spec.noises) + " | "
                          + " | ".join(_ms([_r1(r) for r in sel[n]]) for n in spec.noises) + " |")
         lines += ["", "Selection at the last epoch (%, mean ± std over seeds; against the ground-truth noise flags, never "
@@ -384,7 +425,7 @@ def report(spec: Spec, runs_dir: Path, out_md: Path, command: str) -> str:
                   "factor), the share of the total hinge weight c·w on clean pairs, and the mean of c·w.", "",
                   *_selection_rows(spec, runs, dataset), "",
                   "Seeds whose best-on-validation epoch (the one tested) lies inside the warm-up (epochs 0–"
-                  f"{_warmup(runs, dataset) - 1}), where every SREM variant trains the complementary loss alone, so that "
+                  f"{spec.settings(dataset)['warmup_epochs'] - 1}), where every SREM variant trains the complementary loss alone, so that "
                   "their test results coincide:", "", *_warmup_rows(spec, runs, dataset), ""]
     if spec.table:
         lines += _table_section(spec, runs)
@@ -406,7 +447,7 @@ def _table_section(spec: Spec, runs: dict) -> list[str]:
     d, noises = TABLE_DATASET, spec.table_noises
 
     def of(m, n):
-        return [r for j, r in runs.items() if (j.dataset, j.method, j.noise) == (d, m, round(n, 2)) and j.seed in spec.table_seeds]
+        return [r for s, r in _cell(runs, d, m, n).items() if s in spec.table_seeds]
 
     lines = [f"## VSE++, InfoNCE, RCL and SREM on `{d}` (seeds {', '.join(map(str, spec.table_seeds))})", "",
              "Test rSum, mean ± std:", "", *_noise_header(noises)]
@@ -498,19 +539,22 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     spec, runs = spec_from(args), Path(args.runs)
     command = " ".join(["python -m srem_kernels.train.ablation", *(sys.argv[1:] if argv is None else argv)])
-    if args.command == "list":
-        jobs = spec.jobs()
-        todo = pending(jobs, runs)
-        for j in todo:
-            print(j.dir(runs))
-        print(f"{len(jobs)} runs ({len(spec.grid_jobs())} in the grid, {len(spec.table_jobs())} in the table, "
-              f"{len(spec.grid_jobs()) + len(spec.table_jobs()) - len(jobs)} shared); {len(todo)} to run")
-    elif args.command == "run":
-        run(spec, runs, args.jobs)
-        if pending(spec.jobs(), runs):
-            raise SystemExit(1)
-    else:
-        print(report(spec, runs, Path(args.report), command))
+    try:
+        if args.command == "list":
+            jobs = spec.jobs()
+            todo = pending(spec, runs)
+            for j in todo:
+                print(j.dir(runs))
+            print(f"{len(jobs)} runs ({len(spec.grid_jobs())} in the grid, {len(spec.table_jobs())} in the table, "
+                  f"{len(spec.grid_jobs()) + len(spec.table_jobs()) - len(jobs)} shared); {len(todo)} to run")
+        elif args.command == "run":
+            run(spec, runs, args.jobs)
+            if pending(spec, runs):
+                raise SystemExit(1)
+        else:
+            print(report(spec, runs, Path(args.report), command))
+    except OtherGrid as err:
+        raise SystemExit(f"ablation {args.command}: {err}") from None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def _split_line(role: str, split: data_mod.Split) -> str:
 
 def summary(dataset: data_mod.Dataset) -> list[str]:
     """What --check-data prints: the splits' sizes, then the loader's notes (noise, vocabulary, protocol)."""
-    lines = [f"{dataset.name}: " + dataset.info.get("layout", "generated")]
+    lines = [f"{dataset.name}: " + dataset.info["layout"]]  # every loader says what its data is
     lines += [_split_line(role, s) for role, s in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))]
     for key, label in (("noise", "noise"), ("vocabulary", "vocabulary"), ("val", "validation"), ("test", "test")):
         if key in dataset.info:

@@ -4,7 +4,6 @@ caption â†’ image assignment, and the registry of the --dataset choices (name â†
 from __future__ import annotations
 
 import importlib
-import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,14 +19,14 @@ PAPER = dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024)
 class Entry:
     module: str  # srem_kernels.train.<module>: its load() returns the Dataset
     defaults: dict  # TrainConfig's defaults for the dataset
-    files: bool = False  # read from --data-path
+    files: bool = False  # read from --data-path: load(data_path, name, *, noise, seed, noise_file)
+    sized: bool = False  # generated at --synthetic-size: load(*, noise, seed, size); neither: load(*, noise, seed)
 
 
-# The --dataset choices, one line each. A module's load() takes keyword arguments among those
-# load() below passes: name, noise, seed, size, data_path, noise_file.
+# The --dataset choices, one line each.
 REGISTRY = {
-    "synthetic": Entry("synthetic", SMALL),
-    "synthetic-scenes": Entry("scenes", SMALL),
+    "synthetic": Entry("synthetic", SMALL, sized=True),
+    "synthetic-scenes": Entry("scenes", SMALL, sized=True),
     "digits": Entry("digits", SMALL),
     "f30k": Entry("precomp", PAPER, files=True),
     "coco": Entry("precomp", PAPER, files=True),
@@ -38,6 +37,19 @@ DATASETS = tuple(REGISTRY)
 
 class DataError(ValueError):
     """A dataset that cannot be loaded: names the path and the layout expected there."""
+
+
+def load_npy(path, *, expected: str = "", **kw) -> np.ndarray:
+    """np.load of one .npy array (no pickles; `kw`: mmap_mode); anything else, an .npz archive
+    too (np.load gives it as an NpzFile), is a DataError naming the file, `expected` appended."""
+    try:
+        arr = np.load(path, allow_pickle=False, **kw)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path}: not a .npy array ({err}){expected}") from None
+    if not isinstance(arr, np.ndarray):
+        arr.close()
+        raise DataError(f"{path}: an .npz archive, not a .npy array{expected}")
+    return arr
 
 
 @dataclass
@@ -101,9 +113,9 @@ def load(name: str, *, noise: float, seed: int, data_path: str | None = None, no
     if entry.files and data_path is None:
         raise DataError(f"--data-path is required for {name}: the folder that holds {name}_precomp/")
     loader = importlib.import_module(f"srem_kernels.train.{entry.module}").load
-    takes = inspect.signature(loader).parameters
-    if noise_file is not None and "noise_file" not in takes:
+    if entry.files:
+        return loader(data_path, name, noise=noise, seed=seed, noise_file=noise_file)
+    if noise_file is not None:
         raise DataError(f"--noise-file: {name} draws its noise from the seed; noise files are read for "
                         + ", ".join(n for n, e in REGISTRY.items() if e.files))
-    offered = dict(name=name, noise=noise, seed=seed, size=size, data_path=data_path, noise_file=noise_file)
-    return loader(**{k: v for k, v in offered.items() if k in takes})
+    return loader(noise=noise, seed=seed, **({"size": size} if entry.sized else {}))

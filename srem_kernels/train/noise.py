@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srem_kernels.train.data import DataError
+from srem_kernels.train.data import DataError, load_npy
 
 RCL_FILE = "{name}_precomp/noise_inx_{rate:g}.npy"
 NCR_FILE = "noise_index/{name}_precomp_{rate:g}.npy"
-_RATE_IN_NAME = re.compile(r"_(0?\.\d+|0)\.npy$")
+_RATE_IN_NAME = re.compile(r"^(?:noise_inx|\w+_precomp)_(0?\.\d+|0)\.npy$")  # RCL_FILE's and NCR_FILE's names only
 
 
 def shuffle_captions(cap2img: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
@@ -70,10 +70,7 @@ def read_index(path: Path, n_img: int, per: int, rate: float) -> Noise:
     m = _RATE_IN_NAME.search(path.name)
     if m and abs(float(m.group(1)) - rate) > 1e-9:
         raise DataError(f"{path}: its name says noise {float(m.group(1)):g}, not --noise {rate:g}")
-    try:
-        idx = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"{path}: not a .npy array ({err}); " + shapes(n_img, n_cap)) from None
+    idx = load_npy(path, expected="; " + shapes(n_img, n_cap))
     if idx.ndim != 1 or len(idx) not in (n_img, n_cap):
         raise DataError(f"{path}: {idx.dtype} of shape {idx.shape}; " + shapes(n_img, n_cap))
     if not np.issubdtype(idx.dtype, np.integer):
@@ -125,8 +122,8 @@ def save_index(path: Path, cap2img: torch.Tensor, write: bool = True) -> str:
         raise DataError(f"--save-noise {path} is a folder; give the .npy file to write")
     if path.exists():
         try:
-            same = np.array_equal(np.load(path, allow_pickle=False), idx)
-        except (ValueError, OSError, EOFError):
+            same = np.array_equal(load_npy(path), idx)
+        except DataError:
             same = False
         if not same:
             raise DataError(f"--save-noise {path}: the file exists and holds another index; remove it or choose another path")

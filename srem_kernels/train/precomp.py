@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from srem_kernels.train.captions import encode, load_vocab, read_captions
-from srem_kernels.train.data import DataError, Dataset, Split
+from srem_kernels.train.data import DataError, Dataset, Split, load_npy
 from srem_kernels.train.evaluation import size_label
 from srem_kernels.train.noise import assignment
 
@@ -50,18 +50,17 @@ def caption_file(root: Path, name: str, split: str) -> Path:
 
 
 def load_images(path: Path) -> np.ndarray:
-    try:
-        images = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"{path}: not a .npy array ({err})") from None
+    images = load_npy(path, mmap_mode="r")
     if images.ndim not in (2, 3) or not np.issubdtype(images.dtype, np.floating) or len(images) == 0:
         raise DataError(f"{path}: expected float features of shape (N_img, R, d) or (N_img, d), "
                         f"got {images.dtype} {images.shape}")
     return images
 
 
-def load_split(root: Path, name: str, split: str, word2idx: dict[str, int]) -> tuple[Split, dict]:
-    """One split and what was read for it (file names, feature shape, token and <unk> counts)."""
+def load_split(root: Path, name: str, split: str, word2idx: dict[str, int], first: int | None = None) -> tuple[Split, dict]:
+    """One split, or its `first` images and their captions (the rest checked but not tokenised; the
+    images stay memory-mapped), and what was read for it (file names, the file's feature shape,
+    token and <unk> counts of the captions kept)."""
     ims_path = _need(root / f"{name}_precomp" / f"{split}_ims.npy", root, name)
     caps_path = caption_file(root, name, split)
     images = load_images(ims_path)
@@ -70,18 +69,13 @@ def load_split(root: Path, name: str, split: str, word2idx: dict[str, int]) -> t
     if n_cap != per * n_img:
         raise DataError(f"{caps_path}: {n_cap} captions for {n_img} images in {ims_path}; {name} has {per} per "
                         f"image, so {per * n_img} caption lines")
-    ids, n_tok, n_unk = encode(captions, word2idx)
-    truth = torch.arange(n_cap) // per
-    meta = {"images": str(ims_path), "captions": str(caps_path), "shape": list(images.shape),
-            "dtype": str(images.dtype), "tokens": n_tok, "unk": n_unk}
+    meta = {"images": str(ims_path), "captions": str(caps_path), "shape": list(images.shape), "dtype": str(images.dtype)}
+    if first is not None:
+        n_img = min(first, n_img)
+        images, captions = images[:n_img], captions[: per * n_img]
+    ids, meta["tokens"], meta["unk"] = encode(captions, word2idx)
+    truth = torch.arange(len(ids)) // per
     return Split(images=images, captions=ids, cap2img=truth.clone(), img_key=torch.arange(n_img), cap_key=truth), meta
-
-
-def first_images(split: Split, n: int) -> Split:
-    """The first n images of an evaluation split and their captions (the images stay memory-mapped)."""
-    keep = split.cap_key < n
-    return Split(images=split.images[:n], captions=[c for c, k in zip(split.captions, keep.tolist()) if k],
-                 cap2img=split.cap2img[keep], img_key=split.img_key[:n], cap_key=split.cap_key[keep])
 
 
 def load(data_path: str, name: str, *, noise: float, seed: int, noise_file: str | None = None) -> Dataset:
@@ -93,8 +87,7 @@ def load(data_path: str, name: str, *, noise: float, seed: int, noise_file: str 
     vocab_path = _need(root / "vocab" / f"{name}_precomp_vocab.json", root, name)
     word2idx = load_vocab(vocab_path)
     train, m_train = load_split(root, name, "train", word2idx)
-    dev, m_dev = load_split(root, name, "dev", word2idx)
-    val = first_images(dev, VAL_IMAGES)
+    val, m_dev = load_split(root, name, "dev", word2idx, first=VAL_IMAGES)
     test_name = "testall" if name == "coco" and (root / f"{name}_precomp" / "testall_ims.npy").exists() else "test"
     test, m_test = load_split(root, name, test_name, word2idx)
     n_test, folds = len(test.images), 1
@@ -120,7 +113,7 @@ def load(data_path: str, name: str, *, noise: float, seed: int, noise_file: str 
         "noise": drawn.describe(train.cap_key),
         "noise_file": None if drawn.path is None else str(drawn.path),
         "vocabulary": f"{vocab_path}: {len(word2idx)} words; tokens mapped to <unk>: {unk}",
-        "val": f"dev's first {len(val.images)} of {len(dev.images)} images ({len(val)} captions)",
+        "val": f"dev's first {len(val.images)} of {m_dev['shape'][0]} images ({len(val)} captions)",
         "test": test_protocol,
         "test_split": test_name,
         "files": files,

@@ -12,7 +12,7 @@ training caption shuffled onto a scene-mate's image is noisy.
 Scenes are drawn uniformly per instance, and the val and test splits share the training split's
 scenes (new instances of the same scenes). With N_train / PAIRS_PER_SCENE scenes (300 at the
 default size), a given pair of a batch of B = 128 has another pair of its scene in the batch
-with probability ≈ 1 - (1 - 1/S)^(B - 1) ≈ 0.35 (measured by `scene_mate_rate`: 0.34, and every
+with probability ≈ 1 - (1 - 1/S)^(B - 1) ≈ 0.35 (measured by `scene_mate_rate`: 0.35, and every
 batch holds such pairs). After 12 epochs at 0 % noise, half of SREM's test R@1 errors (image →
 text) land on a caption of the same scene, against 0.3 % by chance: scene-mates are the hard
 negatives (`python -m srem_kernels.train.scenes --train` prints both measurements).
@@ -25,6 +25,7 @@ import torch
 from srem_kernels.train import synthetic
 from srem_kernels.train.data import Dataset
 from srem_kernels.train.noise import shuffle_captions
+from srem_kernels.train.trainer import epoch_batches, epoch_seed
 
 PAIRS_PER_SCENE = 20  # training pairs per scene on average: 300 scenes at the default size
 SHARED_FACTORS = 28  # of synthetic.LATENT (32): the scene's; the other 4 are the instance's own
@@ -46,6 +47,12 @@ def latents(centres: torch.Tensor, scene: torch.Tensor, g: torch.Generator) -> t
 
 
 def load(*, noise: float, seed: int, size: str = "default") -> Dataset:
+    return load_with_scenes(noise=noise, seed=seed, size=size)[0]
+
+
+def load_with_scenes(*, noise: float, seed: int, size: str = "default") -> tuple[Dataset, dict[str, torch.Tensor]]:
+    """The dataset and each split's scene id per pair (train, val, test): the measurements'
+    ground truth, kept off Dataset.info, which describes the data (results.json holds it)."""
     if size not in synthetic.SIZES:
         raise ValueError(f"synthetic size must be one of {', '.join(synthetic.SIZES)}, got {size!r}")
     g = torch.Generator().manual_seed(10_007 * seed + 3)
@@ -59,23 +66,21 @@ def load(*, noise: float, seed: int, size: str = "default") -> Dataset:
     train, val, test = splits
     train.cap2img = shuffle_captions(train.cap2img, noise, g)
     train.noisy = train.cap2img != train.cap_key
-    info = {"size": size, "latent": synthetic.LATENT, "regions": synthetic.REGIONS, "scenes": n_scenes,
-            "shared_factors": SHARED_FACTORS, "jitter": JITTER, "scene": scenes}
-    return Dataset("synthetic-scenes", train, val, test, info=info)
+    info = {"layout": synthetic.GENERATED, "size": size, "latent": synthetic.LATENT, "regions": synthetic.REGIONS,
+            "scenes": n_scenes, "shared_factors": SHARED_FACTORS, "jitter": JITTER}
+    return Dataset("synthetic-scenes", train, val, test, info=info), scenes
 
 
 def scene_mate_rate(scene: torch.Tensor, batch_size: int, seed: int, epochs: int = 5) -> dict[str, float]:
-    """How often in-batch near-duplicates occur, over `epochs` random epochs of batches of
-    `batch_size` pairs (the trainer's batching: a permutation, the last partial batch dropped).
+    """How often in-batch near-duplicates occur in the first `epochs` epochs of a run of `seed`
+    with batches of `batch_size` pairs (the trainer's own batches: trainer.epoch_batches).
     `pair`: the fraction of a batch's pairs that have another pair of their scene in the batch
     (a false or near-false negative in their row); `batch`: the fraction of batches holding at
     least one such pair; `mates`: the mean number of scene-mates a pair has in its batch."""
-    g = torch.Generator().manual_seed(seed)
     hit = pairs = batches = with_mate = mates = 0
-    for _ in range(epochs):
-        order = torch.randperm(len(scene), generator=g)
-        for k in range(len(scene) // batch_size):
-            s = scene[order[k * batch_size : (k + 1) * batch_size]]
+    for epoch in range(epochs):
+        for idx in epoch_batches(len(scene), batch_size, epoch_seed(seed, epoch, 0)):
+            s = scene[idx]
             count = torch.bincount(s)[s] - 1  # other pairs of the same scene in this batch
             hit += int((count > 0).sum())
             mates += int(count.sum())
@@ -106,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train", action="store_true", help="also train srem at 0 %% noise (seed 0, one thread)")
     args = ap.parse_args(argv)
     for seed in (int(s) for s in args.seeds.split(",")):
-        d = load(noise=0.0, seed=seed, size=args.size)
-        r = scene_mate_rate(d.info["scene"]["train"], args.batch_size, seed)
+        d, scene = load_with_scenes(noise=0.0, seed=seed, size=args.size)
+        r = scene_mate_rate(scene["train"], args.batch_size, seed)
         print(f"seed {seed}: {d.info['scenes']} scenes; batch of {args.batch_size}: {r['pair']:.3f} of pairs have a "
               f"scene-mate in the batch ({r['mates']:.3f} mates per pair), {r['batch']:.3f} of batches hold one")
     if args.train:
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         from srem_kernels.train.trainer import CHECKPOINT, TrainConfig, train
 
         torch.set_num_threads(1)
-        d = load(noise=0.0, seed=0, size=args.size)
+        d, scene = load_with_scenes(noise=0.0, seed=0, size=args.size)
         with tempfile.TemporaryDirectory() as out:
             cfg = TrainConfig(dataset="synthetic-scenes", synthetic_size=args.size, method="srem", seed=0, output=out,
                               progress=False, quiet=True)
@@ -123,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
             ck = torch.load(f"{out}/{CHECKPOINT}", weights_only=False)
         net = model_mod.build(d, cfg.resolved().embed_dim)
         net.load_state_dict(ck["best"]["state"])
-        e = scene_mate_errors(*evaluation.encode(net, d.test), d.info["scene"]["test"])
-        chance = (d.info["scene"]["test"].bincount().double().pow(2).sum() - len(d.test)) / (len(d.test) * (len(d.test) - 1))
+        e = scene_mate_errors(*evaluation.encode(net, d.test), scene["test"])
+        chance = (scene["test"].bincount().double().pow(2).sum() - len(d.test)) / (len(d.test) * (len(d.test) - 1))
         print(f"srem, 0 % noise, seed 0: test i2t R@1 error {e['r1_error']:.3f}, of which on a scene-mate's caption "
               f"{e['scene_mate_share']:.3f} (a random wrong caption: {chance.item():.4f})")
 

@@ -18,6 +18,7 @@ SIZES = {"default": (6000, 500, 1000), "small": (3000, 500, 1000), "tiny": (256,
 LATENT, REGIONS, IMG_DIM, TXT_DIM = 32, 4, 64, 48
 MODALITY_NOISE = 1.0
 SIZE_NAMES = tuple(SIZES)
+GENERATED = "generated from the seed (no files)"  # info["layout"]: what --check-data says the data is
 
 
 def _random_map(g: torch.Generator, d_in: int, d_out: int, hidden: int = 128):
@@ -60,4 +61,5 @@ def load(*, noise: float, seed: int, size: str = "default") -> Dataset:
     train, val, test = make(n_train), make(n_val), make(n_test)
     train.cap2img = shuffle_captions(train.cap2img, noise, g)
     train.noisy = train.cap2img != train.cap_key
-    return Dataset("synthetic", train, val, test, info={"size": size, "latent": LATENT, "regions": REGIONS})
+    info = {"layout": GENERATED, "size": size, "latent": LATENT, "regions": REGIONS}
+    return Dataset("synthetic", train, val, test, info=info)

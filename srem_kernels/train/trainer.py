@@ -27,7 +27,10 @@ LOG = "log.jsonl"
 RESULTS = "results.json"
 RUN_FILES = (CHECKPOINT, LOG, RESULTS)
 CHECKPOINT_KEYS = ("epoch", "config", "model", "optimizer", "scheduler", "best", "clean", "rng")
-MATCHED = ("dataset", "noise", "method", "seed", "synthetic_size", "embed_dim")  # a resumed run's flags equal these
+# The flags a resumed run may change: none alters what it trains (epochs extends it; the noise
+# file's pairs are checked by their digest, the batch as the global batch). All others must match.
+RESUME_FREE = ("output", "resume", "overwrite", "progress", "quiet", "device", "loss_backend", "dist_timeout",
+               "save_noise", "noise_file", "epochs", "batch_size")  # fmt: skip
 
 
 @dataclass
@@ -126,7 +129,7 @@ def _to(x, device):
     return tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
 
 
-def _epoch_seed(seed: int, epoch: int, salt: int) -> int:
+def epoch_seed(seed: int, epoch: int, salt: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + salt) % (2**63)
 
 
@@ -166,17 +169,6 @@ class Logger:
     def say(self, line: str) -> None:
         if not self.quiet:
             print(line, flush=True)
-
-
-def _described(info: dict) -> dict:
-    """The dataset's info as results.json holds it: what describes the data (sizes, files, noise
-    source), not per-pair tensors a generator keeps there (synthetic-scenes' scene ids)."""
-    def plain(v):
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items() if not isinstance(x, torch.Tensor)}
-        return v
-
-    return plain(info)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -234,13 +226,15 @@ def read_checkpoint(path: Path, cfg: TrainConfig, world: int) -> dict:
     if lacks or not isinstance(ck["config"], dict):
         raise ValueError(f"--resume: {path} is not a srem-train checkpoint (a {type(ck).__name__} without "
                          f"{', '.join(lacks or ['config'])})")
-    for key in MATCHED:
-        if ck["config"].get(key) != getattr(cfg, key):
-            raise ValueError(f"--resume: {path} was written with {key}={ck['config'].get(key)!r}, not {getattr(cfg, key)!r}")
+    now = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}
+    differ = [k for k, v in now.items() if ck["config"].get(k) != v]
+    if differ:
+        was = ", ".join(f"{k}={ck['config'].get(k)!r}" for k in differ)
+        raise ValueError(f"--resume: {path} was written with {was}, not " + ", ".join(f"{k}={now[k]!r}" for k in differ))
     ck_world = ck.get("world_size", 1)
     if ck["config"].get("batch_size", 0) * ck_world != cfg.batch_size * world:
         was = f"batch_size={ck['config'].get('batch_size')!r}" + (f" x {ck_world} processes" if ck_world > 1 else "")
-        now = f"{cfg.batch_size!r}" + (f" x {world} processes" if world > 1 else "")
+        now = f"batch_size={cfg.batch_size!r}" + (f" x {world} processes" if world > 1 else "")
         raise ValueError(f"--resume: {path} was written with {was}, not {now}")
     return ck
 
@@ -318,17 +312,19 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
         entry = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "warmup": warming_up}
         if method.selection == "dataset" and not warming_up:
             energy = selection.pair_energies(model, train_split, batch_size=global_batch, tau=cfg.tau,
-                                             backend=cfg.loss_backend, seed=_epoch_seed(cfg.seed, epoch, 1), dist=d)
+                                             backend=cfg.loss_backend, seed=epoch_seed(cfg.seed, epoch, 1), dist=d)
             clean = selection.select_clean(energy).float()
             entry.update({f"sel_{k}": v for k, v in selection.selection_metrics(clean, train_split.noisy).items()})
             if train_split.noisy is not None:
                 entry["energy_auc"] = selection.separation_auc(energy, train_split.noisy)
 
         model.train()
-        batches = epoch_batches(len(train_split), global_batch, _epoch_seed(cfg.seed, epoch, 0))
-        # per pair, what the hinge used: the clean weight c (stats.clean) and c·w, w the sensitivity weight
-        used = torch.zeros(len(train_split), 2) if method.selection != "none" and not warming_up else None
-        total, bar = 0.0, _progress(batches, cfg, epoch, d)
+        batches = epoch_batches(len(train_split), global_batch, epoch_seed(cfg.seed, epoch, 0))
+        # per pair, what the hinge used: the clean weight c (stats.clean) and c·w, w the sensitivity weight.
+        # It and the loss's sum stay on the device, read once an epoch: no device sync per step for them
+        used = torch.zeros(len(train_split), 2, device=device) if method.selection != "none" and not warming_up else None
+        total, bar = torch.zeros((), dtype=torch.float64, device=device), _progress(batches, cfg, epoch, d)
+        live = not getattr(bar, "disable", True)  # a bar shown on a terminal: its running loss is read each step
         for step, idx in enumerate(bar):
             local = d.local(idx)  # this rank's contiguous slice of the global batch
             images, captions = train_split.batch(local)
@@ -344,15 +340,15 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            total += loss.item()  # the global batch's loss, the same on every rank
+            total += loss.detach()  # the global batch's loss, the same on every rank; summed in float64
             if used is not None:
-                used[local] = torch.stack([out.stats.clean, out.stats.clean * out.stats.weight], dim=1).float().cpu()
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+                used[local] = torch.stack([out.stats.clean, out.stats.clean * out.stats.weight], dim=1).float()
+            if live:
+                bar.set_postfix(loss=f"{total.item() / (step + 1):.4f}")
         sched.step()
-        entry["loss"] = total / len(batches)
+        entry["loss"] = total.item() / len(batches)
         if used is not None:
-            used = dist_mod.merge_rows(used, d)
+            used = dist_mod.merge_rows(used, d).cpu()
             seen = torch.zeros(len(train_split), dtype=torch.bool)
             seen[torch.cat(batches)] = True
             noisy = None if train_split.noisy is None else train_split.noisy[seen]
@@ -415,7 +411,7 @@ def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Pa
     protocol = {"val": dataset.info.get("val", f"the val split ({len(dataset.val.images)} images)"),
                 "test": dataset.info.get("test", f"the test split ({len(dataset.test.images)} images)")}
     results = {"config": asdict(cfg), "best_epoch": best["epoch"], "val_rsum": best["rsum"], "test": test,
-               "protocol": protocol, "data": _described(dataset.info)}
+               "protocol": protocol, "data": dataset.info}
     if d.group is not None:
         results["world_size"] = d.world
     if not d.main:
