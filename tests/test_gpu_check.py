@@ -252,7 +252,7 @@ def test_the_cuda_module_is_looked_up_where_setup_py_builds_it(tmp_path, monkeyp
     assert driver.module_file(driver.CUDA_MODULE) == built
 
 
-# `pip install -v` of setup.py with a broken srem_cuda.cu (captured 2026-12-01, pip 25 on this
+# `pip wheel -v` of setup.py with a broken srem_cuda.cu (captured 2026-12-01, pip 23.2 on this
 # CPU, paths shortened): setup.py's notice and the nvcc error, both hidden without -v
 PIP_V_LOG = """  running build_ext
   building 'srem_kernels.backends._srem_cpu' extension
