@@ -281,3 +281,15 @@ def test_a_skipped_module_in_a_verbose_install_log_is_found_with_its_error():
                               "nvcc fatal   : Unsupported gpu architecture 'compute_12'")  # fmt: skip
     assert driver.install_problems(fatal)[0].endswith("[nvcc fatal   : Unsupported gpu architecture 'compute_12']")
     assert driver.install_problems(PIP_V_LOG.split("  ninja:")[0]) == []  # a clean build: nothing to report
+
+
+def test_sanitizer_rows_a_kill_before_any_report_is_a_skip():
+    clean = "========= COMPUTE-SANITIZER\ncuda:own fp32 B=2 D=1: loss 1.2\ntiny run ok\n========= ERROR SUMMARY: 0 errors\n"
+    cut = "========= COMPUTE-SANITIZER\ncuda:own fp32 B=2 D=1: loss 1.2\n"
+    found = cut + "========= Invalid __global__ read of size 4 bytes\n=========     at stats_panel+0x1a0\n"
+    assert driver.sanitizer_row("memcheck cuda", 0, clean, 9.0).status == "PASS"
+    skip = driver.sanitizer_row("memcheck cuda", None, cut, 30.0)
+    assert skip.status == "SKIP" and skip.detail.startswith("skipped (budget): killed at its deadline")
+    fail = driver.sanitizer_row("memcheck cuda", None, found, 30.0)
+    assert fail.status == "FAIL" and "Invalid __global__ read" in fail.detail
+    assert driver.sanitizer_row("memcheck cuda", 99, found + "========= ERROR SUMMARY: 1 error\n", 9.0).status == "FAIL"
