@@ -1,6 +1,7 @@
 """The fixed cost of a call at the batch sizes SREM trains with: launching operators, host reads
 and Triton launches per forward+backward (bench/opcount.py), and the call's time against the
-three bare matmuls (S = I·Tᵀ, G·T, Gᵀ·I) in the same run, interleaved, medians.
+three bare matmuls (S = I·Tᵀ, G·T, Gᵀ·I) in the same run, interleaved, medians, with the
+1-minute load average before and after the timed rounds of each batch size.
 
     python -m bench.fixed_cost [--batch 128 1024] [--dim 256] [--repeats 50]
 
@@ -20,12 +21,14 @@ from pathlib import Path
 import torch
 
 from bench import opcount
+from bench.contenders import matmul_floor
 from bench.measure import summarise, time_once
-from bench.run import RESULTS, device_log, environment
+from bench.opcount import CONFIGS
+from bench.run import RESULTS, device_log, environment, inputs
 
-CONFIGS = {"defaults": {}, "clean given": {"clean": True}, "check_finite=False": {"check_finite": False}}
 COLUMNS = ["run", "date", "commit", "device", "threads", "torch", "triton", "command", "backend", "B", "D", "config",
-           "aten_ops", "host_reads", "h2d_copies", "triton_launches", "median_ms", "floor_ms", "ratio_to_floor"]  # fmt: skip
+           "aten_ops", "host_reads", "h2d_copies", "triton_launches", "median_ms", "floor_ms", "ratio_to_floor",
+           "load_before", "load_after"]  # fmt: skip
 
 
 def _backends(device: torch.device) -> list[tuple[str, bool]]:
@@ -41,13 +44,6 @@ def _backends(device: torch.device) -> list[tuple[str, bool]]:
     return out
 
 
-def _floor(B: int, D: int, device: torch.device):
-    g = torch.Generator().manual_seed(1)
-    i, t = (torch.randn(B, D, generator=g).to(device) for _ in range(2))
-    G = torch.randn(B, B, generator=g).to(device)
-    return lambda: (i @ t.T, G @ t, G.T @ i)
-
-
 def measure(B: int, D: int, device: torch.device, repeats: int) -> list[dict]:
     rows, timed = [], {}
     for backend, timing in _backends(device):
@@ -58,18 +54,35 @@ def measure(B: int, D: int, device: torch.device, repeats: int) -> list[dict]:
             rows.append(dict(backend=backend, B=B, D=D, config=config, **c.row()))
             if timing and config == "defaults":
                 timed[backend] = (step, rows[-1])
-    floor = _floor(B, D, device)
+    floor = matmul_floor(*inputs(B, D, torch.float32, device))["fwd+bwd"]()
     floor()
     samples = {name: [] for name in ["floor", *timed]}
+    load_before = os.getloadavg()[0]
     for _ in range(repeats):  # interleaved: every contender once per round
         samples["floor"].append(time_once(floor, device))
         for name, (step, _) in timed.items():
             samples[name].append(time_once(step, device))
+    load = dict(load_before=f"{load_before:.2f}", load_after=f"{os.getloadavg()[0]:.2f}")  # 1-minute load average
     f_ms = summarise(samples["floor"]).median_ms
     for name, (_, row) in timed.items():
         ms = summarise(samples[name]).median_ms
         row.update(median_ms=f"{ms:.4g}", floor_ms=f"{f_ms:.4g}", ratio_to_floor=f"{ms / f_ms:.3g}")
-    return rows
+    return [dict(row, **load) for row in rows]
+
+
+def _log_in_columns(log: Path) -> None:
+    """A log written before COLUMNS grew: rewritten under the current header (new columns empty)."""
+    if not log.exists():
+        return
+    with log.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames == COLUMNS:
+            return
+        old = list(reader)
+    with log.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
+        w.writeheader()
+        w.writerows(old)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -84,6 +97,7 @@ def main(argv: list[str] | None = None) -> Path:
     env = environment(device)
     env["command"] = " ".join(["python -m bench.fixed_cost", *(sys.argv[1:] if argv is None else argv)])
     log = device_log(args.out, env, ".fixed-cost.csv")
+    _log_in_columns(log)
     new = not log.exists()
     with log.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -94,7 +108,8 @@ def main(argv: list[str] | None = None) -> Path:
                 w.writerow(dict(env, **row))
                 t = f"  {row['median_ms']} ms = {row['ratio_to_floor']}× floor" if row.get("median_ms") else ""
                 print(f"{row['backend']:>9} B={B:<5} {row['config']:<19} ops {row['aten_ops']:>4}  reads "
-                      f"{row['host_reads']}  h2d {row['h2d_copies']}  triton {row['triton_launches']}{t}")  # fmt: skip
+                      f"{row['host_reads']}  h2d {row['h2d_copies']}  triton {row['triton_launches']}{t}  "
+                      f"(load {row['load_before']} -> {row['load_after']})")  # fmt: skip
     print(f"log: {os.path.relpath(log)}")
     return log
 

@@ -35,6 +35,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 ALLOCATIONS = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided"}
+# the calls counted by main() and bench/fixed_cost.py: label -> loss_step's keywords
+CONFIGS = {"defaults": {}, "clean given": {"clean": True}, "check_finite=False": {"check_finite": False}}
 
 
 @dataclasses.dataclass
@@ -177,7 +179,7 @@ def main(argv=None) -> None:
     if args.backend == "triton" and not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
     device = "cuda" if args.backend in ("triton", "cuda") and torch.cuda.is_available() else "cpu"
-    for label, kw in (("defaults", {}), ("clean= given", {"clean": True}), ("check_finite=False", {"check_finite": False})):
+    for label, kw in CONFIGS.items():
         step = loss_step(args.backend, args.batch, args.dim, device=device, **kw)
         step()
         c = count(step)

@@ -14,6 +14,7 @@ from python_ref.filtration import gmm_filtration as ref_gmm, gmm_low_posterior
 from srem_kernels import _alloc
 from srem_kernels.backends import glue
 from srem_kernels._validate import SREMParams
+from tests.helpers import TOLERANCES, assert_rel_close
 
 # the routines that run on CPU tensors here: the C++ one, and Triton's under the interpreter
 IMPLS = [i for i in ("cpu", "triton") if glue.implementation("cpu", prefer=i) == i]
@@ -127,13 +128,12 @@ def test_forward_and_upstream_match_the_torch_form(impl, dtype, case, B):
     if clean is not None:
         assert got["clean"].data_ptr() != clean.data_ptr()
     grad = torch.randn(B, dtype=dtype, generator=g) if params.reduction == "none" else torch.tensor(0.7, dtype=dtype)
-    for gr in (grad, grad.expand(B) if grad.dim() == 0 and params.reduction == "none" else grad):
-        up = glue.upstream(gr, got["hinge_r"], got["hinge_c"], reduction=params.reduction,
-                           lambda_cbcl=params.lambda_cbcl, impl=impl)  # fmt: skip
-        up_ref = glue.upstream(gr, got["hinge_r"], got["hinge_c"], reduction=params.reduction,
-                               lambda_cbcl=params.lambda_cbcl, impl="torch")  # fmt: skip
-        for k in up:
-            assert torch.allclose(up[k], up_ref[k], rtol=tol, atol=0), k
+    up = glue.upstream(grad, got["hinge_r"], got["hinge_c"], reduction=params.reduction,
+                       lambda_cbcl=params.lambda_cbcl, impl=impl)  # fmt: skip
+    up_ref = glue.upstream(grad, got["hinge_r"], got["hinge_c"], reduction=params.reduction,
+                           lambda_cbcl=params.lambda_cbcl, impl="torch")  # fmt: skip
+    for k in up:
+        assert torch.allclose(up[k], up_ref[k], rtol=tol, atol=0), k
 
 
 def test_upstream_of_an_expanded_gradient():
@@ -190,7 +190,9 @@ def test_clean_range_check(impl):
 
 # ---------------------------------------------------------------- the launch-lean bar (issue 11)
 
-BACKENDS = ["cpu"] + (["triton"] if not torch.cuda.is_available() else [])
+# the fused backends whose public path runs on CPU tensors here: cpu where its module is built,
+# triton under the interpreter
+BACKENDS = (["cpu"] if srem_kernels.backends()["cpu"].available else []) + (["triton"] if not torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -205,23 +207,53 @@ def test_launching_operators_and_host_reads_per_step(backend, monkeypatch):
         c = opcount.count(step)
         assert c.aten <= ops, (kw, c.row(), c.by_op)
         assert c.reads <= reads, (kw, c.row(), c.by_op)
-        assert "_local_scalar_dense" not in c.by_op or reads, c.by_op
 
 
-def test_public_path_results_survive_the_one_workspace():
-    """The statistics are views of one workspace: each is still its own B-vector of the right
-    values, and the loss's gradient is unaffected by what a caller does with them."""
-    img = torch.nn.functional.normalize(torch.randn(17, 8), dim=1).requires_grad_()
-    txt = torch.nn.functional.normalize(torch.randn(17, 8), dim=1).requires_grad_()
-    out = srem_kernels.loss(img, txt, backend="cpu", reduction="none")
-    ref = srem_kernels.loss(img.detach().double(), txt.detach().double(), backend="reference", reduction="none")
-    stats = out.stats.as_dict()
-    for k, v in stats.items():
-        assert v.shape == (17,) and not v.requires_grad, k
-    assert torch.allclose(out.loss.double(), ref.loss, rtol=1e-5)
+def _public_and_reference(backend):
+    """One call through the public path (reduction "none") and the fp64 reference's, its backward run."""
+    g = torch.Generator().manual_seed(17)
+    img = torch.nn.functional.normalize(torch.randn(17, 8, generator=g), dim=1).requires_grad_()
+    txt = torch.nn.functional.normalize(torch.randn(17, 8, generator=g), dim=1).requires_grad_()
+    out = srem_kernels.loss(img, txt, backend=backend, reduction="none")
+    ref_img, ref_txt = (x.detach().double().requires_grad_() for x in (img, txt))
+    ref = srem_kernels.loss(ref_img, ref_txt, backend="reference", reduction="none")
+    ref.loss.sum().backward()
+    return (img, txt, out), (ref_img, ref_txt, ref)
+
+
+def _gradients_match(ours, theirs) -> None:
+    """SPEC's fp32 bar against the fp64 reference."""
+    grad_tol = TOLERANCES["fp32"][1]
+    assert_rel_close(ours[0].grad, theirs[0].grad, grad_tol, "d img")
+    assert_rel_close(ours[1].grad, theirs[1].grad, grad_tol, "d txt")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_public_path_results_survive_the_one_workspace(backend):
+    """The statistics are views of one workspace: each is still its own B-vector, the loss and
+    its gradient right."""
+    (img, txt, out), ref = _public_and_reference(backend)
+    assert_rel_close(out.loss, ref[2].loss, TOLERANCES["fp32"][0], "loss")
     assert torch.equal(out.per_sample, out.loss.detach())
+    for k, v in out.stats.as_dict().items():
+        assert v.shape == (17,) and not v.requires_grad, k
     out.loss.sum().backward()
-    assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
+    _gradients_match((img, txt), ref)
+
+
+# Found 2026-12-01 (triton under the interpreter; cpu not built here, the same code path): the
+# statistics _FusedSREM returns are views of the buffers it saves for backward (the kernels'
+# workspace, the glue's), so one edited in place makes backward raise autograd's version error.
+# The fix belongs in srem_kernels/backends/fused.py; strict: this fails once that is fixed.
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="statistics share storage and version with saved tensors")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_gradient_ignores_what_a_caller_does_with_the_statistics(backend):
+    """Each statistic overwritten in place before the backward: the gradient is still the reference's."""
+    (img, txt, out), ref = _public_and_reference(backend)
+    for v in out.stats.as_dict().values():
+        v.fill_(float("nan") if v.is_floating_point() else -1)
+    out.loss.sum().backward()
+    _gradients_match((img, txt), ref)
 
 
 @pytest.mark.gpu

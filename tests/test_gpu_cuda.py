@@ -84,6 +84,26 @@ def test_cuda_agrees_with_cpu_backend(cuda_run, ieee_fp32):
             assert_rel_close(gpu.stats.as_dict()[k], v, 2 * tol, k)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_column_panel_is_the_transposed_row_panel(cuda_run, ieee_fp32, dtype):
+    """Pass 2 takes the column panels Q = T[r0:r1]·Iᵀ as the transposed rows of the row panels
+    P = I[r0:r1]·Tᵀ, bit for bit (expected of the own fp32 FMAs; unproven for WMMA and cuBLAS: a
+    difference moves Z at a row maximum by up to an ulp). B=4099 in the default panels: a full
+    panel and a 3-row one."""
+    from srem_kernels.backends.cuda import _panel_rows
+
+    B = 4099
+    img, txt = _inputs(B, 1024, DTYPES[dtype], seed=B)
+    k, rows = cuda_run.kernels, _panel_rows(B)
+    P, Q = (torch.empty(B, B, device="cuda") for _ in range(2))
+    for r0 in range(0, B, rows):
+        r1 = min(B, r0 + rows)
+        k._panel(img, txt, r0, r1, P[r0:r1])
+        k._panel(txt, img, r0, r1, Q[r0:r1])
+    differ = P != Q.T
+    assert not differ.any(), f"{int(differ.sum())} of {B * B} differ, max |P - Qᵀ| {float((P - Q.T).abs().max()):.2e}"
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_cuda_is_deterministic(cuda_run, dtype):
     img, txt = _inputs(4096, 256, DTYPES[dtype], seed=9)

@@ -1,10 +1,7 @@
-"""Which backend variants the GPU check runs, and how: through the public srem_kernels API, each
-variant forced by the environment variable its backend reads at every call."""
+"""Which backend variants the GPU check runs: each forced by the environment variable its backend
+reads at every call (set it for a call with unittest.mock.patch.dict(os.environ, env))."""
 
 from __future__ import annotations
-
-import contextlib
-import os
 
 import torch
 
@@ -17,36 +14,6 @@ VARIANTS = {
     "cuda": [("cuda:own", {"SREM_CUDA_GEMM": "own"}), ("cuda:torch", {"SREM_CUDA_GEMM": "torch"})],
     "cpu": [("cpu", {})],
 }  # fmt: skip
-
-
-@contextlib.contextmanager
-def forced(env: dict):
-    """The variant's environment for the duration of a call, then the previous one."""
-    before = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def public(backend: str, **options):
-    """A `run(img, txt, sim, params)` (tests/backend_checks.py) that calls srem_kernels.loss or
-    loss_from_similarity with the params' options."""
-
-    def run(img, txt, sim, params):
-        kw = params.as_kwargs() | options
-        if sim is None:
-            r = srem_kernels.loss(img, txt, backend=backend, **kw)
-        else:
-            r = srem_kernels.loss_from_similarity(sim, backend=backend, **kw)
-        return r.loss, r.per_sample, r.stats.as_dict()
-
-    return run
 
 
 def device() -> torch.device:

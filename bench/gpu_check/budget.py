@@ -12,6 +12,7 @@ import csv
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Sequence
 
 # worst first: a tier's status is the worst of its rows'
 STATUSES = ("ERROR", "FAIL", "PASS", "INFO", "SKIP")
@@ -71,9 +72,11 @@ class Deadline:
     def allows(self, seconds: float) -> bool:
         return self.left() >= seconds
 
-    def share(self, parts: int) -> "Deadline":
-        """The first of `parts` equal shares of the time left (the rest go to later parts)."""
-        return Deadline(time.time() + max(self.left(), 0.0) / max(parts, 1))
+    def share(self, weights: int | Sequence[float]) -> "Deadline":
+        """The first share of the time left split in proportion to `weights` (this part's, then
+        each later part's; an int n: n equal parts). What a part leaves unused goes to the next."""
+        w = [1.0] * max(weights, 1) if isinstance(weights, int) else list(weights)
+        return Deadline(time.time() + max(self.left(), 0.0) * w[0] / sum(w))
 
 
 def skipped(tier: str, check: str, need_s: float, left_s: float) -> Row:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +29,31 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT_FILES = ("results.csv", "log.txt", "env.txt", "install.log", "sanitizer.txt", "speed.csv", "pytest.log", "table.txt")
 GRACE_S = 10.0  # a process still running this long after its deadline is killed
 SANITIZER_RUNS = (("memcheck", "cuda"), ("racecheck", "cuda"), ("memcheck", "triton"))
-PYTEST = {"device": ["-m", "gpu"], "dry": ["tests/test_triton.py", "-k", "confident_wrong_match"]}
+CUDA_MODULE = "srem_kernels.backends._srem_cuda"  # setup.py's name for the compiled CUDA module
+# A pytest run: (name, weight in its tier's time, arguments), one process each, in order. Tier 2:
+# the GPU tests that tell most, most telling first, Triton (first compiles ~100 s) weighted up;
+# its dry run, the same checks' CPU variants (Triton's interpreter; cpu standing in for cuda).
+CORRECTNESS = {
+    "device": [("triton", 3, ["tests/test_gpu_triton.py::test_tf32_follows_matmul_precision",
+                              "tests/test_gpu_triton.py::test_matches_reference_at_size",
+                              "tests/test_gpu_triton.py::test_strategies_agree_and_are_deterministic_at_32768"]),
+               ("cuda", 1, ["tests/test_gpu_cuda.py::test_cuda_matches_reference",
+                            "tests/test_gpu_cuda.py::test_cuda_column_panel_is_the_transposed_row_panel",
+                            "tests/test_gpu_cuda.py::test_cuda_is_deterministic"])],
+    "dry": [("triton", 3, ["tests/test_triton.py::test_matches_reference[streaming-fp32-2-33-default]",
+                           "tests/test_triton.py::test_matches_reference[materialised-bf16-37-1-clean-given]",
+                           "tests/test_triton.py::test_deterministic[materialised]"]),
+            ("cpu", 1, ["tests/test_cpu.py::test_cpu_matches_reference[37-33-fp32-streaming]",
+                        "tests/test_cpu.py::test_cpu_matches_reference[2-1-bf16-materialised]",
+                        "tests/test_cpu.py::test_cpu_is_deterministic[2-streaming]"])],
+}  # fmt: skip
+# Tier 5: every other GPU test (tier 2's deselected), one file per process; the dry run runs the
+# same commands, which skip every test without a GPU (the plumbing).
+_OTHERS = ["-m", "gpu", "tests", "--ignore=tests/test_gpu_triton.py", "--ignore=tests/test_gpu_cuda.py"]
+PYTEST = [("triton", 2, ["-m", "gpu", "tests/test_gpu_triton.py"]), ("cuda", 1, ["-m", "gpu", "tests/test_gpu_cuda.py"]),
+          ("others", 1, _OTHERS)]  # fmt: skip
+# Tier 4: a worker process per backend, (backend, weight); cpu stands in for cuda in the dry run
+SPEED = {"device": [("triton", 3), ("cuda", 2), ("reference", 1)], "dry": [("triton", 3), ("cpu", 2), ("reference", 1)]}
 
 
 @dataclass
@@ -38,6 +63,8 @@ class Context:
     dry_run: bool
     results: Results
     env: dict  # the environment of every process the check starts
+    run: str = ""  # the run id of this check's rows in speed.csv
+    ran: list[str] = field(default_factory=list)  # test ids pytest ran (tier 2's, deselected in tier 5)
 
     @property
     def log(self) -> Path:
@@ -79,12 +106,13 @@ def _last_lines(text: str, n: int = 2) -> str:
 
 
 def worker(ctx: Context, deadline: Deadline, tier: str, module: str, *args: str) -> None:
-    """python -m bench.gpu_check.<module> (which writes its own rows); a crash or a kill is a row."""
+    """python -m bench.gpu_check.<module> (which writes its own rows); a crash is an ERROR row, a
+    kill at the deadline a SKIP (budget) row after the rows it wrote."""
     argv = [ctx.py, "-m", f"bench.gpu_check.{module}", "--out", str(ctx.out), "--deadline", f"{deadline.at:.3f}", *args]
     rc, text = call(ctx, argv + (["--dry-run"] if ctx.dry_run else []), deadline)
     if rc != 0:
-        what = "killed past its deadline" if rc is None else f"exited {rc}"
-        ctx.results.add(Row(tier, " ".join((f"process:{module}", *args)), "ERROR", detail=f"{what}: {_last_lines(text)}"))
+        status, what = ("SKIP", "skipped (budget): killed at its deadline") if rc is None else ("ERROR", f"exited {rc}")
+        ctx.results.add(Row(tier, " ".join((f"process:{module}", *args)), status, detail=f"{what}: {_last_lines(text)}"))
 
 
 # ---------------------------------------------------------------- tier 1: environment and install
@@ -116,6 +144,28 @@ def _demangle(names: list[str]) -> list[str]:
     return out if len(out) == len(names) else names
 
 
+def install_problems(log: str) -> list[str]:
+    """Each optional module setup.py skipped (its notice shows in `pip install -v` only), with
+    the first compiler error printed before the notice."""
+    lines = [ln.strip() for ln in log.splitlines()]
+    out, since = [], 0
+    for i, ln in enumerate(lines):
+        if "skipping optional module" in ln:
+            errors = [x for x in lines[since:i] if re.search(r"\berror:|nvcc fatal", x)]
+            out.append(ln + (f" [{errors[0][:200]}]" if errors else ""))
+            since = i + 1
+    return out
+
+
+def module_file(name: str) -> Path | None:
+    """The file the module `name` would be imported from, or None where it is not built."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
 def tier_env(ctx: Context, deadline: Deadline) -> None:
     T = "env"
     sections = {
@@ -142,9 +192,9 @@ def tier_env(ctx: Context, deadline: Deadline) -> None:
         ctx.results.add(Row(T, "install", "SKIP", detail="dry run: the checkout as installed here"))
     else:
         t0 = time.time()
-        argv = [ctx.py, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."]
+        argv = [ctx.py, "-m", "pip", "install", "-v", "--no-deps", "--no-build-isolation", "-e", "."]  # -v: setup.py's output
         rc, text = call(ctx, argv, deadline, log=ctx.out / "install.log")
-        skips = [ln.strip() for ln in text.splitlines() if "skipping optional module" in ln]
+        skips = install_problems(text)
         ok = rc == 0 and not skips
         ctx.results.add(Row(T, "install", "PASS" if ok else "FAIL", time.time() - t0, show=True,
                             value=f"{time.time() - t0:.0f} s, SREM_CUDA_ARCHS={ctx.env.get('SREM_CUDA_ARCHS', '')}",
@@ -154,7 +204,7 @@ def tier_env(ctx: Context, deadline: Deadline) -> None:
         m = re.match(r"backend (\S+)\s+(yes|no)\s+\S+\s+(.*)", line)
         if m:
             name, ok, why = m.groups()
-            needed = not ctx.dry_run or name != "cuda"  # on the device every backend must load
+            needed = not ctx.dry_run or name in ("triton", "reference")  # on the device every backend must load
             status = "PASS" if ok == "yes" else ("FAIL" if needed else "INFO")
             ctx.results.add(Row(T, f"backend {name}", status, detail="" if ok == "yes" else why))
     if rc != 0:
@@ -164,30 +214,36 @@ def tier_env(ctx: Context, deadline: Deadline) -> None:
                         deadline)  # fmt: skip
         ok = rc == 0 and "cuda module runs" in text
         ctx.results.add(Row(T, "backend cuda call", "PASS" if ok else "FAIL", detail="" if ok else _last_lines(text)))
-    so = sorted(ROOT.glob("srem_kernels/_srem_cuda*.so"))
-    if so and shutil.which("cuobjdump") and not ctx.dry_run:
-        dump = _capture(["cuobjdump", "--dump-resource-usage", str(so[0])], ctx.env)
-        res = cuda_resources(dump, _demangle)
-        with (ctx.out / "env.txt").open("a") as f:
-            f.write("## cuda kernels (registers, stack, local bytes)\n" + "\n".join(f"{k} REG {r} STACK {s} LOCAL {lo}" for k, r, s, lo in res) + "\n")
-        if res:
-            top = max(res, key=lambda x: x[1])
-            spill = [k for k, _, s, lo in res if s or lo]
-            ctx.results.add(Row(T, "cuda kernels", "INFO", show=True,
-                                value=f"{len(res)} functions, most registers {top[1]} ({top[0]}); stack/local in: {', '.join(spill) or 'none'}"))  # fmt: skip
+    if not ctx.dry_run:
+        ctx.results.add(cuda_registers(ctx))
 
 
-# ---------------------------------------------------------------- tiers 2 and 4: worker processes
+def cuda_registers(ctx: Context) -> Row:
+    """Registers, stack and local memory per kernel of the built CUDA module (cuobjdump), into
+    env.txt; the row names the largest and any kernel with stack or local memory."""
+    so = module_file(CUDA_MODULE)
+    if so is None or shutil.which("cuobjdump") is None:
+        why = f"{CUDA_MODULE} not built" if so is None else "no cuobjdump on PATH"
+        return Row("env", "cuda kernels", "INFO", detail=f"no register dump: {why}")
+    res = cuda_resources(_capture(["cuobjdump", "--dump-resource-usage", str(so)], ctx.env), _demangle)
+    with (ctx.out / "env.txt").open("a") as f:
+        f.write(f"## cuda kernels of {so} (registers, stack, local bytes)\n")
+        f.writelines(f"{k} REG {r} STACK {s} LOCAL {lo}\n" for k, r, s, lo in res)
+    if not res:
+        return Row("env", "cuda kernels", "INFO", detail=f"cuobjdump listed no function in {so.name}")
+    top = max(res, key=lambda x: x[1])
+    spill = [k for k, _, s, lo in res if s or lo]
+    return Row("env", "cuda kernels", "INFO", show=True,
+               value=f"{len(res)} functions, most registers {top[1]} ({top[0]}); stack/local in: {', '.join(spill) or 'none'}")  # fmt: skip
 
 
-def tier_correctness(ctx: Context, deadline: Deadline) -> None:
-    names = ("triton", "cpu") if ctx.dry_run else ("triton", "cuda")
-    for i, backend in enumerate(names):
-        worker(ctx, deadline.share(len(names) - i), "correctness", "correctness", "--backend", backend)
+# ---------------------------------------------------------------- tier 4: a worker per backend
 
 
 def tier_speed(ctx: Context, deadline: Deadline) -> None:
-    worker(ctx, deadline, "speed", "speed")
+    plan = SPEED["dry" if ctx.dry_run else "device"]
+    for i, (backend, _) in enumerate(plan):
+        worker(ctx, deadline.share([w for _, w in plan[i:]]), "speed", "speed", "--backend", backend, "--run", ctx.run)
 
 
 # ---------------------------------------------------------------- tier 3: compute-sanitizer
@@ -217,13 +273,23 @@ def tier_sanitizer(ctx: Context, deadline: Deadline) -> None:
         argv = [tool, "--tool", check, "--error-exitcode", "99", "--print-limit", "20", *tiny, backend]
         # no caching allocator: memcheck sees each buffer's own bounds
         rc, text = call(ctx, argv, d, log=log, env=ctx.env | {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"})
-        summary = (re.findall(r"(?:ERROR|RACECHECK) SUMMARY:.*", text) or ["no summary line"])[-1].strip()
-        ok = rc == 0 and "tiny run ok" in text and re.search(r"\b0 errors", summary) is not None
-        ctx.results.add(Row(T, f"{check} {backend}", "PASS" if ok else "FAIL", time.time() - t0, value=summary, show=True,
-                            detail="" if ok else f"rc={rc}; sanitizer.txt"))  # fmt: skip
+        ctx.results.add(sanitizer_row(f"{check} {backend}", rc, text, time.time() - t0))
 
 
-# ---------------------------------------------------------------- tier 5: pytest
+def sanitizer_row(check: str, rc: int | None, text: str, seconds: float) -> Row:
+    """PASS on a clean summary; FAIL on a report (one the deadline cut off included); SKIP when
+    the deadline cut it off before it reported anything."""
+    summary = (re.findall(r"(?:ERROR|RACECHECK) SUMMARY:.*", text) or ["no summary line"])[-1].strip()
+    reported = [ln.strip() for ln in text.splitlines() if ln.startswith("========= ") and "COMPUTE-SANITIZER" not in ln]
+    if rc is None and not reported:
+        return Row("sanitizer", check, "SKIP", seconds,
+                   detail=f"skipped (budget): killed at its deadline: {_last_lines(text)}")  # fmt: skip
+    ok = rc == 0 and "tiny run ok" in text and re.search(r"\b0 errors", summary) is not None
+    detail = "" if ok else f"rc={rc}: {reported[0] if reported else _last_lines(text)} (sanitizer.txt)"
+    return Row("sanitizer", check, "PASS" if ok else "FAIL", seconds, value=summary, show=True, detail=detail[:300])
+
+
+# ---------------------------------------------------------------- tiers 2 and 5: pytest
 
 
 def pytest_outcomes(text: str) -> dict[str, list[str]]:
@@ -234,41 +300,68 @@ def pytest_outcomes(text: str) -> dict[str, list[str]]:
     return out
 
 
-def tier_pytest(ctx: Context, deadline: Deadline) -> None:
-    T, log = "pytest", ctx.out / "pytest.log"
-    base = [ctx.py, "-m", "pytest", "-p", "no:cacheprovider"]
-    if ctx.dry_run:  # -m gpu skips everything on a CPU: its collection, then a tiny real run
-        rc, text = call(ctx, base + ["-q", "--collect-only", "-m", "gpu"], deadline, log=log)
-        n = re.search(r"(\d+)(?:/\d+)? tests? collected", text)
-        ctx.results.add(Row(T, "pytest -m gpu --collect-only", "INFO" if n else "ERROR",
-                            value=f"{n.group(1)} GPU tests collected (skipped without a GPU)" if n else "", detail="" if n else _last_lines(text)))  # fmt: skip
-    args = PYTEST["dry" if ctx.dry_run else "device"]
-    t0 = time.time()
-    rc, text = call(ctx, base + ["-v", "-rfE", "--durations=15", *args], deadline, log=log)
+def pytest_rows(tier: str, name: str, rc: int | None, text: str, seconds: float) -> list[Row]:
+    """One run's summary row (FAIL when a test failed; INFO "partial n/N" when the budget cut
+    it off; PASS when tests passed; SKIP when every test skipped; else ERROR), then a row per
+    failing test with pytest's one-line reason (-rfE)."""
     got = pytest_outcomes(text)
     bad = got.get("FAILED", []) + got.get("ERROR", [])
+    ran = sum(map(len, got.values()))
+    found = re.search(r"collected (\d+) items?(?: / \d+ deselected / (\d+) selected)?", text)
+    total = (found.group(2) or found.group(1)) if found else "?"
     counts = ", ".join(f"{len(v)} {k.lower()}" for k, v in got.items()) or "no test ran"
+    skips = re.findall(r"^SKIPPED \[\d+\] \S+: (.*)$", text, flags=re.M)
     if bad:
-        status = "FAIL"
-    elif rc in (0, None) and got:
-        status = "PASS"
+        status, detail = "FAIL", f"{len(bad)} failing"
+    elif rc is None:
+        status, detail = "INFO", ""
+    elif rc == 0 and got.get("PASSED"):
+        status, detail = "PASS", ""
+    elif rc in (0, 5):  # 5: no test selected
+        status, detail = "SKIP", (skips[0] if skips else "no test ran")
     else:
-        status = "ERROR"
-    detail = "; ".join(bad[:5]) + (f" (+{len(bad) - 5})" if len(bad) > 5 else "")
+        status, detail = "ERROR", f"rc={rc}: {_last_lines(text)}"
     if rc is None:
-        detail = f"stopped at the budget after {sum(map(len, got.values()))} tests. " + detail
-    elif status == "ERROR":
-        detail = f"rc={rc}: {_last_lines(text)}"
-    ctx.results.add(Row(T, "pytest " + " ".join(args), status, time.time() - t0, value=counts, detail=detail.strip(), show=True))
+        detail = f"partial {ran}/{total}: stopped at the budget" + (f"; {detail}" if detail else "")
+    files = sorted({t.split("::")[0] for ts in got.values() for t in ts})
+    rows = [Row(tier, f"{name} pytest {' '.join(files)}".strip(), status, seconds, value=counts, detail=detail, show=True)]
+    reasons = dict(re.findall(r"^(?:FAILED|ERROR) (\S+::\S+) - (.*)$", text, flags=re.M))
+    for outcome in ("FAILED", "ERROR"):
+        rows += [Row(tier, f"{name} {t}", "FAIL" if outcome == "FAILED" else "ERROR", detail=reasons.get(t, "")[:250])
+                 for t in got.get(outcome, [])]  # fmt: skip
+    return rows
+
+
+def pytest_runs(ctx: Context, deadline: Deadline, tier: str, runs, deselect: list[str]) -> None:
+    """Each run in a process of its own, in order, its share of the deadline by weight; output to
+    pytest.log, rows as pytest_rows. The ids each ran join ctx.ran."""
+    base = [ctx.py, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-rfEs", "--durations=10"]
+    for i, (name, _, args) in enumerate(runs):
+        t0 = time.time()
+        argv = base + [*args, *(a for t in deselect for a in ("--deselect", t))]
+        rc, text = call(ctx, argv, deadline.share([w for _, w, _ in runs[i:]]), log=ctx.out / "pytest.log")
+        for row in pytest_rows(tier, name, rc, text, time.time() - t0):
+            ctx.results.add(row)
+        ctx.ran += [t for ts in pytest_outcomes(text).values() for t in ts]
+
+
+def tier_correctness(ctx: Context, deadline: Deadline) -> None:
+    pytest_runs(ctx, deadline, "correctness", CORRECTNESS["dry" if ctx.dry_run else "device"], [])
+
+
+def tier_pytest(ctx: Context, deadline: Deadline) -> None:
+    pytest_runs(ctx, deadline, "pytest", PYTEST, list(ctx.ran))
 
 
 # ---------------------------------------------------------------- the run
 
-TIERS = {  # name: (estimate_s, cap_s) on the device; the dry run's are small
-    "env": (60.0, None),
-    "correctness": (30.0, 100.0),
-    "sanitizer": (30.0, 80.0),
-    "speed": (45.0, 100.0),
+# name: (estimate_s, cap_s) on the device, the caps of tiers 1-4 summing to the default budget;
+# the dry run's estimates are DRY_ESTIMATE_S
+TIERS = {
+    "env": (60.0, 90.0),
+    "correctness": (60.0, 120.0),
+    "sanitizer": (30.0, 70.0),
+    "speed": (30.0, 80.0),
     "pytest": (20.0, None),
 }
 DRY_ESTIMATE_S = 2.0
@@ -324,7 +417,8 @@ def main(argv=None) -> int:
         env["TRITON_INTERPRET"] = "1"
     else:
         env.pop("TRITON_INTERPRET", None)
-    ctx = Context(args.out.resolve(), args.python, args.dry_run, Results(args.out), env)
+    run = dt.datetime.fromtimestamp(start, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")  # bench/run.py's run ids
+    ctx = Context(args.out.resolve(), args.python, args.dry_run, Results(args.out), env, run)
     caps = _caps(args.cap)
     tiers = [Tier(n, DRY_ESTIMATE_S if args.dry_run else est, caps.get(n, cap), RUNS[n])
              for n, (est, cap) in TIERS.items() if not args.only or n in args.only]  # fmt: skip

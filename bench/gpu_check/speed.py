@@ -1,17 +1,18 @@
-"""Tier 4 of the GPU check: speed, with bench/'s race (CUDA events, interleaved rounds, medians,
-peak memory), its rows appended to $OUT/speed.csv in bench/results' format.
+"""Tier 4 of the GPU check: speed, one backend per process (a sticky CUDA fault in one backend's
+kernels ends that process, not the other backends' rows), with bench/'s race (CUDA events,
+interleaved rounds, medians, peak memory) and the three bare matmuls raced beside the backend in
+every process; rows appended to $OUT/speed.csv in bench/results' format, under one run id
+(--run) for the whole tier.
 
-    python -m bench.gpu_check.speed --out OUT --deadline T [--dry-run]
+    python -m bench.gpu_check.speed --backend triton --out OUT --deadline T [--run ID] [--dry-run]
 
 In order, each step only when the deadline leaves room for its predicted cost:
-  1. B=16384, D=1024, bf16: the three bare matmuls, both Triton strategies, cuda with its own
-     panel kernels and with torch.mm, the eager reference; forward+backward.
-  2. Registers and spills of every Triton kernel those calls compiled.
-  3. The cuda backend's own similarity and GEMM kernels against torch.mm on the same panel
-     (R = its panel rows × B × D): which is faster, per product.
-  4. Host synchronisations of one loss+backward per variant (torch's sync debug mode).
-  5. B=65536 in streaming (floor, triton streaming, cuda both ways), cost predicted from step 1.
-  6. The largest B that triton streaming runs within MAX_CALL_S per forward+backward, B doubling
+  1. B=16384, D=1024, bf16: the floor and the backend's variants (PLANS), forward+backward.
+  2. triton: registers and spills of every kernel those calls compiled. cuda: its own similarity
+     and GEMM kernels against torch.mm on the same panel (R = its panel rows × B × D).
+  3. triton, cuda: host synchronisations of one loss+backward per variant (torch's sync debug mode).
+  4. B=65536 in streaming beside the floor (PLANS), cost predicted from step 1.
+  5. triton: the largest B that streaming runs within MAX_CALL_S per forward+backward, B doubling
      while the prediction (×4 per doubling) fits.
 """
 
@@ -21,6 +22,7 @@ import csv
 import os
 import time
 import warnings
+from unittest import mock
 
 import torch
 
@@ -28,27 +30,28 @@ from bench.contenders import _backend, contenders
 from bench.gpu_check import backends
 from bench.gpu_check.budget import Deadline, Results, Row, skipped, worker_args
 from bench.measure import is_oom, summarise, time_once
-from bench.run import COLUMNS, DTYPES, environment, race
+from bench.run import COLUMNS, DTYPES, FLOOR, environment, inputs, race
 
 TIER = "speed"
 SIZES = {
-    "device": dict(B=16384, D=1024, dtype="bf16", big=65536, repeats=5, big_repeats=3, max_call_s=5.0, first_s=45.0),
+    "device": dict(B=16384, D=1024, dtype="bf16", big=65536, repeats=5, big_repeats=3, max_call_s=5.0, first_s=15.0),
     "dry": dict(B=48, D=16, dtype="fp32", big=64, repeats=1, big_repeats=1, max_call_s=0.5, first_s=5.0),
 }
-# the contenders of step 1 and of step 5 (the dry run: the cpu backend stands in for cuda)
-FIRST = {
-    "device": ("floor:matmuls", "srem:triton:streaming", "srem:triton:materialised", "srem:cuda:own", "srem:cuda:torch",
-               "srem:reference"),
-    "dry": ("floor:matmuls", "srem:triton:streaming", "srem:triton:materialised", "srem:cpu"),
-}  # fmt: skip
-STREAMING = {"device": ("floor:matmuls", "srem:triton:streaming", "srem:cuda:own", "srem:cuda:torch"),
-             "dry": ("floor:matmuls", "srem:triton:streaming")}  # fmt: skip
+# backend -> (its contenders at B, its contenders at B=big): the floor races beside both. cpu is
+# the dry run's stand-in for cuda.
+PLANS = {
+    "triton": (("srem:triton:streaming", "srem:triton:materialised"), ("srem:triton:streaming",)),
+    "cuda": (("srem:cuda:own", "srem:cuda:torch"), ("srem:cuda:own", "srem:cuda:torch")),
+    "reference": (("srem:reference",), ()),
+    "cpu": (("srem:cpu",), ()),
+}
 ROUND = 3.5  # one race round (fwd, bwd with its untimed forward, fwd+bwd) in units of one fwd+bwd
 
 
-def _raced(results: Results, writer, env, cs, B, D, dtype, dev, repeats) -> dict[str, float]:
-    """One race; its rows into speed.csv, its forward+backward rows into the table. Returns the
-    fwd+bwd medians (ms) of the contenders that ran."""
+def _raced(results: Results, writer, env, cs, B, D, dtype, dev, repeats, backend) -> dict[str, float]:
+    """One race; its rows into speed.csv, its forward+backward rows into the table (named by the
+    process's backend: each process races its own floor). Returns the fwd+bwd medians (ms) of the
+    contenders that ran."""
     medians = {}
     for r in race(cs, B, D, DTYPES[dtype], dev, repeats, 8.0, set()):
         r.update(env, dtype=dtype)
@@ -61,7 +64,7 @@ def _raced(results: Results, writer, env, cs, B, D, dtype, dev, repeats) -> dict
         else:
             value = r["status"]
         status = "ERROR" if r["status"].startswith("error") else "INFO"
-        results.add(Row(TIER, f"fwd+bwd {dtype} B={B} D={D} {r['contender']}", status, value=value, show=True))
+        results.add(Row(TIER, f"{backend} fwd+bwd {dtype} B={B} D={D} {r['contender']}", status, value=value, show=True))
     return medians
 
 
@@ -75,10 +78,10 @@ def triton_kernels(results: Results) -> None:
             for caches in (getattr(fn, "device_caches", None) or {}).values():
                 for i, ck in enumerate(caches[0].values()):
                     md = ck.metadata
-                    results.add(Row(TIER, f"kernel {name}#{i}", "INFO", show=True,
+                    results.add(Row(TIER, f"triton kernel {name}#{i}", "INFO", show=True,
                                     value=f"regs {ck.n_regs}, spills {ck.n_spills} B, warps {md.num_warps}, smem {md.shared} B"))  # fmt: skip
     except Exception as err:  # noqa: BLE001 - Triton's cache layout is not a public API
-        results.add(Row(TIER, "kernel resources", "INFO", detail=f"unreadable: {type(err).__name__}: {err}"))
+        results.add(Row(TIER, "triton kernel resources", "INFO", detail=f"unreadable: {type(err).__name__}: {err}"))
 
 
 def gemm_panels(results: Results, dev, B: int, D: int, dtype: str, repeats: int = 10) -> None:
@@ -88,9 +91,8 @@ def gemm_panels(results: Results, dev, B: int, D: int, dtype: str, repeats: int 
 
     dt = DTYPES[dtype]
     R = _panel_rows(B)
+    img, txt = (x.detach() for x in inputs(B, D, dt, dev))
     g = torch.Generator(device=dev).manual_seed(0)
-    img = torch.randn(B, D, device=dev, generator=g).to(dt)
-    txt = torch.randn(B, D, device=dev, generator=g).to(dt)
     d = torch.randn(R, B, device=dev, generator=g) * 1e-4  # an fp32 dS panel
     dg = d.to(_grad_dtype(dt))
     buf = torch.empty(R, B, device=dev)
@@ -114,34 +116,29 @@ def gemm_panels(results: Results, dev, B: int, D: int, dtype: str, repeats: int 
     shape = f"{dtype} R={R} B={B} D={D}"
     for (op, k), ms in med.items():
         tflops = "" if op == "cast dS" else f", {2 * R * B * D / ms / 1e9:.1f} TFLOP/s"
-        results.add(Row(TIER, f"panel {op} {k} {shape}", "INFO", value=f"{ms:.3f} ms{tflops}", show=True))
+        results.add(Row(TIER, f"cuda panel {op} {k} {shape}", "INFO", value=f"{ms:.3f} ms{tflops}", show=True))
     for op in ops:
         a, b = med[(op, "own")], med[(op, "torch")]
         verdict = f"torch.mm {a / b:.1f}x faster" if b < a else f"own kernel {b / a:.1f}x faster"
-        results.add(Row(TIER, f"faster {op} {shape}", "INFO", value=verdict, show=True))
+        results.add(Row(TIER, f"cuda faster {op} {shape}", "INFO", value=verdict, show=True))
 
 
-def host_syncs(results: Results, dev, B: int, D: int, dtype: str) -> None:
-    """Host synchronisations of one loss+backward (check_finite=False: the kernels' own)."""
-    from bench.run import inputs
+def host_syncs(results: Results, dev, B: int, D: int, dtype: str, backend: str) -> None:
+    """Host synchronisations of one loss+backward per variant (check_finite=False: the kernels' own)."""
+    import srem_kernels
 
     img, txt = inputs(B, D, DTYPES[dtype], dev)
-    for backend in ("triton", "cuda"):
-        if backends.unavailable(backend):
-            continue
-        for name, env in backends.VARIANTS[backend]:
-            with backends.forced(env), warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                torch.cuda.set_sync_debug_mode("warn")
-                try:
-                    import srem_kernels
-
-                    srem_kernels.loss(img, txt, backend=backend, check_finite=False).loss.backward()
-                finally:
-                    torch.cuda.set_sync_debug_mode(0)
-                torch.cuda.synchronize()
-            n = sum("synchroniz" in str(w.message) for w in caught)
-            results.add(Row(TIER, f"syncs {name} {dtype} B={B} D={D}", "INFO", value=f"{n} per loss+backward", show=True))
+    for name, env in backends.VARIANTS[backend]:
+        with mock.patch.dict(os.environ, env), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                srem_kernels.loss(img, txt, backend=backend, check_finite=False).loss.backward()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+            torch.cuda.synchronize()
+        n = sum("synchroniz" in str(w.message) for w in caught)
+        results.add(Row(TIER, f"{backend} syncs {name} {dtype} B={B} D={D}", "INFO", value=f"{n} per loss+backward", show=True))
 
 
 def largest_streaming(results: Results, deadline: Deadline, dev, B: int, ms: float, D: int, dtype: str, cap_s: float):
@@ -150,7 +147,7 @@ def largest_streaming(results: Results, deadline: Deadline, dev, B: int, ms: flo
     import srem_kernels
 
     stop = ""
-    with backends.forced({"SREM_TRITON_STRATEGY": "streaming"}):
+    with mock.patch.dict(os.environ, {"SREM_TRITON_STRATEGY": "streaming"}):
         while not stop:
             nxt, predicted = 2 * B, 4 * ms / 1e3
             if predicted > cap_s:
@@ -159,16 +156,14 @@ def largest_streaming(results: Results, deadline: Deadline, dev, B: int, ms: flo
                 stop = f"B={nxt} predicted {predicted:.1f} s: budget"
             else:
                 try:
-                    g = torch.Generator(device=dev).manual_seed(nxt)
-                    img = torch.randn(nxt, D, device=dev, generator=g).to(DTYPES[dtype]).requires_grad_()
-                    txt = torch.randn(nxt, D, device=dev, generator=g).to(DTYPES[dtype]).requires_grad_()
+                    img, txt = inputs(nxt, D, DTYPES[dtype], dev, seed=nxt)
                     step = lambda: srem_kernels.loss(img, txt, backend="triton", check_finite=False).loss.backward()  # noqa: E731
                     step()
                     ms, B = time_once(step, dev), nxt
                     del img, txt
                 except Exception as err:  # noqa: BLE001 - OOM ends the ladder; anything else is reported
                     stop = f"B={nxt}: {'OOM' if is_oom(err) else f'{type(err).__name__}: {str(err)[:200]}'}"
-    results.add(Row(TIER, f"largest streaming B within {cap_s:g} s {dtype} D={D}", "INFO",
+    results.add(Row(TIER, f"triton largest streaming B within {cap_s:g} s {dtype} D={D}", "INFO",
                     value=f"B={B}: {ms:.1f} ms per fwd+bwd", detail=f"stopped: {stop}", show=True))  # fmt: skip
 
 
@@ -184,57 +179,72 @@ def _guarded(results: Results, step: str, fn, *args):
             torch.cuda.empty_cache()
 
 
+def _contenders(names, backend: str, dev) -> list:
+    """The floor and the named contenders of the backend, in that order."""
+    every, left_out = contenders(dev)
+    for line in left_out:
+        print(f"not racing {line}")
+    if not set(names) <= {c.name for c in every}:  # the dry run: triton's interpreter on CPU tensors
+        every += _backend(backend)
+    return [c for c in every if c.name in (FLOOR, *names)]
+
+
+def _arguments(ap) -> None:
+    ap.add_argument("--backend", required=True, choices=sorted(PLANS))
+    ap.add_argument("--run", help="the run id of this tier's rows in speed.csv (one for every process)")
+
+
 def main(argv=None) -> None:
-    args = worker_args(__doc__, argv)
+    args = worker_args(__doc__, argv, _arguments)
     results, deadline = Results(args.out), Deadline(args.deadline)
+    backend, (first_names, big_names) = args.backend, PLANS[args.backend]
+    why = backends.unavailable(backend)
+    if why is not None:  # on the device every backend must run; in the dry run the GPU ones cannot
+        results.add(Row(TIER, f"{backend} available", "SKIP" if args.dry_run else "FAIL", detail=why))
+        return
     dev = backends.device()
-    mode = "dry" if args.dry_run else "device"
-    cfg = SIZES[mode]
+    cfg = SIZES["dry" if args.dry_run else "device"]
     B, D, dtype = cfg["B"], cfg["D"], cfg["dtype"]
     env = environment(dev)
     if env["commit"].startswith("unknown") and os.environ.get("SREM_COMMIT"):  # the device copy has no .git
         env["commit"] = os.environ["SREM_COMMIT"]
+    env["run"] = args.run or env["run"]
     env["command"] = "scripts/gpu_check.sh" + (" --dry-run" if args.dry_run else "") + " (speed tier)"
-    every, left_out = contenders(dev)
-    if dev.type == "cpu" and not backends.unavailable("triton"):  # the dry run: Triton's interpreter
-        every += [c for c in _backend("triton") if c.name in FIRST[mode]]
-    for line in left_out:
-        print(f"not racing {line}")
     path = args.out / "speed.csv"
     new = not path.exists()
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:
             writer.writeheader()
+
+        def raced(names, size, repeats) -> dict[str, float]:
+            run = lambda: _raced(results, writer, env, _contenders(names, backend, dev), size, D, dtype, dev, repeats, backend)  # noqa: E731
+            out = _guarded(results, "race", run) or {}
+            f.flush()
+            return out
+
         if not deadline.allows(cfg["first_s"]):
-            results.add(skipped(TIER, f"fwd+bwd {dtype} B={B} D={D}", cfg["first_s"], deadline.left()))
+            results.add(skipped(TIER, f"{backend} fwd+bwd {dtype} B={B} D={D}", cfg["first_s"], deadline.left()))
             return
         t0 = time.perf_counter()
-        first = _guarded(results, "race", _raced, results, writer, env, [c for c in every if c.name in FIRST[mode]], B, D,
-                         dtype, dev, cfg["repeats"]) or {}  # fmt: skip
-        f.flush()
+        first = raced(first_names, B, cfg["repeats"])
         print(f"first race: {time.perf_counter() - t0:.1f} s")
-        triton_kernels(results)
-        if dev.type == "cuda" and not backends.unavailable("cuda"):
-            if deadline.allows(15):
-                _guarded(results, "gemm panels", gemm_panels, results, dev, B, D, dtype)
-            if deadline.allows(10):
-                _guarded(results, "host syncs", host_syncs, results, dev, B, D, dtype)
+        if backend == "triton":
+            triton_kernels(results)
+        if dev.type == "cuda" and backend == "cuda" and deadline.allows(15):
+            _guarded(results, "gemm panels", gemm_panels, results, dev, B, D, dtype)
+        if dev.type == "cuda" and backend in ("triton", "cuda") and deadline.allows(10):
+            _guarded(results, "host syncs", host_syncs, results, dev, B, D, dtype, backend)
         big = cfg["big"]
-        scale = (big / B) ** 2
-        chosen, predicted = [], 0.0
-        for c in every:
-            if c.name in STREAMING[mode] and c.name in first:
-                cost = first[c.name] / 1e3 * scale * ROUND * (cfg["big_repeats"] + 1)
-                if deadline.allows(predicted + cost + 5):
-                    chosen.append(c)
-                    predicted += cost
-                else:
-                    results.add(skipped(TIER, f"fwd+bwd {dtype} B={big} D={D} {c.name}", cost, deadline.left() - predicted))
-        at_big = {}
-        if len(chosen) > 1 or (chosen and chosen[0].name != "floor:matmuls"):
-            at_big = _guarded(results, "race", _raced, results, writer, env, chosen, big, D, dtype, dev, cfg["big_repeats"]) or {}
-        f.flush()
+        cost = {n: ms / 1e3 * (big / B) ** 2 * ROUND * (cfg["big_repeats"] + 1) for n, ms in first.items()}  # predicted s
+        chosen, predicted = [], cost.get(FLOOR, 0.0)
+        for name in (n for n in big_names if n in first):
+            if deadline.allows(predicted + cost[name] + 5):
+                chosen.append(name)
+                predicted += cost[name]
+            else:
+                results.add(skipped(TIER, f"{backend} fwd+bwd {dtype} B={big} D={D} {name}", cost[name], deadline.left() - predicted))
+        at_big = raced(chosen, big, cfg["big_repeats"]) if chosen else {}
         if "srem:triton:streaming" in at_big:
             _guarded(results, "largest B", largest_streaming, results, deadline, dev, big, at_big["srem:triton:streaming"], D,
                      dtype, cfg["max_call_s"])  # fmt: skip

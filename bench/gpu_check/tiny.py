@@ -1,6 +1,6 @@
 """The program tier 3 of the GPU check runs under compute-sanitizer: a loss and its backward of
 every variant of one backend at tiny sizes that cross tile and panel edges (B=2, D=1; B=37, D=64
-with 16-row cuda panels; shapes whose Triton specialisations tier 2 compiled), fp32 and bf16. Prints "tiny run ok" when every result is finite.
+with 16-row cuda panels), fp32 and bf16. Prints "tiny run ok" when every result is finite.
 
     compute-sanitizer --tool memcheck python -m bench.gpu_check.tiny --backend cuda
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from unittest import mock
 
 import torch
 
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
             for dt in ("fp32", "bf16"):
                 img, txt = embeddings(B, D, seed=B + D, noise=0.7, normalize=D > 1, dtype=DTYPES[dt], device=dev)
                 a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
-                with backends.forced(env):
+                with mock.patch.dict(os.environ, env):
                     out = srem_kernels.loss(a, b, backend=args.backend)
                     out.loss.backward()
                 backends.synchronize(dev)
