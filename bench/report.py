@@ -150,7 +150,7 @@ def fixed_cost_section(log: Path) -> list[str]:
     if not rows:
         return []
     lines = _heading("Fixed cost per call: launches, host reads and time at small B", rows[0]) + [
-        f"{rows[0]['threads']} threads. Per forward+backward of `srem_kernels.loss` (fp32): ATen operators that launch work (views and bare",
+        f"{rows[0]['threads']} threads.{_load(rows)} Per forward+backward of `srem_kernels.loss` (fp32): ATen operators that launch work (views and bare",
         "allocations not counted), host reads (`_local_scalar_dense`), host-to-device copies (tensors built from",
         "Python data count), Triton launches (interpreted ones counted, not timed); time against the three bare",
         "matmuls of the same size in the same run (interleaved, medians).",
