@@ -1,9 +1,10 @@
 """What the Triton kernels must do that the interpreter would not show by itself: TF32 operands
-rounded to nearest (the tf32 MMA truncates), NaN reaching the statistics (the GPU's max drops it).
+rounded to nearest (the tf32 MMA truncates), NaN reaching the statistics (tl.max drops it).
 
-Both are formulated so that the interpreter runs the same arithmetic as the GPU: the rounding is
-integer arithmetic on the fp32 bits, and the NaN-propagating max is tl.maximum(propagate_nan=ALL)
-on the GPU where the interpreter's numpy max already propagates.
+The rounding is integer arithmetic on the fp32 bits, so the interpreter runs the GPU's. tl.max
+drops NaN on the GPU and in the interpreter alike (Triton 3.9's interpreter: tl.max of
+[1, nan, 3, 2] is 3): the kernels reduce with tl.maximum(propagate_nan=ALL) on the GPU and, under
+the interpreter (where a custom reduction is slow), add the NaNs' sum to tl.max (tiles._tile_stats).
 """
 
 from __future__ import annotations
@@ -24,10 +25,19 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
 def tf32_nearest(x: torch.Tensor) -> torch.Tensor:
-    """Round-to-nearest TF32 (ties away from zero, cvt.rna.tf32.f32), Inf/NaN kept: on the bits."""
-    u = x.float().contiguous().view(torch.int32)
-    r = ((u + 0x1000) >> 13) << 13
-    return torch.where((u & 0x7F800000) == 0x7F800000, u, r).view(torch.float32)
+    """fp32 -> TF32 as the GPU's cvt.rna.tf32.f32 (PTX "rna": round to nearest, ties away from
+    zero; what cuBLAS/CUTLASS round fp32 operands of a tf32 MMA with), Inf/NaN kept. From the
+    definition, not from the bit formula under test: of the two TF32 values around x (x with its
+    low 13 mantissa bits cleared, and the next TF32 away from zero) the nearer by exact fp64
+    distance, the one away from zero on a tie. Past the largest TF32 the next one is 2^128, which
+    rounds to Inf (IEEE overflow)."""
+    x = x.float().contiguous()
+    down = x.view(torch.int32) & ~0x1FFF  # toward zero (sign-magnitude bits)
+    up = (down + 0x2000).view(torch.float32).double()  # one TF32 ulp away from zero
+    up = torch.where(up.isinf(), torch.full_like(up, 2.0**128).copysign(up), up)
+    down = down.view(torch.float32).double()
+    nearer = torch.where((x.double() - up).abs() <= (x.double() - down).abs(), up, down)
+    return torch.where(x.isfinite(), nearer.float(), x)
 
 
 def tf32_truncated(x: torch.Tensor) -> torch.Tensor:
@@ -42,18 +52,33 @@ def _round_kernel(x, y, n, BLOCK: tl.constexpr):
     tl.store(y + o, tiles._round_tf32(tl.load(x + o, mask=o < n)), mask=o < n)
 
 
+def _round(x: torch.Tensor) -> torch.Tensor:
+    y = torch.empty_like(x)
+    _round_kernel[(triton.cdiv(x.numel(), 512),)](x, y, x.numel(), BLOCK=512)
+    return y
+
+
+def _f32(bits: list[int]) -> torch.Tensor:
+    return torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+
+
 def test_round_tf32_is_round_to_nearest():
     g = torch.Generator().manual_seed(0)
     bits = torch.randint(-(2**31), 2**31 - 1, (4096,), generator=g, dtype=torch.int64).to(torch.int32)
     ties = (torch.randn(256, generator=g).view(torch.int32) & ~0x1FFF) | 0x1000  # exactly half a TF32 ulp
     x = torch.cat([bits.view(torch.float32), ties.view(torch.float32), torch.tensor(
         [0.0, -0.0, 1.0, 3.4e38, -3.4e38, 1e-40, float("inf"), float("-inf"), float("nan")])])  # fmt: skip
-    y = torch.empty_like(x)
-    _round_kernel[(triton.cdiv(x.numel(), 512),)](x, y, x.numel(), BLOCK=512)
+    y = _round(x)
     want = tf32_nearest(x)
     assert torch.equal(y.view(torch.int32)[~x.isnan()], want.view(torch.int32)[~x.isnan()])
     assert y[x.isnan()].isnan().all()
     assert not torch.equal(want, tf32_truncated(x))  # the ties and the upper half of each ulp differ
+    # by hand: a tie goes away from zero, just below one down; the largest TF32 plus half an ulp is
+    # Inf; a subnormal tie up
+    hand = _f32([0x3F801000, 0xBF801000, 0x3F800FFF, 0x3F802FFF, 0x7F7FEFFF, 0x7F7FF000, 0x00001000])
+    rounded = _f32([0x3F802000, 0xBF802000, 0x3F800000, 0x3F802000, 0x7F7FE000, 0x7F800000, 0x00002000])
+    assert torch.equal(tf32_nearest(hand).view(torch.int32), rounded.view(torch.int32))
+    assert torch.equal(_round(hand).view(torch.int32), rounded.view(torch.int32))
 
 
 def _stat_errors(out, ref):
