@@ -5,7 +5,7 @@ The Python side runs on CPU tensors with each launch intercepted: instead of lau
 launch's own arguments go through the JIT's binder for the target (ints equal to 1 become
 constants, pointers and ints divisible by 16 get the divisibility hint), are compiled once per
 distinct specialisation, and ptxas's -v report (registers, spill bytes, shared memory) is kept.
-So what is compiled is what srem_kernels/triton_*.py launches, not a hand-written signature.
+So what is compiled is what srem_kernels/backends/triton/ launches, not a hand-written signature.
 Catches what the interpreter accepts and a GPU rejects (dot shapes, libdevice, layouts). Uses the
 installed Triton's JIT internals (3.9 here); the device's JIT compiles the same launches itself.
 

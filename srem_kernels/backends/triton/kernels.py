@@ -26,7 +26,7 @@ Strategies (TritonKernels(strategy=...) or SREM_TRITON_STRATEGY, else chosen by 
                 backward forms dS a panel of rows at a time (panel_rows × B) and accumulates the
                 two products panel by panel in a fixed order. Extra memory O(B·D + panel·B).
 Per forward+backward, streaming forms S three times (pass 1, pass 2, dS) plus the two gradient
-GEMMs: 5 GEMM-equivalents against the floor's 3 (bench/tiles.py counts them).
+GEMMs: 5 GEMM-equivalents against the floor's 3 (bench/triton_tiles.py counts them).
 
 Row ranges (fused.py, the distributed loss): a rank's rows and columns of S, always streamed
 from the gathered img/txt; a program owns a row block of the range and a column super-block.
