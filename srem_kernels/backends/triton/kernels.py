@@ -324,7 +324,7 @@ class TritonKernels:
             _pass1_kernel[parts["grid"]](ptrs[0], ptrs[1], ptrs[2], *inv, B, *ptrs[3:], lo, R, *parts["blocks"],
                                          parts["G"], K, pf, pi, out["pos"], PAIRS=pairs, **meta)  # fmt: skip
             _merge1_kernel[(triton.cdiv(R, _MERGE_BLOCK),)](
-                pf, pi, out["pos"], lo, R, K, B, *inv, *(out[k] for k in (
+                pf, pi, out["pos"], lo, R, K, *inv, *(out[k] for k in (
                     "m_r", "logl_r", "at_r", "m_c", "logl_c", "at_c", "lse_r", "lse_c", "ce_i2t", "ce_t2i", "hard_i2t",
                     "hard_i2t_index", "hard_t2i", "hard_t2i_index")),
                 ACC=meta["ACC"], TM=_MERGE_BLOCK, num_warps=4,

@@ -11,7 +11,7 @@ from srem_kernels.backends.triton.tiles import _log1p, _nlp, _scalar, _side_load
 
 
 @triton.jit
-def _merge1_kernel(pf, pi, pos, r0, R, K, B, inv_hi, inv_lo,
+def _merge1_kernel(pf, pi, pos, r0, R, K, inv_hi, inv_lo,
                    m_r, logl_r, at_r, m_c, logl_c, at_c, lse_r, lse_c, ce_r, ce_c, hard_r, hidx_r, hard_c, hidx_c,
                    ACC: tl.constexpr, TM: tl.constexpr):  # fmt: skip
     """Pass 1: the split log-sum-exps, lse, ce (from S_ii in pos) and the hardest negatives."""
