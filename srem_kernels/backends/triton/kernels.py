@@ -67,7 +67,7 @@ STRATEGIES = ("streaming", "materialised")
 #         from memory (materialised, similarity): 64×16
 #   fp64  fp64 (gradcheck): 32×16
 _PASS_TILES = {"mma": (64, 16, 2, 32, 8), "fma": (64, 16, 1, 16, 8), "fp64": (32, 16, 1, 16, 8)}
-_DS_TILES = {"mma": (64, 8), "fma": (64, 8), "fp64": (32, 8)}  # dS: square tiles, warps
+_DS_TILES = {torch.float32: (64, 32, 8), torch.float64: (32, 32, 8)}  # dS by ACC: (square tile, BK, warps)
 _MERGE_BLOCK = 128
 _SPLITS_INTERPRET = 3  # super-blocks under the interpreter (tests pass their own)
 _WAVES = 4  # programs per SM a pass aims at (one fits at a time: ~245 registers × 256 threads)
@@ -218,10 +218,10 @@ class TritonKernels:
             raise ValueError(f"block_n · split must be ≤ block; got {t['BN']} · {t['SPLIT']} > {t['BM']}")
         return t
 
-    def _ds_tiles(self, dtype: torch.dtype) -> tuple[int, int]:
-        kind = "fp64" if dtype == torch.float64 else "fma" if _dot_precision(dtype) == "ieee" else "mma"
-        block, warps = _DS_TILES[kind]
-        return self.ds_block or self._override["BM"] or block, warps
+    def _ds_tiles(self, dtype: torch.dtype) -> tuple[int, int, int]:
+        """The dS kernel's (square tile, BK, warps) for operands in `dtype`."""
+        block, bk, warps = _DS_TILES[_acc_dtype(dtype)]
+        return self.ds_block or self._override["BM"] or block, self._override["BK"] or bk, warps
 
     def plan(self, B: int, R: int, device: torch.device, tiles: dict, *, pairs: bool) -> tuple[int, int, tuple]:
         """(G, K, grid) of a pass over a range of R samples (R = B with pairs). pairs: the row
@@ -421,8 +421,8 @@ class TritonKernels:
 
     def _dsim(self, img, txt, sim, saved, tau, eps, bias, g_cbcl, k_r, k_c, out, r0, r1):
         x = sim if sim is not None else img
-        block, warps = self._ds_tiles(x.dtype)
-        B, ptrs, meta = self._launch_args(img, txt, sim, T=block, BK=self._override["BK"] or 32, num_warps=warps)
+        block, bk, warps = self._ds_tiles(x.dtype)
+        B, ptrs, meta = self._launch_args(img, txt, sim, T=block, BK=bk, num_warps=warps)
         acc = _acc_dtype(x.dtype)
         vec = [saved[k].contiguous() for k in ("m_r", "logl_r", "m_c", "logl_c", "A_r", "A_c", "A_r_rest", "A_c_rest",
                                                   "at_r", "at_c", "hard_i2t_index", "hard_t2i_index")]  # fmt: skip
