@@ -44,9 +44,6 @@ def _pass1_kernel(img, txt, sim, inv_hi, inv_lo, B, D, s_im, s_ik, s_tm, s_tk, s
         arm = tl.arange(0, BM)
         arn = tl.arange(0, BN)
         ard = tl.arange(0, BD)
-        none = tl.zeros((BN,), tl.int32) + B  # B: no index (loses every tie)
-        minf = tl.full((BN,), float("-inf"), ACC)
-        zn = tl.zeros((BN,), ACC)
         for a in range(a0, a1):
             x_a = a * BM + arm  # local sample index
             rows = r0 + x_a
@@ -82,27 +79,21 @@ def _pass1_kernel(img, txt, sim, inv_hi, inv_lo, B, D, s_im, s_ik, s_tm, s_tk, s
                             dg = valid & (rows[:, None] == cols[None, :])
                             has = tl.max(dg.to(tl.int32), axis=1) > 0
                             tl.store(pos + x_a, tl.sum(tl.where(dg, x, 0.0), axis=1), mask=has)
-                        # Yᵀ[i, j] = S_ji: along j column i of S
-                        zy = yt * inv_tau
-                        if PAIRS:
-                            # along i: column j of S (sample j's t2i problem)
+                        first = a == a0
+                        if PAIRS:  # along i: column j of S (sample j's t2i problem)
                             mcj, lcj, atcj, hcj, hicj = _tile_stats(x, zx, rows[:, None], cols[None, :], valid, B, 0)
-                            first = a == a0
-                            if own:  # sample j is in block a: no row side for it here
-                                _side_put(pf, pi, 0, slot_b, cols, K, R, cmask, first, minf, zn, none, minf, none)
-                            else:
-                                m2, l2, at2, h2, hi2 = _tile_stats(yt, zy, cols[None, :], rows[:, None], valid, B, 1)
-                                mc, lc, atc, hc, hic = _stats_merge(mc, lc, atc, hc, hic, m2, l2, at2, h2, hi2)
-                                # along i: row j of S
-                                mrj, lrj, atrj, hrj, hirj = _tile_stats(yt, zy, rows[:, None], cols[None, :], valid, B, 0)
-                                _side_put(pf, pi, 0, slot_b, cols, K, R, cmask, first, mrj, lrj, atrj, hrj, hirj)
                             _side_put(pf, pi, 3, slot_b, cols, K, R, cmask, first, mcj, lcj, atcj, hcj, hicj)
-                        else:
+                        if not (own & PAIRS):  # Yᵀ[i, j] = S_ji: along j column i of S
+                            zy = yt * inv_tau
                             m2, l2, at2, h2, hi2 = _tile_stats(yt, zy, cols[None, :], rows[:, None], valid, B, 1)
                             mc, lc, atc, hc, hic = _stats_merge(mc, lc, atc, hc, hic, m2, l2, at2, h2, hi2)
-            first = ~diag  # a diagonal program's own block has already written block a's slot
-            _side_put(pf, pi, 0, slot_a, x_a, K, R, rmask, first, mr, lr, atr, hr, hir)
-            _side_put(pf, pi, 3, slot_a, x_a, K, R, rmask, first, mc, lc, atc, hc, hic)
+                            if PAIRS:  # along i: row j of S (own: sample j is in block a, its row is in mr)
+                                mrj, lrj, atrj, hrj, hirj = _tile_stats(yt, zy, rows[:, None], cols[None, :], valid, B, 0)
+                                _side_put(pf, pi, 0, slot_b, cols, K, R, cmask, first, mrj, lrj, atrj, hrj, hirj)
+            # Block a's slot. A diagonal program has written its column side (its own block's X) and,
+            # for a > a0, its row side (Yᵀ of the pairs {a', a}, a' < a): merged into, not overwritten.
+            _side_put(pf, pi, 0, slot_a, x_a, K, R, rmask, ~diag | (a == a0), mr, lr, atr, hr, hir)
+            _side_put(pf, pi, 3, slot_a, x_a, K, R, rmask, ~diag, mc, lc, atc, hc, hic)
 
 
 @triton.jit
