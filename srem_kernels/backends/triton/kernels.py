@@ -14,7 +14,7 @@ formed once per pass and its probabilities are evaluated once in pass 2; each sa
 statistics come out as K partials (one per super-block) in a partials buffer, combined in a
 fixed order by the merge kernel. Grid: K·(K//2 + 1) programs (K(K+1)/2 live), K from the SM
 count (TritonKernels.plan). The partials buffer holds 8 ACC + 4 int32 words per sample and
-super-block, 48·K·B bytes in fp32, plus pass 2's staging of diagonal blocks (K·4·BM² words): on
+super-block, 48·K·B bytes in fp32, plus pass 2's staging of diagonal blocks (K·2·BM² words): on
 a 132-SM H100/H200, K = 32 from B = 65536 on: 96 MiB at B = 65536 (0.59 % of one B×B fp32
 matrix), 384 MiB at 262144 (0.15 %); below, K = 16 (136 programs, one per SM): 12 MiB at
 16384 (1.2 %), 3 MiB at 4096 (4.7 %; auto takes the materialised strategy there, S is 64 MiB).
@@ -310,7 +310,7 @@ class TritonKernels:
         G, K, grid = self.plan(B, R, dev, tiles, pairs=pairs)
         pf = _alloc.empty((PARTIAL_FLOATS, K, R), dtype=acc, device=dev)
         pi = _alloc.empty((PARTIAL_INTS, K, R), dtype=torch.int32, device=dev)
-        stage = _alloc.empty((K, 4, tiles["BM"], tiles["BM"]), dtype=acc, device=dev) if pairs else pf
+        stage = _alloc.empty((K, 2, tiles["BM"], tiles["BM"]), dtype=acc, device=dev) if pairs else pf
         blocks = (triton.cdiv(B, tiles["BM"]), triton.cdiv(B, tiles["BN"] * tiles["SPLIT"]))  # the dots' tiles
         return dict(pf=pf, pi=pi, stage=stage, G=G, K=K, grid=grid, blocks=blocks, tiles=tiles)
 

@@ -103,8 +103,9 @@ def _pass2_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_i
                   ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, TF32: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr, BK: tl.constexpr):  # fmt: skip
     """Partial entropies, sce, CBCL and A sums of samples r0..r0+R-1 into pf, from pass 1's
-    whole-batch split log-sum-exps (m, log l, at of rows and columns). scr: BM×BM×4 per
-    super-block, where a diagonal program stages its own blocks' -log P and P for sce."""
+    whole-batch split log-sum-exps (m, log l, at of rows and columns). scr: 2·BM×BM per
+    super-block, where a diagonal program stages its own blocks' -log Pr and -log Pc for sce
+    (P = exp(-(-log P)) recomputed where they are read: the same bits, half the buffer)."""
     BD: tl.constexpr = BN * SPLIT
     RT: tl.constexpr = BM // BN
     a0, a1, d0, d1, slot_a, slot_b, diag, live = _program(NBM, NBD, G, K, BM // BD, PAIRS)
@@ -115,7 +116,7 @@ def _pass2_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_i
         arn = tl.arange(0, BN)
         ard = tl.arange(0, BD)
         zn = tl.zeros((BN,), ACC)
-        stage = scr + tl.cast(slot_b, tl.int64) * (4 * BM * BM)
+        stage = scr + tl.cast(slot_b, tl.int64) * (2 * BM * BM)
         for a in range(a0, a1):
             x_a = a * BM + arm
             rows = r0 + x_a
@@ -172,9 +173,7 @@ def _pass2_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_i
                             # half of it: staged, summed after the b loop; column sums are block a's
                             o = arm[:, None] * BM + ((b - a * RT) * BN + arn)[None, :]
                             tl.store(stage + o, ux)
-                            tl.store(stage + BM * BM + o, pux)
-                            tl.store(stage + 2 * BM * BM + o, vx)
-                            tl.store(stage + 3 * BM * BM + o, pvx)
+                            tl.store(stage + BM * BM + o, vx)
                             _sums_put(pf, slot_b, cols, K, R, cmask, a == a0, zn, ej, zn, cj, zn, aj, zn, rj)
                         else:
                             at_uy = cols[None, :] == atc_a
@@ -202,8 +201,9 @@ def _pass2_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_i
                     ok = rmask[:, None] & ((a * BM + j) < R)[None, :]
                     o = arm[:, None] * BM + j[None, :]
                     t = j[None, :] * BM + arm[:, None]
-                    sw += tl.sum(tl.where(ok, tl.load(stage + BM * BM + o) * tl.load(stage + 2 * BM * BM + t)
-                                          + tl.load(stage + 3 * BM * BM + t) * tl.load(stage + o), 0.0), axis=1)  # fmt: skip
+                    u = tl.load(stage + o)  # -log Pr_ij
+                    v = tl.load(stage + BM * BM + t)  # -log Pc_ji
+                    sw += tl.sum(tl.where(ok, tl.exp(-u) * v + tl.exp(-v) * u, 0.0), axis=1)
                 tl.debug_barrier()  # the next row block stages into the same place
             _sums_put(pf, slot_a, x_a, K, R, rmask, ~diag, e_r, e_c, sw, cb, A_r, A_c, A_rr, A_cr)
 
