@@ -27,10 +27,10 @@ import triton
 import triton.language as tl
 
 from python_ref.filtration import GMM_ROUNDS, GMM_VAR_FLOOR
+from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, _acc_tl, _on
 
 _BLOCK = 1024  # energies per step of the one-program kernels
 _CHECK_ROWS, _CHECK_COLS = 32, 128
-_COMPILE_OPTIONS = {"enable_fp_fusion": False}  # as the pass kernels: no FMA contraction
 # python_ref/filtration.py's constants, as constexprs of every GMM launch
 _GMM = dict(ROUNDS=GMM_ROUNDS, FLOOR=GMM_VAR_FLOOR)
 
@@ -282,23 +282,6 @@ def _nonfinite_kernel(x, rows, cols, s0, s1, flag, BIT: tl.constexpr, UNIT: tl.c
 
 
 # ---------------------------------------------------------------------------- launches
-
-
-def _acc_tl(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _on(t: torch.Tensor):
-    """Launch on the tensors' device (Triton launches on the current one)."""
-    return torch.cuda.device(t.device) if t.is_cuda else _nullcontext()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def glue_forward(v, margin, clean, weight, factor, margin_value, tau, lambda_hard, lambda_cbcl, sce_weight, select,

@@ -40,21 +40,19 @@ no host-to-device copy: 1/tau and eps are kernel arguments. Plain pointer arithm
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 
 import numpy as np
 import torch
 import triton
-import triton.language as tl
 
 from srem_kernels import _alloc
 
 from srem_kernels.backends import fused
 from srem_kernels.backends.triton.merge import _merge1_kernel, _merge2_kernel
 from srem_kernels.backends.triton.passes import _dsim_kernel, _pass1_kernel, _pass2_kernel
-from srem_kernels.backends.triton.tiles import INTERPRET
+from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, INTERPRET, _acc_tl, _on
 
 STRATEGIES = ("streaming", "materialised")
 
@@ -82,10 +80,6 @@ PARTIAL_FLOATS, PARTIAL_INTS = 8, 4  # words per sample and super-block in the p
 # one log l leaves out; A without it. REST_KEYS only where the backward will run (not stats_only).
 SPLIT_KEYS = ("m_r", "logl_r", "at_r", "m_c", "logl_c", "at_c")
 REST_KEYS = ("A_r_rest", "A_c_rest")
-# Compile options of every launch. No mul/add contraction into FMA (LLVM and ptxas; the default
-# is on through Triton 3.9): z = s·(1/tau) must round the same in every kernel, and
-# (m - z) + log l must not become one fma. The interpreter never contracts; this makes the GPU agree.
-_COMPILE_OPTIONS = {"enable_fp_fusion": False}
 CONTRACT_KEYS = fused.CONTRACT_KEYS
 PASS1_KEYS = (*SPLIT_KEYS, "lse_r", "lse_c", "pos", "ce_i2t", "ce_t2i", "hard_i2t", "hard_i2t_index", "hard_t2i",
               "hard_t2i_index")  # fmt: skip
@@ -124,11 +118,6 @@ def _split(v: float) -> tuple[float, float]:
     """v as two fp32 kernel arguments (hi, lo) for tiles._scalar."""
     hi = float(np.float32(v))
     return hi, float(np.float32(v - hi))
-
-
-def _on(t: torch.Tensor):
-    """Triton launches on the current CUDA device: make it the tensors' (cuda:1 as well)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=None)
@@ -273,7 +262,7 @@ class TritonKernels:
             ptrs = (img, txt, img, img.shape[1], img.stride(0), img.stride(1), txt.stride(0), txt.stride(1), 0, 0)
         meta = dict(
             FROM_SIM=sim is not None,
-            ACC=tl.float64 if _acc_dtype(dtype) == torch.float64 else tl.float32,
+            ACC=_acc_tl(dtype),
             DOT_PREC=_dot_precision(dtype),
             UPCAST=INTERPRET and dtype in (torch.float16, torch.bfloat16),
             TF32=dtype == torch.float32 and _dot_precision(dtype) == "tf32",

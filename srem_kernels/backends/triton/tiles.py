@@ -15,13 +15,32 @@ reads the top 19 bits of its fp32 operands on the GPU, is emulated for the inter
 
 from __future__ import annotations
 
+import contextlib
 import os
 
+import torch
 import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _INTERPRETED = tl.constexpr(INTERPRET)
+
+# ---------------------------------------------------------------------------- launches (host side)
+# Compile options of every launch (the passes' and the glue's). No mul/add contraction into FMA
+# (LLVM and ptxas; the default is on through Triton 3.9): z = s·(1/tau) must round the same in
+# every kernel, and (m - z) + log l must not become one fma. The interpreter never contracts;
+# this makes the GPU agree.
+_COMPILE_OPTIONS = {"enable_fp_fusion": False}
+
+
+def _acc_tl(dtype: torch.dtype):
+    """The ACC constexpr of inputs in `dtype`: fp64 for fp64, else fp32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _on(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensors' (cuda:1 as well)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 @triton.jit
