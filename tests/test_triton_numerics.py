@@ -137,3 +137,17 @@ def test_nan_in_s_reaches_the_statistics(strategy):
     for k in ("sce", "loss_cbcl", "entropy_t2i", "A_c"):
         assert out[k].isnan().all(), k
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_one_over_tau_reaches_the_kernels_exactly(dtype):
+    """1/tau reaches the kernels as the double's bits (tiles.bits, as eps does): z = s·(1/tau)
+    is s times 1/tau rounded once to ACC, so the row and column maxima m of Z are those of
+    torch's sim * (1/tau) bit for bit, in fp64 too (1/0.07 needs more than the 48 bits of the
+    fp32 hi/lo pair that carried it before)."""
+    B, tau = 37, 0.07
+    img, txt = embeddings(B, 20, seed=4, noise=0.7, dtype=dtype, device=DEVICE)
+    sim = img @ txt.T
+    inv = torch.tensor(1.0 / tau, dtype=dtype)  # fp64(1/tau), rounded once more to fp32 for fp32
+    out = kernels("materialised").forward(None, None, sim, tau=tau, eps=1e-10, bias=True)
+    assert torch.equal(out["m_r"], (sim * inv).amax(1)) and torch.equal(out["m_c"], (sim * inv).amax(0))

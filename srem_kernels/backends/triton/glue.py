@@ -13,38 +13,23 @@
 Deterministic: one program walks the batch in a fixed order and reduces with tl.sum (a fixed
 tree); the value checks OR bits with atomics, which is order-free. The GMM runs in fp64
 throughout, as csrc/cpu/glue.cpp does (O(B) work per round; its flags are then the fp64
-reference's); the rest in the vectors' dtype. Scalars that must keep fp64 for fp64 inputs (tau,
-the lambdas, the margin) travel as the bits of a double: a Python float argument would be
-specialised as fp32.
+reference's); the rest in the vectors' dtype. Scalars (tau, the lambdas, the margin) travel as the bits
+of a double (tiles.bits), exact for fp64 inputs.
 """
 
 from __future__ import annotations
-
-import struct
 
 import torch
 import triton
 import triton.language as tl
 
 from python_ref.filtration import GMM_ROUNDS, GMM_VAR_FLOOR
-from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, _acc_tl, _on
+from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, _acc_tl, _f64, _on, bits
 
 _BLOCK = 1024  # energies per step of the one-program kernels
 _CHECK_ROWS, _CHECK_COLS = 32, 128
 # python_ref/filtration.py's constants, as constexprs of every GMM launch
 _GMM = dict(ROUNDS=GMM_ROUNDS, FLOOR=GMM_VAR_FLOOR)
-
-
-def bits(x: float) -> int:
-    """A double's bits as a signed int64 (a kernel argument that keeps fp64)."""
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
-
-
-@triton.jit
-def _f64(b):
-    # via int64: an argument whose bits fit 32 bits arrives as an i32 (the interpreter ignores
-    # annotations), and those launches are not specialised (do_not_specialize) on its value
-    return tl.cast(tl.cast(b, tl.int64), tl.float64, bitcast=True)
 
 
 @triton.jit

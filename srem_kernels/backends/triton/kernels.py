@@ -34,7 +34,7 @@ from the gathered img/txt; a program owns a row block of the range and a column 
 Deterministic: every output element is written by one program in a fixed loop order; no atomics.
 Accumulation in fp32 (fp64 for fp64 inputs, the ACC constexpr); fp32 dot precision follows
 torch.get_float32_matmul_precision() (TF32 operands rounded to nearest first). No host read and
-no host-to-device copy: 1/tau and eps are kernel arguments. Plain pointer arithmetic only
+no host-to-device copy: 1/tau and eps are kernel arguments (tiles.bits). Plain pointer arithmetic only
 (Triton 3.6 – 3.9 and the interpreter).
 """
 
@@ -52,7 +52,7 @@ from srem_kernels import _alloc
 from srem_kernels.backends import fused
 from srem_kernels.backends.triton.merge import _merge1_kernel, _merge2_kernel
 from srem_kernels.backends.triton.passes import _dsim_kernel, _pass1_kernel, _pass2_kernel
-from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, INTERPRET, _acc_tl, _on
+from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, INTERPRET, _acc_tl, _on, bits
 
 STRATEGIES = ("streaming", "materialised")
 
@@ -112,12 +112,6 @@ def _matmul_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         except (TypeError, RuntimeError):
             pass
     return a.to(acc) @ b.to(acc)
-
-
-def _split(v: float) -> tuple[float, float]:
-    """v as two fp32 kernel arguments (hi, lo) for tiles._scalar."""
-    hi = float(np.float32(v))
-    return hi, float(np.float32(v - hi))
 
 
 @functools.lru_cache(maxsize=None)
@@ -308,12 +302,12 @@ class TritonKernels:
         B, ptrs, meta = self._launch_args(*src, **parts["tiles"])
         pf, pi, K = parts["pf"], parts["pi"], parts["K"]
         R = hi - lo
-        inv = _split(1.0 / tau)
+        inv = bits(1.0 / tau)
         with _on(out["pos"]):
-            _pass1_kernel[parts["grid"]](ptrs[0], ptrs[1], ptrs[2], *inv, B, *ptrs[3:], lo, R, *parts["blocks"],
+            _pass1_kernel[parts["grid"]](ptrs[0], ptrs[1], ptrs[2], inv, B, *ptrs[3:], lo, R, *parts["blocks"],
                                          parts["G"], K, pf, pi, out["pos"], PAIRS=pairs, **meta)  # fmt: skip
             _merge1_kernel[(triton.cdiv(R, _MERGE_BLOCK),)](
-                pf, pi, out["pos"], lo, R, K, *inv, *(out[k] for k in (
+                pf, pi, out["pos"], lo, R, K, inv, *(out[k] for k in (
                     "m_r", "logl_r", "at_r", "m_c", "logl_c", "at_c", "lse_r", "lse_c", "ce_i2t", "ce_t2i", "hard_i2t",
                     "hard_i2t_index", "hard_t2i", "hard_t2i_index")),
                 ACC=meta["ACC"], TM=_MERGE_BLOCK, num_warps=4,
@@ -327,7 +321,7 @@ class TritonKernels:
         a = [out.get(k, out["sce"]) for k in ("A_r", "A_c", *REST_KEYS)]  # placeholders without WITH_A: never written
         with _on(out["sce"]):
             _pass2_kernel[parts["grid"]](
-                ptrs[0], ptrs[1], ptrs[2], *_split(1.0 / tau), *_split(eps), B, *ptrs[3:], lo, R, *parts["blocks"],
+                ptrs[0], ptrs[1], ptrs[2], bits(1.0 / tau), bits(eps), B, *ptrs[3:], lo, R, *parts["blocks"],
                 parts["G"], K, *(first[k].contiguous() for k in SPLIT_KEYS), pf, parts["stage"],
                 PAIRS=pairs, BIAS=bool(bias), WITH_A=not stats_only, **meta,
             )  # fmt: skip
@@ -419,7 +413,7 @@ class TritonKernels:
         grid = (triton.cdiv(r1 - r0, block), triton.cdiv(B, block))
         with _on(out):
             _dsim_kernel[grid](
-                ptrs[0], ptrs[1], ptrs[2], *_split(1.0 / tau), *_split(eps), B, *ptrs[3:], *vec, *gk, out,
+                ptrs[0], ptrs[1], ptrs[2], bits(1.0 / tau), bits(eps), B, *ptrs[3:], *vec, *gk, out,
                 out.stride(0), r0, r1, BIAS=bool(bias), **meta,
             )  # fmt: skip
 

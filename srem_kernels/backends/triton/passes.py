@@ -23,13 +23,13 @@ import triton
 import triton.language as tl
 
 from srem_kernels.backends.triton.tiles import (
-    _half, _nlp, _one_minus_p, _pair_halves, _program, _s_tile, _scalar, _side_put, _stats_merge, _sums_put, _terms,
+    _f64, _half, _nlp, _one_minus_p, _pair_halves, _program, _s_tile, _side_put, _stats_merge, _sums_put, _terms,
     _tile_stats,
 )  # fmt: skip
 
 
-@triton.jit
-def _pass1_kernel(img, txt, sim, inv_hi, inv_lo, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, r0, R, NBM, NBD, G, K,
+@triton.jit(do_not_specialize=["inv_tau_bits"])
+def _pass1_kernel(img, txt, sim, inv_tau_bits, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, r0, R, NBM, NBD, G, K,
                   pf, pi, pos,
                   PAIRS: tl.constexpr, FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr,
                   UPCAST: tl.constexpr, TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -40,7 +40,7 @@ def _pass1_kernel(img, txt, sim, inv_hi, inv_lo, B, D, s_im, s_ik, s_tm, s_tk, s
     BD: tl.constexpr = BN * SPLIT
     a0, a1, d0, d1, slot_a, slot_b, diag, live = _program(NBM, NBD, G, K, BM // BD, PAIRS)
     if live:
-        inv_tau = _scalar(inv_hi, inv_lo, ACC)
+        inv_tau = _f64(inv_tau_bits).to(ACC)
         arm = tl.arange(0, BM)
         arn = tl.arange(0, BN)
         ard = tl.arange(0, BD)
@@ -96,8 +96,8 @@ def _pass1_kernel(img, txt, sim, inv_hi, inv_lo, B, D, s_im, s_ik, s_tm, s_tk, s
             _side_put(pf, pi, 3, slot_a, x_a, K, R, rmask, ~diag, mc, lc, atc, hc, hic)
 
 
-@triton.jit
-def _pass2_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+@triton.jit(do_not_specialize=["inv_tau_bits", "eps_bits"])
+def _pass2_kernel(img, txt, sim, inv_tau_bits, eps_bits, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                   r0, R, NBM, NBD, G, K, m_r, logl_r, at_r, m_c, logl_c, at_c, pf, scr,
                   PAIRS: tl.constexpr, BIAS: tl.constexpr, WITH_A: tl.constexpr, FROM_SIM: tl.constexpr,
                   ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, TF32: tl.constexpr,
@@ -110,8 +110,8 @@ def _pass2_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_i
     RT: tl.constexpr = BM // BN
     a0, a1, d0, d1, slot_a, slot_b, diag, live = _program(NBM, NBD, G, K, BM // BD, PAIRS)
     if live:
-        inv_tau = _scalar(inv_hi, inv_lo, ACC)
-        eps = _scalar(eps_hi, eps_lo, ACC)
+        inv_tau = _f64(inv_tau_bits).to(ACC)
+        eps = _f64(eps_bits).to(ACC)
         arm = tl.arange(0, BM)
         arn = tl.arange(0, BN)
         ard = tl.arange(0, BD)
@@ -208,8 +208,8 @@ def _pass2_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_i
             _sums_put(pf, slot_a, x_a, K, R, rmask, ~diag, e_r, e_c, sw, cb, A_r, A_c, A_rr, A_cr)
 
 
-@triton.jit
-def _dsim_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+@triton.jit(do_not_specialize=["inv_tau_bits", "eps_bits"])
+def _dsim_kernel(img, txt, sim, inv_tau_bits, eps_bits, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                  m_r, logl_r, m_c, logl_c, A_r, A_c, A_r_rest, A_c_rest, at_r, at_c, hidx_r, hidx_c, g, k_r, k_c,
                  ds, ld_ds, r0, r1,
                  BIAS: tl.constexpr, FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -219,8 +219,8 @@ def _dsim_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_ik
     cols = tl.program_id(1) * T + tl.arange(0, T)
     rmask = rows < r1
     cmask = cols < B
-    inv_tau = _scalar(inv_hi, inv_lo, ACC)
-    eps = _scalar(eps_hi, eps_lo, ACC)
+    inv_tau = _f64(inv_tau_bits).to(ACC)
+    eps = _f64(eps_bits).to(ACC)
     z = inv_tau * _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                           FROM_SIM, ACC, DOT_PREC, UPCAST, TF32, T, T, BK)  # fmt: skip
     at_i = tl.load(at_r + rows, mask=rmask, other=-1)[:, None]

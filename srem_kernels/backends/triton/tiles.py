@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 
 import torch
 import triton
@@ -41,6 +42,15 @@ def _acc_tl(dtype: torch.dtype):
 def _on(t: torch.Tensor):
     """Triton launches on the current CUDA device: make it the tensors' (cuda:1 as well)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def bits(x: float) -> int:
+    """A host float (tau, eps, a lambda, the margin) as a kernel argument: the bits of the double
+    as a signed int64, read by _f64. Exact for fp64 accumulation (a Python float argument would be
+    specialised as fp32), fp32(x) rounded to nearest for fp32; no device tensor, so no
+    host-to-device copy. Kernels list these arguments in do_not_specialize: the JIT would
+    otherwise specialise on the value (equal to 1, divisible by 16) and recompile."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
 @triton.jit
@@ -101,13 +111,10 @@ else:  # pragma: no cover - GPU only
 
 
 @triton.jit
-def _scalar(hi, lo, ACC: tl.constexpr):
-    """A host float passed as two fp32 kernel arguments (hi = fp32(v), lo = fp32(v - hi)): fp32(v)
-    for fp32 accumulation, v to ~2^-48 for fp64. No device tensor: no host-to-device copy."""
-    if ACC == tl.float64:
-        return tl.cast(hi, tl.float64) + tl.cast(lo, tl.float64)
-    else:
-        return hi
+def _f64(b):
+    """The double whose bits() b is. Via int64: an argument whose bits fit 32 bits arrives as an
+    i32 (the interpreter ignores annotations)."""
+    return tl.cast(tl.cast(b, tl.int64), tl.float64, bitcast=True)
 
 
 @triton.jit
