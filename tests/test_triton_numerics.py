@@ -118,6 +118,42 @@ def test_tf32_error_is_that_of_a_rounded_matmul():
     assert sum(truncated[k] > 1.1 * nearest[k] + 1e-5 for k in got) >= len(got) // 2, truncated
 
 
+def test_tf32_dots_read_operands_rounded_to_nearest():
+    """fp32 under "high": every tl.dot of S (pass 1, pass 2, dS; one process and row ranges)
+    reads img and txt rounded to the nearest TF32, so raw operands give the outputs, bit for bit,
+    of the same operands rounded beforehand by tf32_nearest. One side at a time is raw: the
+    gradient with respect to it (dS times the other side, already TF32 values in both runs) must
+    agree too, which it does only if dS's tiles read the rounded side as well."""
+    B, D, tau = 70, 40, 0.05
+    kw = dict(tau=tau, eps=1e-10, bias=True)
+    img, txt = embeddings(B, D, seed=5, noise=0.7, dtype=torch.float32, device=DEVICE)
+    g = torch.Generator().manual_seed(0)
+    up = [torch.rand(B, generator=g).to(DEVICE) for _ in range(3)]
+    k = kernels("streaming", splits=2)
+    lo, hi = 20, 55
+
+    def run(x, y, grad):
+        out = k.forward(x, y, None, **kw)
+        res = {n: t.clone() for n, t in out.items()}
+        res["grad"] = k.backward(x, y, None, out, g_cbcl=up[0], k_r=up[1], k_c=up[2], **kw)[grad]
+        first = k.pass1_rows(x, y, lo, hi, tau=tau)
+        res |= {"rows " + n: t for n, t in first.items()}
+        res |= {"rows " + n: t for n, t in k.pass2_rows(x, y, lo, hi, out, **kw).items()}
+        res["rows grad"] = k.backward_rows(x, y, lo, hi, out, g_cbcl=up[0], k_r=up[1], k_c=up[2], **kw)[grad]
+        return res
+
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        for raw, rounded, grad in (((img, tf32_nearest(txt)), (tf32_nearest(img), tf32_nearest(txt)), 0),
+                                   ((tf32_nearest(img), txt), (tf32_nearest(img), tf32_nearest(txt)), 1)):  # fmt: skip
+            a, b = run(*raw, grad), run(*rounded, grad)
+            for n in a:
+                assert torch.equal(a[n].isnan(), b[n].isnan()) and torch.equal(a[n].nan_to_num(), b[n].nan_to_num()), n
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
 @pytest.mark.parametrize("strategy", triton_kernels.STRATEGIES)
 def test_nan_in_s_reaches_the_statistics(strategy):
     """check_finite=False with a NaN in one row of img (a NaN row of S): every statistic whose

@@ -7,6 +7,7 @@ The kernels (passes.py, merge.py; tile helpers in tiles.py):
   pass 2   _pass2_kernel + _merge2_kernel: entropies, sce (which pairs (i, j) with (j, i)), the
            CBCL term and the A vectors of the backward.
   dS       _dsim_kernel: one tile per program; dS·txt and dSᵀ·img are torch.matmul.
+  TF32     _round_tf32_kernel: fp32 operands of tf32 dots rounded to nearest, once per call.
 
 A pass kernel's program owns a pair of super-blocks of tiles and forms each tile pair
 {S[a, b], S[b, a]} of it once (a block's own block of S as plain tiles), so every element of S is
@@ -51,7 +52,7 @@ from srem_kernels import _alloc
 
 from srem_kernels.backends import fused
 from srem_kernels.backends.triton.merge import _merge1_kernel, _merge2_kernel
-from srem_kernels.backends.triton.passes import _dsim_kernel, _pass1_kernel, _pass2_kernel
+from srem_kernels.backends.triton.passes import _dsim_kernel, _pass1_kernel, _pass2_kernel, _round_tf32_kernel
 from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, INTERPRET, _acc_tl, _on, bits
 
 STRATEGIES = ("streaming", "materialised")
@@ -67,6 +68,7 @@ STRATEGIES = ("streaming", "materialised")
 _PASS_TILES = {"mma": (64, 16, 2, 32, 8), "fma": (64, 16, 1, 16, 8), "fp64": (32, 16, 1, 16, 8)}
 _DS_TILES = {torch.float32: (64, 32, 8), torch.float64: (32, 32, 8)}  # dS by ACC: (square tile, BK, warps)
 _MERGE_BLOCK = 128
+_ROUND_BLOCK = 1024  # elements per program of the operand rounding
 _SPLITS_INTERPRET = 3  # super-blocks under the interpreter (tests pass their own)
 _WAVES = 4  # programs per SM a pass aims at (one fits at a time: ~245 registers × 256 threads)
 _PARTIALS_SHARE = 0.01  # the partials buffer's bound, as a share of one B×B fp32 matrix
@@ -101,6 +103,31 @@ def _dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32:
         return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     return "tf32"  # 16-bit operands: the tensor-core default; precision is not a choice there
+
+
+def _tf32(dtype: torch.dtype) -> bool:
+    """Whether the tile dots on `dtype` operands are tf32 MMAs (fp32 at matmul precision < highest)."""
+    return dtype == torch.float32 and _dot_precision(dtype) == "tf32"
+
+
+def _dot_operands(img, txt):
+    """img, txt as the tile dots read them. For a tf32 dot, row-major copies rounded to the
+    nearest TF32 (as cuBLAS rounds; the MMA would truncate), once per call: O(B·D) work and
+    memory, where rounding every tile's chunks in the B×B loops costs each operand element
+    O(B/BM) times and the registers of those loops. Otherwise (and without img/txt) as given."""
+    if img is None or not _tf32(img.dtype):
+        return img, txt
+    return _round_tf32(img), _round_tf32(txt)
+
+
+def _round_tf32(x: torch.Tensor) -> torch.Tensor:
+    y = _alloc.empty(x.shape, dtype=x.dtype, device=x.device)
+    n = x.numel()
+    if n:
+        with _on(x):
+            _round_tf32_kernel[(triton.cdiv(n, _ROUND_BLOCK),)](x, y, n, x.shape[1], x.stride(0), x.stride(1),
+                                                              BLOCK=_ROUND_BLOCK, **_COMPILE_OPTIONS)  # fmt: skip
+    return y
 
 
 def _matmul_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -259,7 +286,7 @@ class TritonKernels:
             ACC=_acc_tl(dtype),
             DOT_PREC=_dot_precision(dtype),
             UPCAST=INTERPRET and dtype in (torch.float16, torch.bfloat16),
-            TF32=dtype == torch.float32 and _dot_precision(dtype) == "tf32",
+            TF32=_tf32(dtype),  # the interpreter emulates the MMA's truncation (tiles._mma_tf32)
             **tiles,
             **_COMPILE_OPTIONS,
         )
@@ -277,7 +304,7 @@ class TritonKernels:
         elif sim is None and self.strategy_for(img.shape[0], img.shape[1], img.dtype, dev) == "materialised":
             src = (None, None, _matmul_acc(img, txt.T))  # stats only: S lives for the call
         else:
-            src = (img, txt, sim)
+            src = (*_dot_operands(img, txt), sim)
         B = (src[2] if src[2] is not None else src[0]).shape[0]
         parts = self._partials(src, B, dev, pairs=True)
         self._pass1(src, 0, B, out, tau, parts, pairs=True)
@@ -341,15 +368,17 @@ class TritonKernels:
 
     def pass1_rows(self, img, txt, lo, hi, *, tau):
         out = self._vectors(PASS1_KEYS, hi - lo, img)
-        parts = self._partials((img, txt, None), hi - lo, img.device, pairs=False)
-        self._pass1((img, txt, None), lo, hi, out, tau, parts, pairs=False)
+        src = (*_dot_operands(img, txt), None)
+        parts = self._partials(src, hi - lo, img.device, pairs=False)
+        self._pass1(src, lo, hi, out, tau, parts, pairs=False)
         return out
 
     def pass2_rows(self, img, txt, lo, hi, first, *, tau, eps, bias, stats_only=False):
         keys = ("entropy_i2t", "entropy_t2i", "sce", "loss_cbcl") + (() if stats_only else ("A_r", "A_c", *REST_KEYS))
         out = self._vectors(keys, hi - lo, img)
-        parts = self._partials((img, txt, None), hi - lo, img.device, pairs=False)
-        self._pass2((img, txt, None), lo, hi, first, out, tau, eps, bias, stats_only, parts, pairs=False)
+        src = (*_dot_operands(img, txt), None)
+        parts = self._partials(src, hi - lo, img.device, pairs=False)
+        self._pass2(src, lo, hi, first, out, tau, eps, bias, stats_only, parts, pairs=False)
         return out
 
     def backward_rows(self, img, txt, lo, hi, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
@@ -358,10 +387,12 @@ class TritonKernels:
         rows = min(self._panel_rows_for(B, img.dtype), hi - lo)
         ds = _alloc.empty((rows, B), dtype=gd, device=img.device)
         grads = []
+        img_d, txt_d = _dot_operands(img, txt)  # what dS's tiles are formed from; the products take img, txt
         # d_img[I] = dS[I, :]·txt; d_txt[I] = dS[:, I]ᵀ·img, the rows of the swapped problem
-        for x, y, s, kr, kc in ((img, txt, saved, k_r, k_c), (txt, img, fused.swap_sides(saved), k_c, k_r)):
+        for x, y, y_g, s, kr, kc in ((img_d, txt_d, txt, saved, k_r, k_c),
+                                     (txt_d, img_d, img, fused.swap_sides(saved), k_c, k_r)):  # fmt: skip
             out = _alloc.empty((hi - lo, D), dtype=img.dtype, device=img.device)
-            y_g = y.to(gd)
+            y_g = y_g.to(gd)
             for r0 in range(lo, hi, rows):
                 r1 = min(r0 + rows, hi)
                 p = ds[: r1 - r0]
@@ -394,10 +425,11 @@ class TritonKernels:
         ds = _alloc.empty((rows, B), dtype=gd, device=img.device)
         d_img = _alloc.empty((B, D), dtype=img.dtype, device=img.device)
         d_txt = torch.zeros((B, D), dtype=_acc_dtype(img.dtype), device=img.device)
+        img_d, txt_d = _dot_operands(img, txt)  # what dS's tiles are formed from
         for r0 in range(0, B, rows):
             r1 = min(r0 + rows, B)
             p = ds[: r1 - r0]
-            self._dsim(img, txt, None, saved, tau, eps, bias, g_cbcl, k_r, k_c, p, r0, r1)
+            self._dsim(img_d, txt_d, None, saved, tau, eps, bias, g_cbcl, k_r, k_c, p, r0, r1)
             d_img[r0:r1] = p @ txt_g
             d_txt += (p.T @ img_g[r0:r1]).to(d_txt.dtype)
         return d_img, d_txt.to(txt.dtype)

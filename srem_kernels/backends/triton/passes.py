@@ -15,6 +15,9 @@ column super-block; both tiles of every pair are formed and only their row reduc
 
 _dsim_kernel: dS (fused.py's docstring) one tile per program, no reduction; the two gradient
 products are torch.matmul on dS.
+
+_round_tf32_kernel: fp32 operands of tf32 dots rounded to the nearest TF32, once per call
+(O(B·D)), not per tile in the B×B loops.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import triton
 import triton.language as tl
 
 from srem_kernels.backends.triton.tiles import (
-    _f64, _half, _nlp, _one_minus_p, _pair_halves, _program, _s_tile, _side_put, _stats_merge, _sums_put, _terms,
-    _tile_stats,
+    _f64, _half, _nlp, _one_minus_p, _pair_halves, _program, _round_tf32, _s_tile, _side_put, _stats_merge, _sums_put,
+    _terms, _tile_stats,
 )  # fmt: skip
 
 
@@ -263,3 +266,13 @@ def _dsim_kernel(img, txt, sim, inv_tau_bits, eps_bits, B, D, s_im, s_ik, s_tm, 
     d = d + tl.where(rows[:, None] == h_j, kc_j, 0.0)
     ptrs = ds + (rows - r0).to(tl.int64)[:, None] * ld_ds + cols[None, :]
     tl.store(ptrs, d.to(ds.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _round_tf32_kernel(x, y, n, D, s_m, s_k, BLOCK: tl.constexpr):
+    """y = x rounded to the nearest TF32 (tiles._round_tf32), x an n/D × D matrix with strides
+    (s_m, s_k), y row-major."""
+    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = o < n
+    v = tl.load(x + (o // D) * s_m + (o % D) * s_k, mask=mask)
+    tl.store(y + o, _round_tf32(v), mask=mask)

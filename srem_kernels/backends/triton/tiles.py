@@ -84,7 +84,8 @@ if INTERPRET:
 
     @triton.jit
     def _mma_tf32(x):
-        # what the tf32 MMA reads of an fp32 operand (the rounding before it makes this a no-op)
+        # what the tf32 MMA reads of an fp32 operand: a no-op on the operands kernels.py rounds
+        # first, and the truncation the GPU would do to any it forgot
         return ((x.to(tl.uint32, bitcast=True) >> 13) << 13).to(tl.float32, bitcast=True)
 
 else:  # pragma: no cover - GPU only
@@ -121,7 +122,8 @@ def _f64(b):
 def _round_tf32(x):
     """fp32 -> the nearest TF32 (10 mantissa bits, ties away from zero: cvt.rna.tf32.f32, as
     cuBLAS/CUTLASS round operands), Inf and NaN unchanged. The tf32 MMA truncates whatever bits
-    it is given; integer arithmetic, so the interpreter runs the same rounding the GPU does."""
+    it is given; integer arithmetic, so the interpreter runs the same rounding the GPU does.
+    Applied once per call to the operands of tf32 dots (passes._round_tf32_kernel)."""
     u = x.to(tl.uint32, bitcast=True)
     r = (((u + 0x1000) >> 13) << 13).to(tl.float32, bitcast=True)
     return tl.where((u & 0x7F800000) == 0x7F800000, x, r)
@@ -163,9 +165,9 @@ def _dot_tile(x, y, r64, c64, rmask, cmask, D, s_xm, s_xk, s_ym, s_yk, ACC: tl.c
         if UPCAST:  # the interpreter's dot on 16-bit operands is wrong; products are exact in fp32
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        if TF32:  # fp32 operands of a tf32 dot: rounded to nearest first, as cuBLAS does
-            a = _mma_tf32(_round_tf32(a))
-            b = _mma_tf32(_round_tf32(b))
+        if TF32:  # fp32 operands of a tf32 dot, rounded to nearest once per call (kernels.py)
+            a = _mma_tf32(a)
+            b = _mma_tf32(b)
         s = tl.dot(a, b, s, input_precision=DOT_PREC, out_dtype=ACC)
     return s
 
