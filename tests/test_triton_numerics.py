@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
 import python_ref as R
 from tests.backend_checks import check_against_reference
@@ -20,7 +18,6 @@ from tests.helpers import embeddings, rel_err
 from tests.test_triton import DEVICE, kernels, params_for, run_with
 
 triton_kernels = pytest.importorskip("srem_kernels.backends.triton.kernels")
-tiles = pytest.importorskip("srem_kernels.backends.triton.tiles")
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
@@ -46,16 +43,9 @@ def tf32_truncated(x: torch.Tensor) -> torch.Tensor:
     return ((u >> 13) << 13).view(torch.float32)
 
 
-@triton.jit
-def _round_kernel(x, y, n, BLOCK: tl.constexpr):
-    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(y + o, tiles._round_tf32(tl.load(x + o, mask=o < n)), mask=o < n)
-
-
 def _round(x: torch.Tensor) -> torch.Tensor:
-    y = torch.empty_like(x)
-    _round_kernel[(triton.cdiv(x.numel(), 512),)](x, y, x.numel(), BLOCK=512)
-    return y
+    """The kernels' operand rounding (kernels._round_tf32) of a matrix or vector, on DEVICE."""
+    return triton_kernels._round_tf32(x.to(DEVICE) if x.dim() == 2 else x.to(DEVICE)[:, None]).cpu().view(x.shape)
 
 
 def _f32(bits: list[int]) -> torch.Tensor:
@@ -79,6 +69,8 @@ def test_round_tf32_is_round_to_nearest():
     rounded = _f32([0x3F802000, 0xBF802000, 0x3F800000, 0x3F802000, 0x7F7FE000, 0x7F800000, 0x00002000])
     assert torch.equal(tf32_nearest(hand).view(torch.int32), rounded.view(torch.int32))
     assert torch.equal(_round(hand).view(torch.int32), rounded.view(torch.int32))
+    m = x[: 64 * 68].view(64, 68).T  # a column-major operand: strides (1, 68), rounded into row-major
+    assert torch.equal(_round(m).view(torch.int32), tf32_nearest(m).view(torch.int32))
 
 
 def _stat_errors(out, ref):
