@@ -160,8 +160,9 @@ def _dot_tile(x, y, r64, c64, rmask, cmask, D, s_xm, s_xk, s_ym, s_yk, ACC: tl.c
     for k0 in range(0, D, BK):
         ks = k0 + ks0
         kmask = ks < D
-        a = tl.load(x + r64[:, None] * s_xm + ks[None, :] * s_xk, mask=rmask[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(y + c64[None, :] * s_ym + ks[:, None] * s_yk, mask=kmask[:, None] & cmask[None, :], other=0.0)
+        k64 = ks.to(tl.int64)  # a column-major operand's k·stride reaches B·D, past int32
+        a = tl.load(x + r64[:, None] * s_xm + k64[None, :] * s_xk, mask=rmask[:, None] & kmask[None, :], other=0.0)
+        b = tl.load(y + c64[None, :] * s_ym + k64[:, None] * s_yk, mask=kmask[:, None] & cmask[None, :], other=0.0)
         if UPCAST:  # the interpreter's dot on 16-bit operands is wrong; products are exact in fp32
             a = a.to(tl.float32)
             b = b.to(tl.float32)
