@@ -431,7 +431,7 @@ class TritonKernels:
             p = ds[: r1 - r0]
             self._dsim(img_d, txt_d, None, saved, tau, eps, bias, g_cbcl, k_r, k_c, p, r0, r1)
             d_img[r0:r1] = p @ txt_g
-            d_txt += (p.T @ img_g[r0:r1]).to(d_txt.dtype)
+            d_txt += _matmul_acc(p.T, img_g[r0:r1])  # each panel's product in ACC, not rounded to 16 bits
         return d_img, d_txt.to(txt.dtype)
 
     def _dsim(self, img, txt, sim, saved, tau, eps, bias, g_cbcl, k_r, k_c, out, r0, r1):
