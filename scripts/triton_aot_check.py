@@ -21,9 +21,12 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("unset TRITON_INTERPRET: the interpreter does not compile")
+# the kernels of the tree this script is in, not an installed copy elsewhere (sys.path[0] is scripts/)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -175,7 +178,8 @@ def main(argv=None) -> int:
     comp = Compiler(GPUTarget("cuda", args.arch, 32), args.only)
     orig = jit.JITFunction.run
     jit.JITFunction.run = lambda self, *a, **kw: comp.run(self, *a, **kw)
-    print(f"triton {triton.__version__}, sm_{args.arch}, launches of B={args.batch} D={args.dim}")
+    print(f"triton {triton.__version__}, sm_{args.arch}, launches of B={args.batch} D={args.dim} "
+          f"({Path(T.__file__).parents[3]})")
     print(f"{'variant':<24} {'kernel':<18} warps regs spill(st/ld) stack smem wgmma  constexprs")
     spills = 0
     try:
