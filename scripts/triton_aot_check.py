@@ -207,7 +207,7 @@ def main(argv=None) -> int:
             c = r["constexprs"]
             flags = " ".join(f"{n}={int(c[n])}" for n in ("PAIRS", "BIAS", "WITH_A") if n in c)
             tile = (f"{c['BM']}×{c['BN'] * c['SPLIT']}/{c['BN']}" if "BM" in c else f"{c['T']}×{c['T']}") if (
-                "BM" in c or "T" in c) else f"{c.get('TM', '')}"  # fmt: skip
+                "BM" in c or "T" in c) else f"{c.get('TM', c.get('BLOCK', ''))}"  # fmt: skip
             print(f"| {label} | `{r['kernel']}` | {flags} | {tile} | {r['warps']} | {r['regs']} | "
                   f"{r['spill_stores']}/{r['spill_loads']} | {r['smem']} | {'yes' if r['wgmma'] else 'no'} |")
     return 0
