@@ -5,7 +5,7 @@ The Python side runs on CPU tensors with each launch intercepted: instead of lau
 launch's own arguments go through the JIT's binder for the target (ints equal to 1 become
 constants, pointers and ints divisible by 16 get the divisibility hint), are compiled once per
 distinct specialisation, and ptxas's -v report (registers, spill bytes, shared memory) is kept.
-So what is compiled is what srem_kernels/triton_*.py launches, not a hand-written signature.
+So what is compiled is what srem_kernels/backends/triton/ launches, not a hand-written signature.
 Catches what the interpreter accepts and a GPU rejects (dot shapes, libdevice, layouts). Uses the
 installed Triton's JIT internals (3.9 here); the device's JIT compiles the same launches itself.
 
@@ -21,9 +21,12 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("unset TRITON_INTERPRET: the interpreter does not compile")
+# the kernels of the tree this script is in, not an installed copy elsewhere (sys.path[0] is scripts/)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -175,7 +178,8 @@ def main(argv=None) -> int:
     comp = Compiler(GPUTarget("cuda", args.arch, 32), args.only)
     orig = jit.JITFunction.run
     jit.JITFunction.run = lambda self, *a, **kw: comp.run(self, *a, **kw)
-    print(f"triton {triton.__version__}, sm_{args.arch}, launches of B={args.batch} D={args.dim}")
+    print(f"triton {triton.__version__}, sm_{args.arch}, launches of B={args.batch} D={args.dim} "
+          f"({Path(T.__file__).parents[3]})")
     print(f"{'variant':<24} {'kernel':<18} warps regs spill(st/ld) stack smem wgmma  constexprs")
     spills = 0
     try:
@@ -203,7 +207,7 @@ def main(argv=None) -> int:
             c = r["constexprs"]
             flags = " ".join(f"{n}={int(c[n])}" for n in ("PAIRS", "BIAS", "WITH_A") if n in c)
             tile = (f"{c['BM']}×{c['BN'] * c['SPLIT']}/{c['BN']}" if "BM" in c else f"{c['T']}×{c['T']}") if (
-                "BM" in c or "T" in c) else f"{c.get('TM', '')}"  # fmt: skip
+                "BM" in c or "T" in c) else f"{c.get('TM', c.get('BLOCK', ''))}"  # fmt: skip
             print(f"| {label} | `{r['kernel']}` | {flags} | {tile} | {r['warps']} | {r['regs']} | "
                   f"{r['spill_stores']}/{r['spill_loads']} | {r['smem']} | {'yes' if r['wgmma'] else 'no'} |")
     return 0

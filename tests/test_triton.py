@@ -160,6 +160,50 @@ def test_non_contiguous_inputs(strategy):
     check_against_reference(run_with(kernels(strategy)), a, b, params_for(37, "default"), False, "fp32")
 
 
+def test_column_strides_past_int32():
+    """Operands whose column stride times the D index passes 2^31 (as column-major img/txt of
+    B·D ≥ 2^31 elements would): the dot tiles' offsets must be int64 (an int32 product wraps and
+    reads 4 GiB before the operand). Views, column stride 2^30, of one 4 GiB bf16 buffer of which
+    only the 2·B·D elements in use are written (on the CPU the pages of the rest are never
+    touched) give what their contiguous copies give, bit for bit (the same values, the same dots)."""
+    B, D, stride = 40, 3, 2**30
+    img, txt = embeddings(B, D, seed=6, noise=0.7, dtype=torch.bfloat16, device=DEVICE)
+    big = torch.empty(stride * (D - 1) + 2 * B, dtype=torch.bfloat16, device=DEVICE)
+    a, b = (big.as_strided((B, D), (1, stride), offset) for offset in (0, B))
+    a.copy_(img)
+    b.copy_(txt)
+    v = torch.rand(B, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    kw = dict(tau=0.05, eps=1e-10, bias=True)
+    k = kernels("streaming")
+    runs = []
+    for x, y in ((a, b), (img, txt)):
+        out = k.forward(x, y, None, **kw)
+        grads = k.backward(x, y, None, out, g_cbcl=v, k_r=v, k_c=v, **kw)
+        runs.append({**out, "d_img": grads[0], "d_txt": grads[1]})
+    for name, t in runs[0].items():
+        assert torch.equal(t, runs[1][name]), name
+
+
+def test_streaming_gradients_do_not_depend_on_the_panels():
+    """The streaming backward forms dS a panel of rows at a time and sums the panels' products
+    dS[P]ᵀ·img[P] into d_txt in fp32, rounding to bf16 once at the end: with five 32-row panels
+    the gradients are one panel's up to that rounding (a few elements one bf16 ulp apart). Each
+    panel's product rounded to bf16 before the sum moved a third of d_txt, by 2.7e-3 relative."""
+    B, D = 130, 33
+    img, txt = embeddings(B, D, seed=3, noise=0.7, dtype=torch.bfloat16, device=DEVICE)
+    g = torch.Generator().manual_seed(0)
+    v = [torch.randn(B, generator=g).to(DEVICE) for _ in range(3)]
+    kw = dict(tau=0.05, eps=1e-10, bias=True)
+    runs = []
+    for rows in (32, B + 30):
+        k = kernels("streaming", ds_block=32, panel_rows=rows)
+        out = k.forward(img, txt, None, **kw)
+        runs.append(k.backward(img, txt, None, out, g_cbcl=v[0], k_r=v[1], k_c=v[2], **kw))
+    for name, a, b in zip(("d img", "d txt"), *runs):
+        a, b = a.double(), b.double()
+        assert (a != b).double().mean() <= 0.01 and (a - b).norm() <= 1e-5 * b.norm(), name
+
+
 @pytest.mark.parametrize("strategy", triton_kernels.STRATEGIES)
 def test_intermediates_match_the_dense_contract(strategy):
     """lse, A_r, A_c and the backward's split forms (m, log l, at, A_rest) against

@@ -1,9 +1,10 @@
 """The glue's B-vector work (srem_kernels/backends/glue.py) as Triton kernels, for CUDA tensors (the
 `triton` and `cuda` backends) and, under TRITON_INTERPRET=1, CPU tensors (tests):
 
-  _glue_kernel       ONE program: the energies, SPEC.md's GMM filtration (20 EM rounds, each two
-                     sweeps over the energies in blocks), c, w, the hinge, L_i, the backward's
-                     hinge factors and the reduction. One launch, no host round trip.
+  _glue_kernel       ONE program: the energies (into the workspace first), SPEC.md's GMM
+                     filtration on them (20 EM rounds, each two sweeps over the energies in
+                     blocks), c, w, the hinge, L_i, the backward's hinge factors and the
+                     reduction. One launch, no host round trip.
   _gmm_kernel        the GMM alone over a vector of energies (the distributed path's gathered
                      batch, the trainer's dataset-level selection); same code as the glue's.
   _upstream_kernel   the backward's g_cbcl, k_r, k_c from the loss's upstream gradient.
@@ -13,55 +14,29 @@
 Deterministic: one program walks the batch in a fixed order and reduces with tl.sum (a fixed
 tree); the value checks OR bits with atomics, which is order-free. The GMM runs in fp64
 throughout, as csrc/cpu/glue.cpp does (O(B) work per round; its flags are then the fp64
-reference's); the rest in the vectors' dtype. Scalars that must keep fp64 for fp64 inputs (tau,
-the lambdas, the margin) travel as the bits of a double: a Python float argument would be
-specialised as fp32.
+reference's); the rest in the vectors' dtype. Scalars (tau, the lambdas, the margin) travel
+as the bits of a double (tiles.bits), exact for fp64 inputs.
 """
 
 from __future__ import annotations
-
-import struct
 
 import torch
 import triton
 import triton.language as tl
 
 from python_ref.filtration import GMM_ROUNDS, GMM_VAR_FLOOR
+from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, _acc_tl, _f64, _on, bits
 
 _BLOCK = 1024  # energies per step of the one-program kernels
 _CHECK_ROWS, _CHECK_COLS = 32, 128
-_COMPILE_OPTIONS = {"enable_fp_fusion": False}  # as the pass kernels: no FMA contraction
 # python_ref/filtration.py's constants, as constexprs of every GMM launch
 _GMM = dict(ROUNDS=GMM_ROUNDS, FLOOR=GMM_VAR_FLOOR)
 
 
-def bits(x: float) -> int:
-    """A double's bits as a signed int64 (a kernel argument that keeps fp64)."""
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
-
-
 @triton.jit
-def _f64(b):
-    # via int64: an argument whose bits fit 32 bits arrives as an i32 (the interpreter ignores
-    # annotations), and those launches are not specialised (do_not_specialize) on its value
-    return tl.cast(tl.cast(b, tl.int64), tl.float64, bitcast=True)
-
-
-@triton.jit
-def _energy(lse_r, lse_c, offs, mask, tau):
-    """energy = -tau (lse_r + lse_c) / 2, as glue.py's torch form evaluates it."""
-    a = tl.load(lse_r + offs, mask=mask, other=0.0)
-    b = tl.load(lse_c + offs, mask=mask, other=0.0)
-    return -tau * (a + b) / 2.0
-
-
-@triton.jit
-def _load_energy(x, src_b, offs, mask, tau, stride, FROM_LSE: tl.constexpr):
-    if FROM_LSE:
-        e = _energy(x, src_b, offs, mask, tau)
-    else:
-        e = tl.load(x + offs.to(tl.int64) * stride, mask=mask, other=0.0)
-    return e
+def _energy_at(x, stride, offs, mask):
+    """Energies offs of a strided vector, in fp64 (the GMM's arithmetic)."""
+    return tl.load(x + offs.to(tl.int64) * stride, mask=mask, other=0.0).to(tl.float64)
 
 
 @triton.jit
@@ -85,11 +60,10 @@ def _posterior(x, ln0, ln1, m0, m1, v0, v1):
 
 
 @triton.jit
-def _gmm_fit(x, src_b, stride, tau, B, FROM_LSE: tl.constexpr, BLOCK: tl.constexpr, ROUNDS: tl.constexpr,
-             FLOOR: tl.constexpr):  # fmt: skip
+def _gmm_fit(x, stride, B, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FLOOR: tl.constexpr):
     """(log-norms, means, variances) of both components after SPEC.md's ROUNDS EM rounds over
-    the B energies (from lse_r, lse_c when FROM_LSE, else a strided vector), variances floored at
-    FLOOR. fp64 throughout, as csrc/cpu/glue.cpp: the flags are then the fp64 reference's."""
+    the B energies of a strided vector, variances floored at FLOOR. fp64 throughout, as
+    csrc/cpu/glue.cpp: the flags are then the fp64 reference's."""
     floor = tl.full((), FLOOR, tl.float64)
     lanes = tl.arange(0, BLOCK)
     lo = tl.full((BLOCK,), float("inf"), tl.float64)
@@ -98,7 +72,7 @@ def _gmm_fit(x, src_b, stride, tau, B, FROM_LSE: tl.constexpr, BLOCK: tl.constex
     for b0 in range(0, B, BLOCK):
         offs = b0 + lanes
         mask = offs < B
-        e = _load_energy(x, src_b, offs, mask, tau, stride, FROM_LSE).to(tl.float64)
+        e = _energy_at(x, stride, offs, mask)
         lo = tl.minimum(lo, tl.where(mask, e, float("inf")))
         hi = tl.maximum(hi, tl.where(mask, e, float("-inf")))
         s += tl.where(mask, e, 0.0)
@@ -107,7 +81,7 @@ def _gmm_fit(x, src_b, stride, tau, B, FROM_LSE: tl.constexpr, BLOCK: tl.constex
     for b0 in range(0, B, BLOCK):
         offs = b0 + lanes
         mask = offs < B
-        d = _load_energy(x, src_b, offs, mask, tau, stride, FROM_LSE).to(tl.float64) - mean
+        d = _energy_at(x, stride, offs, mask) - mean
         ss += tl.where(mask, d * d, 0.0)
     v0 = tl.maximum(tl.sum(ss, axis=0) / B, floor)
     v1 = v0
@@ -125,7 +99,7 @@ def _gmm_fit(x, src_b, stride, tau, B, FROM_LSE: tl.constexpr, BLOCK: tl.constex
         for b0 in range(0, B, BLOCK):
             offs = b0 + lanes
             mask = offs < B
-            e = _load_energy(x, src_b, offs, mask, tau, stride, FROM_LSE).to(tl.float64)
+            e = _energy_at(x, stride, offs, mask)
             r0, r1 = _posterior(e, ln0, ln1, m0, m1, v0, v1)
             r0 = tl.where(mask, r0, 0.0)
             r1 = tl.where(mask, r1, 0.0)
@@ -142,7 +116,7 @@ def _gmm_fit(x, src_b, stride, tau, B, FROM_LSE: tl.constexpr, BLOCK: tl.constex
         for b0 in range(0, B, BLOCK):  # spread about the new means, with this round's responsibilities
             offs = b0 + lanes
             mask = offs < B
-            e = _load_energy(x, src_b, offs, mask, tau, stride, FROM_LSE).to(tl.float64)
+            e = _energy_at(x, stride, offs, mask)
             r0, r1 = _posterior(e, ln0, ln1, m0, m1, v0, v1)
             q0 += tl.where(mask, r0 * (e - nm0) * (e - nm0), 0.0)
             q1 += tl.where(mask, r1 * (e - nm1) * (e - nm1), 0.0)
@@ -158,9 +132,10 @@ def _gmm_fit(x, src_b, stride, tau, B, FROM_LSE: tl.constexpr, BLOCK: tl.constex
 
 @triton.jit
 def _low_clean(e, ln0, ln1, m0, m1, v0, v1):
-    """c (0/1) of a block: the lower-mean component's posterior > 1/2, or 1 where the final
-    means are equal (SPEC: no spread, no evidence of noise); and that posterior (1/2 there)."""
-    r0, r1 = _posterior(e.to(tl.float64), ln0, ln1, m0, m1, v0, v1)
+    """c (0/1) of a block of fp64 energies: the lower-mean component's posterior > 1/2, or 1
+    where the final means are equal (SPEC: no spread, no evidence of noise); and that posterior
+    (1/2 there)."""
+    r0, r1 = _posterior(e, ln0, ln1, m0, m1, v0, v1)
     low = tl.where(m1 < m0, r1, r0)
     same = m0 == m1
     c = tl.where(same, 1.0, tl.where(low > 0.5, 1.0, 0.0))
@@ -171,13 +146,12 @@ def _low_clean(e, ln0, ln1, m0, m1, v0, v1):
 def _gmm_kernel(x, stride, B, clean, post, WITH_POST: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
                 ROUNDS: tl.constexpr, FLOOR: tl.constexpr):  # fmt: skip
     """c (and the deciding posterior) of a strided vector of B energies. One program."""
-    ln0, ln1, m0, m1, v0, v1 = _gmm_fit(x, x, stride, 0.0, B, False, BLOCK, ROUNDS, FLOOR)
+    ln0, ln1, m0, m1, v0, v1 = _gmm_fit(x, stride, B, BLOCK, ROUNDS, FLOOR)
     lanes = tl.arange(0, BLOCK)
     for b0 in range(0, B, BLOCK):
         offs = b0 + lanes
         mask = offs < B
-        e = tl.load(x + offs.to(tl.int64) * stride, mask=mask, other=0.0)
-        c, p = _low_clean(e, ln0, ln1, m0, m1, v0, v1)
+        c, p = _low_clean(_energy_at(x, stride, offs, mask), ln0, ln1, m0, m1, v0, v1)
         tl.store(clean + offs, c.to(ACC), mask=mask)
         if WITH_POST:
             tl.store(post + offs, p.to(ACC), mask=mask)
@@ -196,23 +170,28 @@ def _glue_kernel(lse_r, lse_c, pos, hard_r, hard_c, sce, cbcl, margin, margin_st
     lam_h = _f64(lambda_hard_bits).to(ACC)
     lam_c = _f64(lambda_cbcl_bits).to(ACC)
     m_scalar = _f64(margin_bits).to(ACC)
-    if SELECT == 1:
-        ln0, ln1, m0, m1, v0, v1 = _gmm_fit(lse_r, lse_c, 1, tau, B, True, BLOCK, ROUNDS, FLOOR)
     lanes = tl.arange(0, BLOCK)
-    total = tl.zeros((BLOCK,), tl.float64)
+    # the energies first (ws rows 0-2); the GMM then fits row 2 as _gmm_kernel fits its vector
     for b0 in range(0, B, BLOCK):
         offs = b0 + lanes
         mask = offs < B
         lr = tl.load(lse_r + offs, mask=mask, other=0.0)
         lc = tl.load(lse_c + offs, mask=mask, other=0.0)
-        e = _energy(lse_r, lse_c, offs, mask, tau)
         tl.store(ws + offs, -tau * lr, mask=mask)
         tl.store(ws + B + offs, -tau * lc, mask=mask)
-        tl.store(ws + 2 * B + offs, e, mask=mask)
+        tl.store(ws + 2 * B + offs, -tau * (lr + lc) / 2.0, mask=mask)  # as glue.py's torch form
+    energy = ws + 2 * B
+    if SELECT == 1:
+        tl.debug_barrier()  # row 2's stores, by all of the program's threads, before it is read
+        ln0, ln1, m0, m1, v0, v1 = _gmm_fit(energy, 1, B, BLOCK, ROUNDS, FLOOR)
+    total = tl.zeros((BLOCK,), tl.float64)
+    for b0 in range(0, B, BLOCK):
+        offs = b0 + lanes
+        mask = offs < B
         if SELECT == 0:
             c = tl.load(given + offs.to(tl.int64) * given_stride, mask=mask, other=0.0).to(ACC)
         elif SELECT == 1:
-            c, _p = _low_clean(e, ln0, ln1, m0, m1, v0, v1)
+            c, _p = _low_clean(_energy_at(energy, 1, offs, mask), ln0, ln1, m0, m1, v0, v1)
             c = c.to(ACC)
         else:
             c = tl.full((BLOCK,), 1.0, ACC)
@@ -282,23 +261,6 @@ def _nonfinite_kernel(x, rows, cols, s0, s1, flag, BIT: tl.constexpr, UNIT: tl.c
 
 
 # ---------------------------------------------------------------------------- launches
-
-
-def _acc_tl(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _on(t: torch.Tensor):
-    """Launch on the tensors' device (Triton launches on the current one)."""
-    return torch.cuda.device(t.device) if t.is_cuda else _nullcontext()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def glue_forward(v, margin, clean, weight, factor, margin_value, tau, lambda_hard, lambda_cbcl, sce_weight, select,

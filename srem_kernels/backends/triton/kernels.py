@@ -7,6 +7,7 @@ The kernels (passes.py, merge.py; tile helpers in tiles.py):
   pass 2   _pass2_kernel + _merge2_kernel: entropies, sce (which pairs (i, j) with (j, i)), the
            CBCL term and the A vectors of the backward.
   dS       _dsim_kernel: one tile per program; dS·txt and dSᵀ·img are torch.matmul.
+  TF32     _round_tf32_kernel: fp32 operands of tf32 dots rounded to nearest, once per call.
 
 A pass kernel's program owns a pair of super-blocks of tiles and forms each tile pair
 {S[a, b], S[b, a]} of it once (a block's own block of S as plain tiles), so every element of S is
@@ -14,7 +15,7 @@ formed once per pass and its probabilities are evaluated once in pass 2; each sa
 statistics come out as K partials (one per super-block) in a partials buffer, combined in a
 fixed order by the merge kernel. Grid: K·(K//2 + 1) programs (K(K+1)/2 live), K from the SM
 count (TritonKernels.plan). The partials buffer holds 8 ACC + 4 int32 words per sample and
-super-block, 48·K·B bytes in fp32, plus pass 2's staging of diagonal blocks (K·4·BM² words): on
+super-block, 48·K·B bytes in fp32, plus pass 2's staging of diagonal blocks (K·2·BM² words): on
 a 132-SM H100/H200, K = 32 from B = 65536 on: 96 MiB at B = 65536 (0.59 % of one B×B fp32
 matrix), 384 MiB at 262144 (0.15 %); below, K = 16 (136 programs, one per SM): 12 MiB at
 16384 (1.2 %), 3 MiB at 4096 (4.7 %; auto takes the materialised strategy there, S is 64 MiB).
@@ -26,7 +27,7 @@ Strategies (TritonKernels(strategy=...) or SREM_TRITON_STRATEGY, else chosen by 
                 backward forms dS a panel of rows at a time (panel_rows × B) and accumulates the
                 two products panel by panel in a fixed order. Extra memory O(B·D + panel·B).
 Per forward+backward, streaming forms S three times (pass 1, pass 2, dS) plus the two gradient
-GEMMs: 5 GEMM-equivalents against the floor's 3 (bench/tiles.py counts them).
+GEMMs: 5 GEMM-equivalents against the floor's 3 (bench/triton_tiles.py counts them).
 
 Row ranges (fused.py, the distributed loss): a rank's rows and columns of S, always streamed
 from the gathered img/txt; a program owns a row block of the range and a column super-block.
@@ -34,27 +35,25 @@ from the gathered img/txt; a program owns a row block of the range and a column 
 Deterministic: every output element is written by one program in a fixed loop order; no atomics.
 Accumulation in fp32 (fp64 for fp64 inputs, the ACC constexpr); fp32 dot precision follows
 torch.get_float32_matmul_precision() (TF32 operands rounded to nearest first). No host read and
-no host-to-device copy: 1/tau and eps are kernel arguments. Plain pointer arithmetic only
+no host-to-device copy: 1/tau and eps are kernel arguments (tiles.bits). Plain pointer arithmetic only
 (Triton 3.6 – 3.9 and the interpreter).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 
 import numpy as np
 import torch
 import triton
-import triton.language as tl
 
 from srem_kernels import _alloc
 
 from srem_kernels.backends import fused
 from srem_kernels.backends.triton.merge import _merge1_kernel, _merge2_kernel
-from srem_kernels.backends.triton.passes import _dsim_kernel, _pass1_kernel, _pass2_kernel
-from srem_kernels.backends.triton.tiles import INTERPRET
+from srem_kernels.backends.triton.passes import _dsim_kernel, _pass1_kernel, _pass2_kernel, _round_tf32_kernel
+from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, INTERPRET, _acc_tl, _on, bits
 
 STRATEGIES = ("streaming", "materialised")
 
@@ -67,8 +66,9 @@ STRATEGIES = ("streaming", "materialised")
 #         from memory (materialised, similarity): 64×16
 #   fp64  fp64 (gradcheck): 32×16
 _PASS_TILES = {"mma": (64, 16, 2, 32, 8), "fma": (64, 16, 1, 16, 8), "fp64": (32, 16, 1, 16, 8)}
-_DS_TILES = {"mma": (64, 8), "fma": (64, 8), "fp64": (32, 8)}  # dS: square tiles, warps
+_DS_TILES = {torch.float32: (64, 32, 8), torch.float64: (32, 32, 8)}  # dS by ACC: (square tile, BK, warps)
 _MERGE_BLOCK = 128
+_ROUND_BLOCK = 1024  # elements per program of the operand rounding
 _SPLITS_INTERPRET = 3  # super-blocks under the interpreter (tests pass their own)
 _WAVES = 4  # programs per SM a pass aims at (one fits at a time: ~245 registers × 256 threads)
 _PARTIALS_SHARE = 0.01  # the partials buffer's bound, as a share of one B×B fp32 matrix
@@ -82,10 +82,6 @@ PARTIAL_FLOATS, PARTIAL_INTS = 8, 4  # words per sample and super-block in the p
 # one log l leaves out; A without it. REST_KEYS only where the backward will run (not stats_only).
 SPLIT_KEYS = ("m_r", "logl_r", "at_r", "m_c", "logl_c", "at_c")
 REST_KEYS = ("A_r_rest", "A_c_rest")
-# Compile options of every launch. No mul/add contraction into FMA (LLVM and ptxas; the default
-# is on through Triton 3.9): z = s·(1/tau) must round the same in every kernel, and
-# (m - z) + log l must not become one fma. The interpreter never contracts; this makes the GPU agree.
-_COMPILE_OPTIONS = {"enable_fp_fusion": False}
 CONTRACT_KEYS = fused.CONTRACT_KEYS
 PASS1_KEYS = (*SPLIT_KEYS, "lse_r", "lse_c", "pos", "ce_i2t", "ce_t2i", "hard_i2t", "hard_i2t_index", "hard_t2i",
               "hard_t2i_index")  # fmt: skip
@@ -109,6 +105,31 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32"  # 16-bit operands: the tensor-core default; precision is not a choice there
 
 
+def _tf32(dtype: torch.dtype) -> bool:
+    """Whether the tile dots on `dtype` operands are tf32 MMAs (fp32 at matmul precision < highest)."""
+    return dtype == torch.float32 and _dot_precision(dtype) == "tf32"
+
+
+def _dot_operands(img, txt):
+    """img, txt as the tile dots read them. For a tf32 dot, row-major copies rounded to the
+    nearest TF32 (as cuBLAS rounds; the MMA would truncate), once per call: O(B·D) work and
+    memory, where rounding every tile's chunks in the B×B loops costs each operand element
+    O(B/BM) times and the registers of those loops. Otherwise (and without img/txt) as given."""
+    if img is None or not _tf32(img.dtype):
+        return img, txt
+    return _round_tf32(img), _round_tf32(txt)
+
+
+def _round_tf32(x: torch.Tensor) -> torch.Tensor:
+    y = _alloc.empty(x.shape, dtype=x.dtype, device=x.device)
+    n = x.numel()
+    if n:
+        with _on(x):
+            _round_tf32_kernel[(triton.cdiv(n, _ROUND_BLOCK),)](x, y, n, x.shape[1], x.stride(0), x.stride(1),
+                                                              BLOCK=_ROUND_BLOCK, **_COMPILE_OPTIONS)  # fmt: skip
+    return y
+
+
 def _matmul_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with a result in the accumulation dtype (fp32 for 16-bit inputs)."""
     acc = _acc_dtype(a.dtype)
@@ -118,17 +139,6 @@ def _matmul_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         except (TypeError, RuntimeError):
             pass
     return a.to(acc) @ b.to(acc)
-
-
-def _split(v: float) -> tuple[float, float]:
-    """v as two fp32 kernel arguments (hi, lo) for tiles._scalar."""
-    hi = float(np.float32(v))
-    return hi, float(np.float32(v - hi))
-
-
-def _on(t: torch.Tensor):
-    """Triton launches on the current CUDA device: make it the tensors' (cuda:1 as well)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=None)
@@ -218,10 +228,10 @@ class TritonKernels:
             raise ValueError(f"block_n · split must be ≤ block; got {t['BN']} · {t['SPLIT']} > {t['BM']}")
         return t
 
-    def _ds_tiles(self, dtype: torch.dtype) -> tuple[int, int]:
-        kind = "fp64" if dtype == torch.float64 else "fma" if _dot_precision(dtype) == "ieee" else "mma"
-        block, warps = _DS_TILES[kind]
-        return self.ds_block or self._override["BM"] or block, warps
+    def _ds_tiles(self, dtype: torch.dtype) -> tuple[int, int, int]:
+        """The dS kernel's (square tile, BK, warps) for operands in `dtype`."""
+        block, bk, warps = _DS_TILES[_acc_dtype(dtype)]
+        return self.ds_block or self._override["BM"] or block, self._override["BK"] or bk, warps
 
     def plan(self, B: int, R: int, device: torch.device, tiles: dict, *, pairs: bool) -> tuple[int, int, tuple]:
         """(G, K, grid) of a pass over a range of R samples (R = B with pairs). pairs: the row
@@ -273,10 +283,10 @@ class TritonKernels:
             ptrs = (img, txt, img, img.shape[1], img.stride(0), img.stride(1), txt.stride(0), txt.stride(1), 0, 0)
         meta = dict(
             FROM_SIM=sim is not None,
-            ACC=tl.float64 if _acc_dtype(dtype) == torch.float64 else tl.float32,
+            ACC=_acc_tl(dtype),
             DOT_PREC=_dot_precision(dtype),
             UPCAST=INTERPRET and dtype in (torch.float16, torch.bfloat16),
-            TF32=dtype == torch.float32 and _dot_precision(dtype) == "tf32",
+            TF32=_tf32(dtype),  # the interpreter emulates the MMA's truncation (tiles._mma_tf32)
             **tiles,
             **_COMPILE_OPTIONS,
         )
@@ -294,7 +304,7 @@ class TritonKernels:
         elif sim is None and self.strategy_for(img.shape[0], img.shape[1], img.dtype, dev) == "materialised":
             src = (None, None, _matmul_acc(img, txt.T))  # stats only: S lives for the call
         else:
-            src = (img, txt, sim)
+            src = (*_dot_operands(img, txt), sim)
         B = (src[2] if src[2] is not None else src[0]).shape[0]
         parts = self._partials(src, B, dev, pairs=True)
         self._pass1(src, 0, B, out, tau, parts, pairs=True)
@@ -310,7 +320,7 @@ class TritonKernels:
         G, K, grid = self.plan(B, R, dev, tiles, pairs=pairs)
         pf = _alloc.empty((PARTIAL_FLOATS, K, R), dtype=acc, device=dev)
         pi = _alloc.empty((PARTIAL_INTS, K, R), dtype=torch.int32, device=dev)
-        stage = _alloc.empty((K, 4, tiles["BM"], tiles["BM"]), dtype=acc, device=dev) if pairs else pf
+        stage = _alloc.empty((K, 2, tiles["BM"], tiles["BM"]), dtype=acc, device=dev) if pairs else pf
         blocks = (triton.cdiv(B, tiles["BM"]), triton.cdiv(B, tiles["BN"] * tiles["SPLIT"]))  # the dots' tiles
         return dict(pf=pf, pi=pi, stage=stage, G=G, K=K, grid=grid, blocks=blocks, tiles=tiles)
 
@@ -319,12 +329,12 @@ class TritonKernels:
         B, ptrs, meta = self._launch_args(*src, **parts["tiles"])
         pf, pi, K = parts["pf"], parts["pi"], parts["K"]
         R = hi - lo
-        inv = _split(1.0 / tau)
+        inv = bits(1.0 / tau)
         with _on(out["pos"]):
-            _pass1_kernel[parts["grid"]](ptrs[0], ptrs[1], ptrs[2], *inv, B, *ptrs[3:], lo, R, *parts["blocks"],
+            _pass1_kernel[parts["grid"]](ptrs[0], ptrs[1], ptrs[2], inv, B, *ptrs[3:], lo, R, *parts["blocks"],
                                          parts["G"], K, pf, pi, out["pos"], PAIRS=pairs, **meta)  # fmt: skip
             _merge1_kernel[(triton.cdiv(R, _MERGE_BLOCK),)](
-                pf, pi, out["pos"], lo, R, K, B, *inv, *(out[k] for k in (
+                pf, pi, out["pos"], lo, R, K, inv, *(out[k] for k in (
                     "m_r", "logl_r", "at_r", "m_c", "logl_c", "at_c", "lse_r", "lse_c", "ce_i2t", "ce_t2i", "hard_i2t",
                     "hard_i2t_index", "hard_t2i", "hard_t2i_index")),
                 ACC=meta["ACC"], TM=_MERGE_BLOCK, num_warps=4,
@@ -338,7 +348,7 @@ class TritonKernels:
         a = [out.get(k, out["sce"]) for k in ("A_r", "A_c", *REST_KEYS)]  # placeholders without WITH_A: never written
         with _on(out["sce"]):
             _pass2_kernel[parts["grid"]](
-                ptrs[0], ptrs[1], ptrs[2], *_split(1.0 / tau), *_split(eps), B, *ptrs[3:], lo, R, *parts["blocks"],
+                ptrs[0], ptrs[1], ptrs[2], bits(1.0 / tau), bits(eps), B, *ptrs[3:], lo, R, *parts["blocks"],
                 parts["G"], K, *(first[k].contiguous() for k in SPLIT_KEYS), pf, parts["stage"],
                 PAIRS=pairs, BIAS=bool(bias), WITH_A=not stats_only, **meta,
             )  # fmt: skip
@@ -358,15 +368,17 @@ class TritonKernels:
 
     def pass1_rows(self, img, txt, lo, hi, *, tau):
         out = self._vectors(PASS1_KEYS, hi - lo, img)
-        parts = self._partials((img, txt, None), hi - lo, img.device, pairs=False)
-        self._pass1((img, txt, None), lo, hi, out, tau, parts, pairs=False)
+        src = (*_dot_operands(img, txt), None)
+        parts = self._partials(src, hi - lo, img.device, pairs=False)
+        self._pass1(src, lo, hi, out, tau, parts, pairs=False)
         return out
 
     def pass2_rows(self, img, txt, lo, hi, first, *, tau, eps, bias, stats_only=False):
         keys = ("entropy_i2t", "entropy_t2i", "sce", "loss_cbcl") + (() if stats_only else ("A_r", "A_c", *REST_KEYS))
         out = self._vectors(keys, hi - lo, img)
-        parts = self._partials((img, txt, None), hi - lo, img.device, pairs=False)
-        self._pass2((img, txt, None), lo, hi, first, out, tau, eps, bias, stats_only, parts, pairs=False)
+        src = (*_dot_operands(img, txt), None)
+        parts = self._partials(src, hi - lo, img.device, pairs=False)
+        self._pass2(src, lo, hi, first, out, tau, eps, bias, stats_only, parts, pairs=False)
         return out
 
     def backward_rows(self, img, txt, lo, hi, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
@@ -375,10 +387,12 @@ class TritonKernels:
         rows = min(self._panel_rows_for(B, img.dtype), hi - lo)
         ds = _alloc.empty((rows, B), dtype=gd, device=img.device)
         grads = []
+        img_d, txt_d = _dot_operands(img, txt)  # what dS's tiles are formed from; the products take img, txt
         # d_img[I] = dS[I, :]·txt; d_txt[I] = dS[:, I]ᵀ·img, the rows of the swapped problem
-        for x, y, s, kr, kc in ((img, txt, saved, k_r, k_c), (txt, img, fused.swap_sides(saved), k_c, k_r)):
+        for x, y, y_g, s, kr, kc in ((img_d, txt_d, txt, saved, k_r, k_c),
+                                     (txt_d, img_d, img, fused.swap_sides(saved), k_c, k_r)):  # fmt: skip
             out = _alloc.empty((hi - lo, D), dtype=img.dtype, device=img.device)
-            y_g = y.to(gd)
+            y_g = y_g.to(gd)
             for r0 in range(lo, hi, rows):
                 r1 = min(r0 + rows, hi)
                 p = ds[: r1 - r0]
@@ -411,18 +425,19 @@ class TritonKernels:
         ds = _alloc.empty((rows, B), dtype=gd, device=img.device)
         d_img = _alloc.empty((B, D), dtype=img.dtype, device=img.device)
         d_txt = torch.zeros((B, D), dtype=_acc_dtype(img.dtype), device=img.device)
+        img_d, txt_d = _dot_operands(img, txt)  # what dS's tiles are formed from
         for r0 in range(0, B, rows):
             r1 = min(r0 + rows, B)
             p = ds[: r1 - r0]
-            self._dsim(img, txt, None, saved, tau, eps, bias, g_cbcl, k_r, k_c, p, r0, r1)
+            self._dsim(img_d, txt_d, None, saved, tau, eps, bias, g_cbcl, k_r, k_c, p, r0, r1)
             d_img[r0:r1] = p @ txt_g
-            d_txt += (p.T @ img_g[r0:r1]).to(d_txt.dtype)
+            d_txt += _matmul_acc(p.T, img_g[r0:r1])  # each panel's product in ACC, not rounded to 16 bits
         return d_img, d_txt.to(txt.dtype)
 
     def _dsim(self, img, txt, sim, saved, tau, eps, bias, g_cbcl, k_r, k_c, out, r0, r1):
         x = sim if sim is not None else img
-        block, warps = self._ds_tiles(x.dtype)
-        B, ptrs, meta = self._launch_args(img, txt, sim, T=block, BK=self._override["BK"] or 32, num_warps=warps)
+        block, bk, warps = self._ds_tiles(x.dtype)
+        B, ptrs, meta = self._launch_args(img, txt, sim, T=block, BK=bk, num_warps=warps)
         acc = _acc_dtype(x.dtype)
         vec = [saved[k].contiguous() for k in ("m_r", "logl_r", "m_c", "logl_c", "A_r", "A_c", "A_r_rest", "A_c_rest",
                                                   "at_r", "at_c", "hard_i2t_index", "hard_t2i_index")]  # fmt: skip
@@ -430,7 +445,7 @@ class TritonKernels:
         grid = (triton.cdiv(r1 - r0, block), triton.cdiv(B, block))
         with _on(out):
             _dsim_kernel[grid](
-                ptrs[0], ptrs[1], ptrs[2], *_split(1.0 / tau), *_split(eps), B, *ptrs[3:], *vec, *gk, out,
+                ptrs[0], ptrs[1], ptrs[2], bits(1.0 / tau), bits(eps), B, *ptrs[3:], *vec, *gk, out,
                 out.stride(0), r0, r1, BIAS=bool(bias), **meta,
             )  # fmt: skip
 

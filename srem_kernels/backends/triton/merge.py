@@ -7,11 +7,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from srem_kernels.backends.triton.tiles import _log1p, _nlp, _scalar, _side_load, _stats_merge, _sums_load
+from srem_kernels.backends.triton.tiles import _f64, _log1p, _nlp, _side_load, _stats_merge, _sums_load
 
 
-@triton.jit
-def _merge1_kernel(pf, pi, pos, r0, R, K, B, inv_hi, inv_lo,
+@triton.jit(do_not_specialize=["inv_tau_bits"])
+def _merge1_kernel(pf, pi, pos, r0, R, K, inv_tau_bits,
                    m_r, logl_r, at_r, m_c, logl_c, at_c, lse_r, lse_c, ce_r, ce_c, hard_r, hidx_r, hard_c, hidx_c,
                    ACC: tl.constexpr, TM: tl.constexpr):  # fmt: skip
     """Pass 1: the split log-sum-exps, lse, ce (from S_ii in pos) and the hardest negatives."""
@@ -27,7 +27,7 @@ def _merge1_kernel(pf, pi, pos, r0, R, K, B, inv_hi, inv_lo,
     lgr = _log1p(lr)
     lgc = _log1p(lc)
     i = r0 + x
-    inv_tau = _scalar(inv_hi, inv_lo, ACC)
+    inv_tau = _f64(inv_tau_bits).to(ACC)
     zd = tl.load(pos + x, mask=mask) * inv_tau  # as the tiles form z_ii
     tl.store(m_r + x, mr, mask=mask)
     tl.store(m_c + x, mc, mask=mask)

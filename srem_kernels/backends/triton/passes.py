@@ -15,6 +15,9 @@ column super-block; both tiles of every pair are formed and only their row reduc
 
 _dsim_kernel: dS (fused.py's docstring) one tile per program, no reduction; the two gradient
 products are torch.matmul on dS.
+
+_round_tf32_kernel: fp32 operands of tf32 dots rounded to the nearest TF32, once per call
+(O(B·D)), not per tile in the B×B loops.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ import triton
 import triton.language as tl
 
 from srem_kernels.backends.triton.tiles import (
-    _half, _nlp, _one_minus_p, _pair_halves, _program, _s_tile, _scalar, _side_put, _stats_merge, _sums_put, _terms,
-    _tile_stats,
+    _f64, _half, _nlp, _one_minus_p, _pair_halves, _program, _round_tf32, _s_tile, _side_put, _stats_merge, _sums_put,
+    _terms, _tile_stats,
 )  # fmt: skip
 
 
-@triton.jit
-def _pass1_kernel(img, txt, sim, inv_hi, inv_lo, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, r0, R, NBM, NBD, G, K,
+@triton.jit(do_not_specialize=["inv_tau_bits"])
+def _pass1_kernel(img, txt, sim, inv_tau_bits, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, r0, R, NBM, NBD, G, K,
                   pf, pi, pos,
                   PAIRS: tl.constexpr, FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr,
                   UPCAST: tl.constexpr, TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -40,13 +43,10 @@ def _pass1_kernel(img, txt, sim, inv_hi, inv_lo, B, D, s_im, s_ik, s_tm, s_tk, s
     BD: tl.constexpr = BN * SPLIT
     a0, a1, d0, d1, slot_a, slot_b, diag, live = _program(NBM, NBD, G, K, BM // BD, PAIRS)
     if live:
-        inv_tau = _scalar(inv_hi, inv_lo, ACC)
+        inv_tau = _f64(inv_tau_bits).to(ACC)
         arm = tl.arange(0, BM)
         arn = tl.arange(0, BN)
         ard = tl.arange(0, BD)
-        none = tl.zeros((BN,), tl.int32) + B  # B: no index (loses every tie)
-        minf = tl.full((BN,), float("-inf"), ACC)
-        zn = tl.zeros((BN,), ACC)
         for a in range(a0, a1):
             x_a = a * BM + arm  # local sample index
             rows = r0 + x_a
@@ -82,49 +82,44 @@ def _pass1_kernel(img, txt, sim, inv_hi, inv_lo, B, D, s_im, s_ik, s_tm, s_tk, s
                             dg = valid & (rows[:, None] == cols[None, :])
                             has = tl.max(dg.to(tl.int32), axis=1) > 0
                             tl.store(pos + x_a, tl.sum(tl.where(dg, x, 0.0), axis=1), mask=has)
-                        # Yᵀ[i, j] = S_ji: along j column i of S
-                        zy = yt * inv_tau
-                        if PAIRS:
-                            # along i: column j of S (sample j's t2i problem)
+                        first = a == a0
+                        if PAIRS:  # along i: column j of S (sample j's t2i problem)
                             mcj, lcj, atcj, hcj, hicj = _tile_stats(x, zx, rows[:, None], cols[None, :], valid, B, 0)
-                            first = a == a0
-                            if own:  # sample j is in block a: no row side for it here
-                                _side_put(pf, pi, 0, slot_b, cols, K, R, cmask, first, minf, zn, none, minf, none)
-                            else:
-                                m2, l2, at2, h2, hi2 = _tile_stats(yt, zy, cols[None, :], rows[:, None], valid, B, 1)
-                                mc, lc, atc, hc, hic = _stats_merge(mc, lc, atc, hc, hic, m2, l2, at2, h2, hi2)
-                                # along i: row j of S
-                                mrj, lrj, atrj, hrj, hirj = _tile_stats(yt, zy, rows[:, None], cols[None, :], valid, B, 0)
-                                _side_put(pf, pi, 0, slot_b, cols, K, R, cmask, first, mrj, lrj, atrj, hrj, hirj)
                             _side_put(pf, pi, 3, slot_b, cols, K, R, cmask, first, mcj, lcj, atcj, hcj, hicj)
-                        else:
+                        if not (own & PAIRS):  # Yᵀ[i, j] = S_ji: along j column i of S
+                            zy = yt * inv_tau
                             m2, l2, at2, h2, hi2 = _tile_stats(yt, zy, cols[None, :], rows[:, None], valid, B, 1)
                             mc, lc, atc, hc, hic = _stats_merge(mc, lc, atc, hc, hic, m2, l2, at2, h2, hi2)
-            first = ~diag  # a diagonal program's own block has already written block a's slot
-            _side_put(pf, pi, 0, slot_a, x_a, K, R, rmask, first, mr, lr, atr, hr, hir)
-            _side_put(pf, pi, 3, slot_a, x_a, K, R, rmask, first, mc, lc, atc, hc, hic)
+                            if PAIRS:  # along i: row j of S (own: sample j is in block a, its row is in mr)
+                                mrj, lrj, atrj, hrj, hirj = _tile_stats(yt, zy, rows[:, None], cols[None, :], valid, B, 0)
+                                _side_put(pf, pi, 0, slot_b, cols, K, R, cmask, first, mrj, lrj, atrj, hrj, hirj)
+            # Block a's slot. A diagonal program has written its column side (its own block's X) and,
+            # for a > a0, its row side (Yᵀ of the pairs {a', a}, a' < a): merged into, not overwritten.
+            _side_put(pf, pi, 0, slot_a, x_a, K, R, rmask, ~diag | (a == a0), mr, lr, atr, hr, hir)
+            _side_put(pf, pi, 3, slot_a, x_a, K, R, rmask, ~diag, mc, lc, atc, hc, hic)
 
 
-@triton.jit
-def _pass2_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+@triton.jit(do_not_specialize=["inv_tau_bits", "eps_bits"])
+def _pass2_kernel(img, txt, sim, inv_tau_bits, eps_bits, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                   r0, R, NBM, NBD, G, K, m_r, logl_r, at_r, m_c, logl_c, at_c, pf, scr,
                   PAIRS: tl.constexpr, BIAS: tl.constexpr, WITH_A: tl.constexpr, FROM_SIM: tl.constexpr,
                   ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, TF32: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr, BK: tl.constexpr):  # fmt: skip
     """Partial entropies, sce, CBCL and A sums of samples r0..r0+R-1 into pf, from pass 1's
-    whole-batch split log-sum-exps (m, log l, at of rows and columns). scr: BM×BM×4 per
-    super-block, where a diagonal program stages its own blocks' -log P and P for sce."""
+    whole-batch split log-sum-exps (m, log l, at of rows and columns). scr: 2·BM×BM per
+    super-block, where a diagonal program stages its own blocks' -log Pr and -log Pc for sce
+    (P = exp(-(-log P)) recomputed where they are read: the same bits, half the buffer)."""
     BD: tl.constexpr = BN * SPLIT
     RT: tl.constexpr = BM // BN
     a0, a1, d0, d1, slot_a, slot_b, diag, live = _program(NBM, NBD, G, K, BM // BD, PAIRS)
     if live:
-        inv_tau = _scalar(inv_hi, inv_lo, ACC)
-        eps = _scalar(eps_hi, eps_lo, ACC)
+        inv_tau = _f64(inv_tau_bits).to(ACC)
+        eps = _f64(eps_bits).to(ACC)
         arm = tl.arange(0, BM)
         arn = tl.arange(0, BN)
         ard = tl.arange(0, BD)
         zn = tl.zeros((BN,), ACC)
-        stage = scr + tl.cast(slot_b, tl.int64) * (4 * BM * BM)
+        stage = scr + tl.cast(slot_b, tl.int64) * (2 * BM * BM)
         for a in range(a0, a1):
             x_a = a * BM + arm
             rows = r0 + x_a
@@ -181,9 +176,7 @@ def _pass2_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_i
                             # half of it: staged, summed after the b loop; column sums are block a's
                             o = arm[:, None] * BM + ((b - a * RT) * BN + arn)[None, :]
                             tl.store(stage + o, ux)
-                            tl.store(stage + BM * BM + o, pux)
-                            tl.store(stage + 2 * BM * BM + o, vx)
-                            tl.store(stage + 3 * BM * BM + o, pvx)
+                            tl.store(stage + BM * BM + o, vx)
                             _sums_put(pf, slot_b, cols, K, R, cmask, a == a0, zn, ej, zn, cj, zn, aj, zn, rj)
                         else:
                             at_uy = cols[None, :] == atc_a
@@ -211,14 +204,15 @@ def _pass2_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_i
                     ok = rmask[:, None] & ((a * BM + j) < R)[None, :]
                     o = arm[:, None] * BM + j[None, :]
                     t = j[None, :] * BM + arm[:, None]
-                    sw += tl.sum(tl.where(ok, tl.load(stage + BM * BM + o) * tl.load(stage + 2 * BM * BM + t)
-                                          + tl.load(stage + 3 * BM * BM + t) * tl.load(stage + o), 0.0), axis=1)  # fmt: skip
+                    u = tl.load(stage + o)  # -log Pr_ij
+                    v = tl.load(stage + BM * BM + t)  # -log Pc_ji
+                    sw += tl.sum(tl.where(ok, tl.exp(-u) * v + tl.exp(-v) * u, 0.0), axis=1)
                 tl.debug_barrier()  # the next row block stages into the same place
             _sums_put(pf, slot_a, x_a, K, R, rmask, ~diag, e_r, e_c, sw, cb, A_r, A_c, A_rr, A_cr)
 
 
-@triton.jit
-def _dsim_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+@triton.jit(do_not_specialize=["inv_tau_bits", "eps_bits"])
+def _dsim_kernel(img, txt, sim, inv_tau_bits, eps_bits, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                  m_r, logl_r, m_c, logl_c, A_r, A_c, A_r_rest, A_c_rest, at_r, at_c, hidx_r, hidx_c, g, k_r, k_c,
                  ds, ld_ds, r0, r1,
                  BIAS: tl.constexpr, FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -228,8 +222,8 @@ def _dsim_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_ik
     cols = tl.program_id(1) * T + tl.arange(0, T)
     rmask = rows < r1
     cmask = cols < B
-    inv_tau = _scalar(inv_hi, inv_lo, ACC)
-    eps = _scalar(eps_hi, eps_lo, ACC)
+    inv_tau = _f64(inv_tau_bits).to(ACC)
+    eps = _f64(eps_bits).to(ACC)
     z = inv_tau * _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                           FROM_SIM, ACC, DOT_PREC, UPCAST, TF32, T, T, BK)  # fmt: skip
     at_i = tl.load(at_r + rows, mask=rmask, other=-1)[:, None]
@@ -272,3 +266,13 @@ def _dsim_kernel(img, txt, sim, inv_hi, inv_lo, eps_hi, eps_lo, B, D, s_im, s_ik
     d = d + tl.where(rows[:, None] == h_j, kc_j, 0.0)
     ptrs = ds + (rows - r0).to(tl.int64)[:, None] * ld_ds + cols[None, :]
     tl.store(ptrs, d.to(ds.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _round_tf32_kernel(x, y, n, D, s_m, s_k, BLOCK: tl.constexpr):
+    """y = x rounded to the nearest TF32 (tiles._round_tf32), x an n/D × D matrix with strides
+    (s_m, s_k), y row-major."""
+    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = o < n
+    v = tl.load(x + (o // D) * s_m + (o % D) * s_k, mask=mask)
+    tl.store(y + o, _round_tf32(v), mask=mask)

@@ -15,13 +15,42 @@ reads the top 19 bits of its fp32 operands on the GPU, is emulated for the inter
 
 from __future__ import annotations
 
+import contextlib
 import os
+import struct
 
+import torch
 import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _INTERPRETED = tl.constexpr(INTERPRET)
+
+# ---------------------------------------------------------------------------- launches (host side)
+# Compile options of every launch (the passes' and the glue's). No mul/add contraction into FMA
+# (LLVM and ptxas; the default is on through Triton 3.9): z = s·(1/tau) must round the same in
+# every kernel, and (m - z) + log l must not become one fma. The interpreter never contracts;
+# this makes the GPU agree.
+_COMPILE_OPTIONS = {"enable_fp_fusion": False}
+
+
+def _acc_tl(dtype: torch.dtype):
+    """The ACC constexpr of inputs in `dtype`: fp64 for fp64, else fp32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _on(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensors' (cuda:1 as well)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def bits(x: float) -> int:
+    """A host float (tau, eps, a lambda, the margin) as a kernel argument: the bits of the double
+    as a signed int64, read by _f64. Exact for fp64 accumulation (a Python float argument would be
+    specialised as fp32), fp32(x) rounded to nearest for fp32; no device tensor, so no
+    host-to-device copy. Kernels list these arguments in do_not_specialize: the JIT would
+    otherwise specialise on the value (equal to 1, divisible by 16) and recompile."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
 @triton.jit
@@ -55,7 +84,8 @@ if INTERPRET:
 
     @triton.jit
     def _mma_tf32(x):
-        # what the tf32 MMA reads of an fp32 operand (the rounding before it makes this a no-op)
+        # what the tf32 MMA reads of an fp32 operand: a no-op on the operands kernels.py rounds
+        # first, and the truncation the GPU would do to any it forgot
         return ((x.to(tl.uint32, bitcast=True) >> 13) << 13).to(tl.float32, bitcast=True)
 
 else:  # pragma: no cover - GPU only
@@ -82,20 +112,18 @@ else:  # pragma: no cover - GPU only
 
 
 @triton.jit
-def _scalar(hi, lo, ACC: tl.constexpr):
-    """A host float passed as two fp32 kernel arguments (hi = fp32(v), lo = fp32(v - hi)): fp32(v)
-    for fp32 accumulation, v to ~2^-48 for fp64. No device tensor: no host-to-device copy."""
-    if ACC == tl.float64:
-        return tl.cast(hi, tl.float64) + tl.cast(lo, tl.float64)
-    else:
-        return hi
+def _f64(b):
+    """The double whose bits() b is. Via int64: an argument whose bits fit 32 bits arrives as an
+    i32 (the interpreter ignores annotations)."""
+    return tl.cast(tl.cast(b, tl.int64), tl.float64, bitcast=True)
 
 
 @triton.jit
 def _round_tf32(x):
     """fp32 -> the nearest TF32 (10 mantissa bits, ties away from zero: cvt.rna.tf32.f32, as
     cuBLAS/CUTLASS round operands), Inf and NaN unchanged. The tf32 MMA truncates whatever bits
-    it is given; integer arithmetic, so the interpreter runs the same rounding the GPU does."""
+    it is given; integer arithmetic, so the interpreter runs the same rounding the GPU does.
+    Applied once per call to the operands of tf32 dots (passes._round_tf32_kernel)."""
     u = x.to(tl.uint32, bitcast=True)
     r = (((u + 0x1000) >> 13) << 13).to(tl.float32, bitcast=True)
     return tl.where((u & 0x7F800000) == 0x7F800000, x, r)
@@ -132,14 +160,15 @@ def _dot_tile(x, y, r64, c64, rmask, cmask, D, s_xm, s_xk, s_ym, s_yk, ACC: tl.c
     for k0 in range(0, D, BK):
         ks = k0 + ks0
         kmask = ks < D
-        a = tl.load(x + r64[:, None] * s_xm + ks[None, :] * s_xk, mask=rmask[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(y + c64[None, :] * s_ym + ks[:, None] * s_yk, mask=kmask[:, None] & cmask[None, :], other=0.0)
+        k64 = ks.to(tl.int64)  # a column-major operand's k·stride reaches B·D, past int32
+        a = tl.load(x + r64[:, None] * s_xm + k64[None, :] * s_xk, mask=rmask[:, None] & kmask[None, :], other=0.0)
+        b = tl.load(y + c64[None, :] * s_ym + k64[:, None] * s_yk, mask=kmask[:, None] & cmask[None, :], other=0.0)
         if UPCAST:  # the interpreter's dot on 16-bit operands is wrong; products are exact in fp32
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        if TF32:  # fp32 operands of a tf32 dot: rounded to nearest first, as cuBLAS does
-            a = _mma_tf32(_round_tf32(a))
-            b = _mma_tf32(_round_tf32(b))
+        if TF32:  # fp32 operands of a tf32 dot, rounded to nearest once per call (kernels.py)
+            a = _mma_tf32(a)
+            b = _mma_tf32(b)
         s = tl.dot(a, b, s, input_precision=DOT_PREC, out_dtype=ACC)
     return s
 
