@@ -165,6 +165,25 @@ def fixed_cost_section(log: Path) -> list[str]:
     return lines + [""]
 
 
+def tau_overhead_section(log: Path) -> list[str]:
+    """bench/tau_overhead.py's latest run: a tensor tau against a float tau."""
+    rows = _read(log)
+    if not rows:
+        return []
+    lines = _heading("Tensor tau: a learnable temperature against a float tau", rows[0]) + [
+        f"{rows[0]['threads']} threads.{_load(rows)} One forward+backward of `srem_kernels.loss` (fp32), tau given",
+        "as a float, as a 0-d tensor, and as a 0-d tensor that requires grad (dL/dtau reduced in the dS pass);",
+        "interleaved in one run, medians (p20–p80).",
+        "",
+        "| backend | B | D | tau | ms (p20–p80) | × float tau | bare matmuls ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| `{r['backend']}` | {r['B']} | {r['D']} | {r['tau']} | {r['median_ms']} ({r['p20_ms']}–{r['p80_ms']}) "
+                     f"| {float(r['ratio_to_float']):.3f} | {r['floor_ms']} |")  # fmt: skip
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=HERE / "results")
@@ -172,7 +191,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     # sweep logs of bench/run.py only (other scripts keep their own CSVs beside them)
     logs = sorted(p for p in args.results.glob("*.csv")
-                  if not p.name.endswith((".train-step.csv", ".fixed-cost.csv")) and _is_sweep(p))  # fmt: skip
+                  if not p.name.endswith((".train-step.csv", ".fixed-cost.csv", ".tau-overhead.csv"))
+                  and _is_sweep(p))  # fmt: skip
     lines = [
         "# Benchmark results",
         "",
@@ -193,6 +213,9 @@ def main(argv: list[str] | None = None) -> Path:
         fixed = log.with_name(f"{log.stem}.fixed-cost.csv")
         if fixed.exists():
             lines += fixed_cost_section(fixed)
+        tau = log.with_name(f"{log.stem}.tau-overhead.csv")
+        if tau.exists():
+            lines += tau_overhead_section(tau)
     # sections measured by other scripts and written by hand from their output (the Triton
     # counts and compile table: bench/triton_tiles.py, scripts/triton_aot_check.py --markdown)
     for part in sorted(args.results.glob("*.section.md")):

@@ -84,9 +84,14 @@ def similarity(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
     return img @ txt.T
 
 
-def logits(S: torch.Tensor, tau: float) -> torch.Tensor:
-    """Z = S / tau."""
+def logits(S: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
+    """Z = S / tau (tau a float, or a 0-d tensor: differentiable in it)."""
     return S / tau
+
+
+def _constant(tau: float | torch.Tensor) -> float | torch.Tensor:
+    """tau where SPEC.md holds the quantity constant (c, w, the bias weights, the statistics)."""
+    return tau.detach() if isinstance(tau, torch.Tensor) else tau
 
 
 def lse_r(Z: torch.Tensor) -> torch.Tensor:
@@ -264,8 +269,9 @@ def constants(
     sensitivity: str = "weight", margin: float | torch.Tensor = 0.2,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The quantities SPEC.md holds constant in the gradient, at the point S: the clean weights
-    c, the sensitivity weights w, the margin m and the CBCL bias weights (b_r, b_c). All detached."""
-    S = S.detach()
+    c, the sensitivity weights w, the margin m and the CBCL bias weights (b_r, b_c). All detached
+    (from tau too: SPEC.md's 2026-12-07 change)."""
+    S, tau = S.detach(), _constant(tau)
     Z = logits(S, tau)
     lr, lc = lse_r(Z), lse_c(Z)
     e = energy(energy_i2t(lr, tau), energy_t2i(lc, tau))
@@ -284,14 +290,15 @@ def per_sample_loss(
     S: torch.Tensor,
     const: dict[str, torch.Tensor],
     *,
-    tau: float,
+    tau: float | torch.Tensor,
     margin: float | torch.Tensor,
     eps: float,
     lambda_hard: float,
     lambda_cbcl: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """L_i = lambda_hard * c_i * w_i * L_hard_i + lambda_cbcl * L_cbcl_i with the `constants`
-    given, differentiable in S. Returns (L, L_hard, L_cbcl)."""
+    given, differentiable in S (and in a tensor tau: through Z in L_cbcl alone, the hinge reads
+    S). Returns (L, L_hard, L_cbcl)."""
     Z = logits(S, tau)
     lr, lc = lse_r(Z), lse_c(Z)
     l_hard = loss_hard(S, margin, hard_i2t(S)[0], hard_t2i(S)[0])
@@ -301,7 +308,7 @@ def per_sample_loss(
 
 def statistics(S: torch.Tensor, tau: float) -> dict[str, torch.Tensor]:
     """The per-sample statistics of SPEC.md that do not depend on the loss options, detached."""
-    S = S.detach()
+    S, tau = S.detach(), _constant(tau)
     Z = logits(S, tau)
     lr, lc = lse_r(Z), lse_c(Z)
     e_i2t, e_t2i = energy_i2t(lr, tau), energy_t2i(lc, tau)
@@ -338,7 +345,7 @@ def srem(
     txt: torch.Tensor | None = None,
     *,
     sim: torch.Tensor | None = None,
-    tau: float = 0.05,
+    tau: float | torch.Tensor = 0.05,
     margin: float | torch.Tensor = 0.2,
     lambda_hard: float = 1.0,
     lambda_cbcl: float = 1.0,
@@ -354,7 +361,9 @@ def srem(
 
     Returns (loss, per_sample, stats): loss is reduced as asked and differentiable; per_sample
     is the differentiable B-vector L_i; stats holds every SPEC statistic as a detached B-vector,
-    in the order of STATISTICS. Inputs are not validated here: srem_kernels does that.
+    in the order of STATISTICS. A 0-d tensor tau gets its gradient from autograd, with c, w and
+    the bias weights held constant (SPEC.md "Gradient"). Inputs are not validated here:
+    srem_kernels does that.
     """
     if sim is None:
         cd = compute_dtype(img.dtype)

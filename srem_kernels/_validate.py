@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from srem_kernels import _tau
 from srem_kernels.sensitivity import MODES as SENSITIVITIES
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -24,7 +25,7 @@ SELECTS = ("gmm", "none")
 class SREMParams:
     """The validated SPEC.md parameters of one call (tensors already checked against B)."""
 
-    tau: float = 0.05
+    tau: float | torch.Tensor = 0.05  # a 0-d tensor: a learnable temperature (srem_kernels/_tau.py)
     margin: float | torch.Tensor = 0.2
     lambda_hard: float = 1.0
     lambda_cbcl: float = 1.0
@@ -157,12 +158,23 @@ def _vector(x, name: str, B: int, device: torch.device) -> torch.Tensor:
     return x
 
 
-def check_options(*, tau, lambda_hard, lambda_cbcl, bias, sce_weight, select, eps, reduction,
-                  sensitivity="weight") -> dict:
-    """The scalar options, which do not depend on the batch (SREMLoss checks them at construction)."""
+def check_tau(tau, device: torch.device | None = None):
+    """A real number > 0, or a 0-d floating tensor on the inputs' device or the CPU (its value is
+    a value check, glue.check_values). device=None defers the device check."""
+    if isinstance(tau, torch.Tensor):
+        return _tau.check_tensor(tau, device)
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
+        raise TypeError(f"tau must be a real number or a 0-d tensor, got {type(tau).__name__}")
     tau = _real(tau, "tau")
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
+    return tau
+
+
+def check_options(*, tau, lambda_hard, lambda_cbcl, bias, sce_weight, select, eps, reduction,
+                  sensitivity="weight") -> dict:
+    """The scalar options, which do not depend on the batch (SREMLoss checks them at construction)."""
+    tau = check_tau(tau)
     sce_weight = _flag(sce_weight, "sce_weight")
     sensitivity = _choice(sensitivity, "sensitivity", SENSITIVITIES)
     if not sce_weight and sensitivity != "weight":
@@ -198,10 +210,10 @@ def check_clean(clean, B: int, device: torch.device) -> torch.Tensor | None:
     return _vector(clean, "clean", B, device)
 
 
-def check_params(B: int, device: torch.device, *, margin, clean, **options) -> SREMParams:
+def check_params(B: int, device: torch.device, *, margin, clean, tau, **options) -> SREMParams:
     """Everything but the input tensors, checked against the batch size B and the inputs' device."""
     return SREMParams(
         margin=check_margin(margin, B, device),
         clean=check_clean(clean, B, device),
-        **check_options(**options),
+        **check_options(tau=check_tau(tau, device), **options),
     )

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from python_ref.srem import reduce
-from srem_kernels import registry, sensitivity
+from srem_kernels import _amp, _tau, registry, sensitivity
 from srem_kernels.backends import fused, glue
 from srem_kernels._validate import REDUCTIONS, SELECTS, SENSITIVITIES, _flag, check_embeddings, check_params, SREMParams
 
@@ -65,21 +65,23 @@ class Layout:
 
 # ---------------------------------------------------------------- agreement before any data moves
 
-# What every rank must agree on, as numbers: (name as the error says it, value).
-def _fields(img, params: SREMParams | None, stats_only, needs_grad) -> list[tuple[str, float]]:
+# What every rank must agree on, as numbers: (name as the error says it, value). A tensor tau's
+# value travels as the tensor (agree gathers it on the collective's device: no host read of its own).
+def _fields(img, params: SREMParams | None, stats_only, needs_grad) -> list[tuple[str, float | torch.Tensor]]:
     p = params
     margin = p.margin if p is not None and not isinstance(p.margin, torch.Tensor) else float("nan")
     return [
         ("D (the embedding size)", img.shape[1] if p is not None else -1),
         ("dtype", _DTYPES.index(img.dtype) if p is not None else -1),
-        ("tau", p.tau if p else 0), ("lambda_hard", p.lambda_hard if p else 0),
+        ("tau", p.tau if p else 0), ("tau (a float, or a tensor on every rank)", _tau.is_tensor(p.tau) if p else 0),
+        ("lambda_hard", p.lambda_hard if p else 0),
         ("lambda_cbcl", p.lambda_cbcl if p else 0), ("eps", p.eps if p else 0),
         ("bias", p.bias if p else 0), ("sce_weight", p.sce_weight if p else 0),
         ("sensitivity", SENSITIVITIES.index(p.sensitivity) if p else 0),
         ("select", SELECTS.index(p.select) if p else 0), ("reduction", REDUCTIONS.index(p.reduction) if p else 0),
         ("margin (a float, or a tensor on every rank)", margin),
         ("clean (given on every rank or on none)", p.clean is not None if p else 0),
-        ("stats_only", stats_only), ("whether img/txt require grad", needs_grad),
+        ("stats_only", stats_only), ("whether img/txt (or tau) require grad", needs_grad),
     ]  # fmt: skip
 
 
@@ -92,9 +94,14 @@ def agree(group, error: Exception | None, n: int, fields: list[tuple[str, float]
     """One all-gather of every rank's (ok, B_r, fields): raises on every rank if any rank's inputs
     are bad (that rank its own error) or the ranks disagree; else the layout."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    mine = torch.tensor([error is None, n, *(float(v) for _, v in fields)], dtype=torch.float64)
-    every = torch.empty(world * mine.numel(), dtype=torch.float64, device=collective_device(group))
-    _all_gather(every, mine.to(every.device), group=group)
+    dev = collective_device(group)
+    mine = torch.tensor([error is None, n, *(0.0 if _tau.is_tensor(v) else float(v) for _, v in fields)],
+                        dtype=torch.float64).to(dev)  # fmt: skip
+    for k, (_, v) in enumerate(fields):
+        if _tau.is_tensor(v):  # a tensor tau: its value, copied on its device
+            mine[2 + k] = v.detach().to(device=dev, dtype=torch.float64)
+    every = torch.empty(world * mine.numel(), dtype=torch.float64, device=dev)
+    _all_gather(every, mine, group=group)
     every = every.cpu().view(world, -1)
     if error is not None:
         raise error
@@ -163,7 +170,7 @@ def _forward(kernels, img, txt, margin, clean, params: SREMParams, layout: Layou
     impl = fused.glue_impl(kernels, x.device)
     select = None
     if clean is None and p.select == "gmm":  # the GMM over the global batch, the same on every rank
-        energy = -p.tau * (first["lse_r"] + first["lse_c"]) / 2  # as the glue forms it
+        energy = -_tau.kernel_form(p.tau, x.device) * (first["lse_r"] + first["lse_c"]) / 2  # as the glue forms it
         clean, select = glue.gmm_filtration(energy, impl=impl)[lo:hi], "given"
     # modes that rank or cluster the batch's sce see the global batch's (all ranks take this branch alike)
     batch_sce = gather_vectors({"sce": p2["sce"]}, layout, group)["sce"] if p.sce_mode in sensitivity.BATCH_MODES else None
@@ -178,16 +185,21 @@ def _forward(kernels, img, txt, margin, clean, params: SREMParams, layout: Layou
 
 
 class _DistributedSREM(torch.autograd.Function):
-    """(loss, per_sample, *statistics) of the local rows; only the loss is differentiable."""
+    """(loss, per_sample, *statistics) of the local rows; only the loss is differentiable. `tau`
+    the call's tensor tau (None for a float tau); its gradient is this rank's share of the global
+    loss's (the rows of dS it owns), as the encoders' parameter gradients are: summed over the
+    ranks — DistributedDataParallel's all-reduce, with the loss times world_size — it is one
+    process's on the concatenated batch."""
 
     @staticmethod
-    def forward(ctx, img, txt, margin, clean, kernels, params: SREMParams, layout: Layout, group):
+    def forward(ctx, img, txt, margin, clean, tau, kernels, params: SREMParams, layout: Layout, group):
         ctx.set_materialize_grads(False)  # the statistics get no gradient: no zero-filled ones
         total, per_sample, stats, (x, y, saved, hinge_r, hinge_c, impl) = _forward(
             kernels, img, txt, margin, clean, params, layout, group, stats_only=False
         )
         ctx.kernels, ctx.params, ctx.layout, ctx.group, ctx.names = kernels, params, layout, group, list(saved)
         ctx.impl = impl
+        ctx.tau_like = None if tau is None else tau.detach()
         ctx.save_for_backward(x, y, hinge_r, hinge_c, *saved.values())
         outs = tuple(stats[k] for k in STATISTICS_ORDER)
         ctx.mark_non_differentiable(per_sample, *outs)
@@ -196,7 +208,12 @@ class _DistributedSREM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_total, *_):
         if g_total is None:
-            return (None,) * 8
+            return (None,) * 9
+        with _amp.off(g_total.device):
+            return _DistributedSREM._backward(ctx, g_total)
+
+    @staticmethod
+    def _backward(ctx, g_total):
         x, y, hinge_r, hinge_c, *vectors = ctx.saved_tensors
         p, layout = ctx.params, ctx.layout
         g = g_total.to(hinge_r.dtype)
@@ -205,10 +222,12 @@ class _DistributedSREM(torch.autograd.Function):
         g = g.expand(hinge_r.shape)  # a scalar's gradient reaches every local L_i
         mine = glue.upstream(g, hinge_r, hinge_c, reduction="none", lambda_cbcl=p.lambda_cbcl, impl=ctx.impl)
         every = gather_vectors(mine, layout, ctx.group)
-        d_img, d_txt = ctx.kernels.backward_rows(
-            x, y, layout.lo, layout.hi, dict(zip(ctx.names, vectors)), tau=p.tau, eps=p.eps, bias=p.bias, **every
-        )
-        return d_img, d_txt, None, None, None, None, None, None
+        tau_grad = ctx.tau_like is not None and ctx.needs_input_grad[4]
+        out = ctx.kernels.backward_rows(x, y, layout.lo, layout.hi, dict(zip(ctx.names, vectors)), tau=p.tau,
+                                        eps=p.eps, bias=p.bias, **every, **({"tau_grad": True} if tau_grad else {}))  # fmt: skip
+        (d_img, d_txt), d_tau = out if tau_grad else (out, None)
+        g_tau = fused.tau_gradient(d_tau, ctx.tau_like) if tau_grad else None
+        return d_img, d_txt, None, None, g_tau, None, None, None, None
 
 
 STATISTICS_ORDER = fused.KERNEL_STATISTICS + fused.GLUE_STATISTICS
@@ -245,22 +264,27 @@ def loss(img, txt, *, group, backend, check_finite, stats_only, kernels=None, **
             kernels = row_kernels(name, run)
         else:
             name = backend
+        tau_t = params.tau if _tau.is_tensor(params.tau) else None
         if _flag(check_finite, "check_finite"):  # the local rows' values, as one process checks them
-            glue.check_values(img=img, txt=txt, margin=params.margin, clean=params.clean,
+            glue.check_values(img=img, txt=txt, margin=params.margin, clean=params.clean, tau=tau_t,
                               impl=fused.glue_impl(kernels, img.device))
         if dist.get_backend(group) == "nccl" and img.device.type != "cuda":
             raise ValueError(f"img and txt must be CUDA tensors for an NCCL group, got {img.device}")
-        needs_grad = not stats_only and torch.is_grad_enabled() and (img.requires_grad or txt.requires_grad)
+        wants = img.requires_grad or txt.requires_grad or (tau_t is not None and tau_t.requires_grad)
+        needs_grad = not stats_only and torch.is_grad_enabled() and wants
     except (TypeError, ValueError, RuntimeError) as err:
         error, params = err, None
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         x = torch.empty(0, 0)
     layout = agree(group, error, n, _fields(x, params, bool(stats_only) if error is None else 0, needs_grad))
     margin, clean = params.margin, params.clean
-    bare = dataclasses.replace(params, margin=0.0, clean=None)  # tensors travel as arguments
+    tau = params.tau if _tau.is_tensor(params.tau) else None
+    # tensors travel as arguments; the kernels and the glue read tau detached
+    bare = dataclasses.replace(params, margin=0.0, clean=None, tau=params.tau if tau is None else tau.detach())
     if stats_only or not needs_grad:  # no backward: skip A and its exchange (stats do not need them)
-        with torch.no_grad():
+        with torch.no_grad(), _amp.off(img.device):
             total, per_sample, stats, _ = _forward(kernels, img, txt, margin, clean, bare, layout, group, True)
         return name, total, per_sample, stats
-    total, per_sample, *outs = _DistributedSREM.apply(img, txt, margin, clean, kernels, bare, layout, group)
+    with _amp.off(img.device):  # SPEC's precision, not an enclosing autocast region's
+        total, per_sample, *outs = _DistributedSREM.apply(img, txt, margin, clean, tau, kernels, bare, layout, group)
     return name, total, per_sample, dict(zip(STATISTICS_ORDER, outs))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from srem_kernels import distributed, registry
+from srem_kernels import _amp, distributed, registry
 from srem_kernels.backends import fused, glue
 from srem_kernels._validate import _flag, check_embeddings, check_params, check_similarity
 from srem_kernels.result import SREMResult, SREMStats
@@ -21,12 +21,14 @@ def _compute(img, txt, sim, B: int, *, backend, check_finite, stats_only, **opti
     name, run = registry.resolve(backend, x.device, x.dtype)
     if check_finite:
         glue.check_values(img=img, txt=txt, sim=sim, margin=params.margin, clean=params.clean,
+                          tau=params.tau if isinstance(params.tau, torch.Tensor) else None,
                           impl=fused.glue_impl(getattr(run, "kernels", None), x.device))
-    if stats_only:
-        with torch.no_grad():
-            loss, per_sample, stats = run(img, txt, sim, params, stats_only=True)
-    else:
-        loss, per_sample, stats = run(img, txt, sim, params)
+    with _amp.off(x.device):  # SPEC's precision, not an enclosing autocast region's
+        if stats_only:
+            with torch.no_grad():
+                loss, per_sample, stats = run(img, txt, sim, params, stats_only=True)
+        else:
+            loss, per_sample, stats = run(img, txt, sim, params)
     strategy_for = getattr(getattr(run, "kernels", None), "strategy_for", None)
     strategy = strategy_for(B, img.shape[1], img.dtype, img.device) if strategy_for and sim is None else None
     return SREMResult(loss=loss, per_sample=per_sample.detach(), stats=SREMStats(**stats), backend=name, strategy=strategy)
@@ -36,7 +38,7 @@ def loss(
     img: torch.Tensor,
     txt: torch.Tensor,
     *,
-    tau: float = 0.05,
+    tau: float | torch.Tensor = 0.05,
     margin: float | torch.Tensor = 0.2,
     lambda_hard: float = 1.0,
     lambda_cbcl: float = 1.0,
@@ -92,7 +94,7 @@ def loss(
 def loss_from_similarity(
     sim: torch.Tensor,
     *,
-    tau: float = 0.05,
+    tau: float | torch.Tensor = 0.05,
     margin: float | torch.Tensor = 0.2,
     lambda_hard: float = 1.0,
     lambda_cbcl: float = 1.0,

@@ -206,7 +206,7 @@ BAD = {  # case: (rank 0's error, rank 1's error), as (type, a phrase of the mes
     "tau differs between ranks": (("ValueError", "tau must be the same on every rank"),) * 2,
     "a rank without rows": (("RuntimeError", "rank(s) [1]"), ("ValueError", "at least 1 pair(s) on every rank")),
     "NaN on one rank": (("ValueError", "img contains NaN"), ("RuntimeError", "rank(s) [0]")),
-    "grad on one rank only": (("ValueError", "whether img/txt require grad must be the same"),) * 2,
+    "grad on one rank only": (("ValueError", "whether img/txt (or tau) require grad must be the same"),) * 2,
     "clean on one rank only": (("ValueError", "clean (given on every rank or on none)"),) * 2,
     "clean out of range on one rank": (("RuntimeError", "rank(s) [1]"), ("ValueError", r"clean weights must lie in [0, 1]")),
     "sensitivity differs between ranks": (("ValueError", "sensitivity must be the same on every rank"),) * 2,
@@ -316,3 +316,96 @@ def test_nccl_group_of_one_matches_plain_call(backend):
             assert_rel_close(x, y, TOLERANCES["bf16"][0], name)
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- a learnable temperature
+
+TAU_BACKENDS = ("cpu", "reference", "triton")
+
+
+def _tau_inputs():
+    img, txt = embeddings(19, 12, seed=19, noise=0.7, dtype=torch.float32)
+    return img, txt, (11, 8), 0.07
+
+
+def _rank_tau(rank, world):
+    """Per backend: the global loss, this rank's embedding gradients and its share of tau's
+    gradient; then DDP on encoders with CLIP's learnable logit_scale."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import srem_kernels
+
+    img, txt, sizes, tau0 = _tau_inputs()
+    lo = sum(sizes[:rank])
+    hi = lo + sizes[rank]
+    out = {}
+    for backend in TAU_BACKENDS:
+        a, b = img[lo:hi].clone().requires_grad_(), txt[lo:hi].clone().requires_grad_()
+        tau = torch.tensor(tau0, requires_grad=True)
+        res = _call(backend)(a, b, tau=tau, backend=backend, group=dist.group.WORLD)
+        res.loss.backward()
+        out[backend] = (res.loss.detach(), a.grad, b.grad, tau.grad)
+    x, y, ddp_sizes = _ddp_data()
+    lo = sum(ddp_sizes[:rank])
+    hi = lo + ddp_sizes[rank]
+    model = DDP(_ClipEncoders())
+    i, t, scale = model(x[lo:hi], y[lo:hi])
+    loss = srem_kernels.loss(i, t, tau=1 / scale, group=dist.group.WORLD).loss
+    (loss * dist.get_world_size()).backward()  # DDP averages over the ranks (docs/distributed.md)
+    out["ddp"] = (float(loss), {k: p.grad for k, p in model.module.named_parameters()})
+    return out
+
+
+class _ClipEncoders(_Encoders):
+    """_Encoders with CLIP's temperature: logit_scale = log(1/0.07), scale = exp(logit_scale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.tensor(1 / 0.07).log())
+
+    def forward(self, a, b):
+        return (*super().forward(a, b), self.logit_scale.exp())
+
+
+@functools.cache
+def _tau_results():
+    return values(run_ranks(_rank_tau, 2, timeout=180))
+
+
+@pytest.mark.parametrize("backend", TAU_BACKENDS)
+def test_tau_gradient_over_ranks_equals_one_process(backend):
+    """Loss and embedding gradients as one process on the whole batch; each rank's tau gradient is
+    its rows' share, and the shares sum to one process's (≤ 1e-5)."""
+    img, txt, sizes, tau0 = _tau_inputs()
+    a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
+    tau = torch.tensor(tau0, requires_grad=True)
+    import srem_kernels
+
+    one = srem_kernels.loss(a, b, tau=tau, backend=backend).loss  # triton: the interpreter's, named
+    one.backward()
+    ranks = [r[backend] for r in _tau_results()]
+    for rank, (loss, *_rest) in enumerate(ranks):
+        assert_rel_close(loss, one.detach(), 1e-5, f"rank {rank}: loss")
+    assert_rel_close(torch.cat([r[1] for r in ranks]), a.grad, 1e-5, "d img")
+    assert_rel_close(torch.cat([r[2] for r in ranks]), b.grad, 1e-5, "d txt")
+    shares = torch.stack([r[3] for r in ranks])
+    assert (shares != 0).all()  # each rank holds a part, not the whole
+    assert_rel_close(shares.sum(), tau.grad, 1e-5, "d tau (summed over ranks)")
+
+
+def test_ddp_learns_the_temperature_as_one_process():
+    """DDP with a learnable logit_scale (tau = 1 / exp(logit_scale)): every parameter's gradient,
+    the temperature's included, is one process's on the concatenated batch."""
+    import srem_kernels
+
+    x, y, _ = _ddp_data()
+    model = _ClipEncoders()
+    i, t, scale = model(x, y)
+    out = srem_kernels.loss(i, t, tau=1 / scale)
+    out.loss.backward()
+    assert model.logit_scale.grad.item() != 0
+    for rank, (loss, grads) in enumerate(r["ddp"] for r in _tau_results()):
+        assert_rel_close(torch.tensor(loss), out.loss, 1e-5, f"rank {rank}: loss")
+        for k, p in model.named_parameters():
+            assert_rel_close(grads[k], p.grad, 1e-5, f"rank {rank}: grad of {k}")

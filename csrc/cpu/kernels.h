@@ -74,12 +74,15 @@ int64_t srem_cpu_pass2_workspace(int64_t B);
 // Backward over P = S[I, :]: dS[I, :] into D (may alias P), per fused.py's contract:
 //   dS_ij = ( g_i (E_r_ij - Pr_ij A_r_i) + g_j (E_c_ij - Pc_ij A_c_j) ) / tau
 //           - (k_r_i + k_c_i) [i = j] + k_r_i [j = hard_i2t_index_i] + k_c_j [i = hard_t2i_index_j]
+// tau_acc (nullptr: not asked): adds the panel's share of d_tau (fused.py),
+//   sum_ij ( g_i (E_r_ij - Pr_ij A_r_i) (-log Pr_ij) + g_j (E_c_ij - Pc_ij A_c_j) (-log Pc_ij) ) / tau,
+// rows summed in order in double.
 void srem_cpu_backward_panel(const float* P, int64_t ldp, float* D, int64_t ldd, int64_t rows, int64_t B, int64_t row0,
                              float inv_tau, float eps, int bias, const float* m_r, const float* logl_r,
                              const float* m_c, const float* logl_c, const int64_t* at_r, const int64_t* at_c,
                              const float* A_r, const float* A_c, const float* A_r_rest, const float* A_c_rest,
                              const float* g, const float* k_r, const float* k_c, const int64_t* hard_r_idx,
-                             const int64_t* hard_c_idx, int threads);
+                             const int64_t* hard_c_idx, int threads, double* tau_acc);
 
 // The vector functions of vecmath.h over n floats (for tests/test_cpu_vecmath.py): fn 0 exp_neg(x),
 // 1 p of exp_pq(x), 2 q of exp_pq(x), 3 log_pos(x), 4 log1p_neg(x); 1 on an unknown fn.

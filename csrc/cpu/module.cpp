@@ -69,10 +69,10 @@ PYBIND11_MODULE(_srem_cpu, m) {
   m.def("backward_panel", [](u P, int64_t ldp, u D, int64_t ldd, int64_t rows, int64_t B, int64_t row0,
                              float inv_tau, float eps, bool bias, u m_r, u logl_r, u m_c, u logl_c, u at_r, u at_c,
                              u A_r, u A_c, u A_r_rest, u A_c_rest, u g, u k_r, u k_c, u hard_r_idx, u hard_c_idx,
-                             int threads) {
+                             int threads, u tau_acc) {
     srem_cpu_backward_panel(cf(P), ldp, f(D), ldd, rows, B, row0, inv_tau, eps, bias, cf(m_r), cf(logl_r), cf(m_c),
                             cf(logl_c), ci(at_r), ci(at_c), cf(A_r), cf(A_c), cf(A_r_rest), cf(A_c_rest), cf(g),
-                            cf(k_r), cf(k_c), ci(hard_r_idx), ci(hard_c_idx), threads);
+                            cf(k_r), cf(k_c), ci(hard_r_idx), ci(hard_c_idx), threads, ptr<double>(tau_acc));
   }, nogil);
   m.def("vecmath", [](int fn, u x, u out, int64_t n) {
     if (srem_cpu_vecmath(fn, cf(x), f(out), n) != 0) throw std::invalid_argument("vecmath: unknown function code");

@@ -63,6 +63,13 @@ __device__ __forceinline__ float log_q_eps(float p, float q, float eps) {
 
 // ---------------------------------------------------------------- block reductions (fixed order)
 
+// 1/tau: the host's float, or — a tensor tau, a learnable temperature — formed from its fp64 value in
+// device memory (no host read): 1.0 / tau in double (IEEE division), rounded once to float, the
+// bits Python's 1.0 / tau passed as a float has.
+__device__ __forceinline__ float inv_tau_of(float host, const double* __restrict__ dev) {
+  return dev != nullptr ? static_cast<float>(1.0 / *dev) : host;
+}
+
 __device__ __forceinline__ float block_sum(float v, float* smem) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -220,9 +227,10 @@ __global__ void __launch_bounds__(128) similarity_wmma(const T* __restrict__ X, 
 // ---------------------------------------------------------------- pass 1
 
 __global__ void __launch_bounds__(kThreads) stats_rows(const float* __restrict__ P, int64_t ldp, int64_t B,
-                                                       int64_t row0, float inv_tau, float* m_r, float* logl_r,
-                                                       int64_t* at_r, float* pos, float* hard_r,
-                                                       int64_t* hard_r_idx) {
+                                                       int64_t row0, float inv_tau_h, const double* tau_dev,
+                                                       float* m_r, float* logl_r, int64_t* at_r, float* pos,
+                                                       float* hard_r, int64_t* hard_r_idx) {
+  const float inv_tau = inv_tau_of(inv_tau_h, tau_dev);
   __shared__ float sv[32];
   __shared__ int64_t sj[32];
   const int64_t a = blockIdx.x, i = row0 + a;
@@ -260,10 +268,11 @@ __global__ void __launch_bounds__(kThreads) stats_rows(const float* __restrict__
 // One thread per column: the panel's max (first row), sum without it, hardest off-diagonal row,
 // folded into the running column statistics (panels come in row order: lowest index on ties).
 __global__ void stats_cols(const float* __restrict__ P, int64_t ldp, int64_t rows, int64_t B, int64_t row0,
-                           float inv_tau, float* m_c, float* rest_c, int64_t* at_c, float* hard_c,
-                           int64_t* hard_c_idx, int first) {
+                           float inv_tau_h, const double* tau_dev, float* m_c, float* rest_c, int64_t* at_c,
+                           float* hard_c, int64_t* hard_c_idx, int first) {
   const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= B) return;
+  const float inv_tau = inv_tau_of(inv_tau_h, tau_dev);
   float pm = -kInf, ph = -kInf;
   int64_t pat = 0, phi = -1;
   for (int64_t a = 0; a < rows; ++a) {
@@ -294,10 +303,11 @@ __global__ void stats_cols(const float* __restrict__ P, int64_t ldp, int64_t row
 
 __global__ void __launch_bounds__(kThreads) forward_rows(
     const float* __restrict__ P, int64_t ldp, const float* __restrict__ Q, int64_t ldq, int64_t B, int64_t row0,
-    float inv_tau, float eps, int bias, const float* __restrict__ m_r, const float* __restrict__ logl_r,
-    const float* __restrict__ m_c, const float* __restrict__ logl_c, const int64_t* __restrict__ at_r,
-    const int64_t* __restrict__ at_c, float* ce_i2t, float* ce_t2i, float* ent_i2t, float* ent_t2i, float* sce,
-    float* cbcl, float* A_r, float* A_c, float* A_r_rest, float* A_c_rest) {
+    float inv_tau_h, const double* tau_dev, float eps, int bias, const float* __restrict__ m_r,
+    const float* __restrict__ logl_r, const float* __restrict__ m_c, const float* __restrict__ logl_c,
+    const int64_t* __restrict__ at_r, const int64_t* __restrict__ at_c, float* ce_i2t, float* ce_t2i, float* ent_i2t,
+    float* ent_t2i, float* sce, float* cbcl, float* A_r, float* A_c, float* A_r_rest, float* A_c_rest) {
+  const float inv_tau = inv_tau_of(inv_tau_h, tau_dev);
   __shared__ float red[32];
   const int64_t a = blockIdx.x, i = row0 + a;
   const float* p = P + a * ldp;
@@ -350,19 +360,26 @@ __global__ void __launch_bounds__(kThreads) forward_rows(
 // ---------------------------------------------------------------- backward
 
 // One thread per element of the panel; E - P A at a row's (column's) maximal element as
-// E (1 - P) - P A_rest (csrc/cpu/backward.cpp).
-__global__ void backward_elems(const float* P, int64_t ldp, float* Dm, int64_t ldd, int64_t B, int64_t row0,
-                               float inv_tau, float eps, int bias, const float* __restrict__ m_r,
+// E (1 - P) - P A_rest (csrc/cpu/backward.cpp). tau_part (nullptr: not asked): the block's share
+// of d_tau (fused.py) at tau_part[blockIdx.y * gridDim.x + blockIdx.x], summed by the caller in
+// a fixed order (no atomics).
+__global__ void __launch_bounds__(256) backward_elems(const float* P, int64_t ldp, float* Dm, int64_t ldd, int64_t B,
+                               int64_t row0, float inv_tau_h, const double* tau_dev, float eps, int bias,
+                               const float* __restrict__ m_r,
                                const float* __restrict__ logl_r, const float* __restrict__ m_c,
                                const float* __restrict__ logl_c, const int64_t* __restrict__ at_r,
                                const int64_t* __restrict__ at_c, const float* __restrict__ A_r,
                                const float* __restrict__ A_c, const float* __restrict__ A_r_rest,
                                const float* __restrict__ A_c_rest, const float* __restrict__ g,
                                const float* __restrict__ k_r, const float* __restrict__ k_c,
-                               const int64_t* __restrict__ hard_r_idx, const int64_t* __restrict__ hard_c_idx) {
-  const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+                               const int64_t* __restrict__ hard_r_idx, const int64_t* __restrict__ hard_c_idx,
+                               float* tau_part) {
+  __shared__ float red[32];
+  const int64_t j0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t a = blockIdx.y, i = row0 + a;
-  if (j >= B) return;
+  const bool in = j0 < B;
+  const int64_t j = in ? j0 : B - 1;  // past the end: computes column B - 1 again, stores nothing
+  const float inv_tau = inv_tau_of(inv_tau_h, tau_dev);
   const float unbiased = bias ? 0.0f : 1.0f;
   const float z = __fmul_rn(P[a * ldp + j], inv_tau);
   const float nlr = clamp0((m_r[i] - z) + logl_r[i]), nlc = clamp0((m_c[j] - z) + logl_c[j]);
@@ -373,11 +390,16 @@ __global__ void backward_elems(const float* P, int64_t ldp, float* Dm, int64_t l
   const float e_c = off ? lift(qr, unbiased) * pc / (qc + eps) : 0.0f;
   const float row = j == at_r[i] ? e_r * qr - pr * A_r_rest[i] : e_r - pr * A_r[i];
   const float col = at_c[j] == i ? e_c * qc - pc * A_c_rest[j] : e_c - pc * A_c[j];
-  float d = (g[i] * row + g[j] * col) * inv_tau;
+  const float gr = g[i] * row, gc = g[j] * col;
+  float d = (gr + gc) * inv_tau;
   if (j == i) d -= k_r[i] + k_c[i];
   if (j == hard_r_idx[i]) d += k_r[i];
   if (hard_c_idx[j] == i) d += k_c[j];
-  Dm[a * ldd + j] = d;
+  if (in) Dm[a * ldd + j] = d;
+  if (tau_part != nullptr) {  // -log P per row and column: what -sum dS·Z reduces to, without cancellation
+    const float t = block_sum(in ? gr * nlr + gc * nlc : 0.0f, red);
+    if (threadIdx.x == 0) tau_part[(int64_t)blockIdx.y * gridDim.x + blockIdx.x] = t * inv_tau;
+  }
 }
 
 // C (+)= A·Bm, fp32 FMAs in k order.
@@ -453,50 +475,51 @@ const char* srem_cuda_similarity(const void* X, int64_t sx0, int64_t sx1, const 
 }
 
 const char* srem_cuda_stats_panel(const float* P, int64_t ldp, int64_t rows, int64_t B, int64_t row0, float inv_tau,
-                                  float* m_r, float* logl_r, int64_t* at_r, float* pos, float* hard_r,
-                                  int64_t* hard_r_idx, float* m_c, float* rest_c, int64_t* at_c, float* hard_c,
-                                  int64_t* hard_c_idx, int first, int device, void* stream) {
+                                  const double* tau_dev, float* m_r, float* logl_r, int64_t* at_r, float* pos,
+                                  float* hard_r, int64_t* hard_r_idx, float* m_c, float* rest_c, int64_t* at_c,
+                                  float* hard_c, int64_t* hard_c_idx, int first, int device, void* stream) {
   SREM_TRY(cudaSetDevice(device));
   if (rows <= 0) return nullptr;
   auto st = static_cast<cudaStream_t>(stream);
-  stats_rows<<<(unsigned)rows, kThreads, 0, st>>>(P, ldp, B, row0, inv_tau, m_r, logl_r, at_r, pos, hard_r,
+  stats_rows<<<(unsigned)rows, kThreads, 0, st>>>(P, ldp, B, row0, inv_tau, tau_dev, m_r, logl_r, at_r, pos, hard_r,
                                                   hard_r_idx);
   SREM_LAUNCHED();
   if (m_c == nullptr) return nullptr;  // rows only (a row range of the distributed loss)
-  stats_cols<<<(unsigned)((B + 255) / 256), 256, 0, st>>>(P, ldp, rows, B, row0, inv_tau, m_c, rest_c, at_c, hard_c,
-                                                         hard_c_idx, first);
+  stats_cols<<<(unsigned)((B + 255) / 256), 256, 0, st>>>(P, ldp, rows, B, row0, inv_tau, tau_dev, m_c, rest_c, at_c,
+                                                         hard_c, hard_c_idx, first);
   SREM_LAUNCHED();
   return nullptr;
 }
 
 const char* srem_cuda_forward_panel(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t rows, int64_t B,
-                                    int64_t row0, float inv_tau, float eps, int bias, const float* m_r,
-                                    const float* logl_r, const float* m_c, const float* logl_c, const int64_t* at_r,
-                                    const int64_t* at_c, float* ce_i2t, float* ce_t2i, float* ent_i2t, float* ent_t2i,
-                                    float* sce, float* cbcl, float* A_r, float* A_c, float* A_r_rest, float* A_c_rest,
-                                    int device, void* stream) {
+                                    int64_t row0, float inv_tau, const double* tau_dev, float eps, int bias,
+                                    const float* m_r, const float* logl_r, const float* m_c, const float* logl_c,
+                                    const int64_t* at_r, const int64_t* at_c, float* ce_i2t, float* ce_t2i,
+                                    float* ent_i2t, float* ent_t2i, float* sce, float* cbcl, float* A_r, float* A_c,
+                                    float* A_r_rest, float* A_c_rest, int device, void* stream) {
   SREM_TRY(cudaSetDevice(device));
   if (rows <= 0) return nullptr;
   forward_rows<<<(unsigned)rows, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      P, ldp, Q, ldq, B, row0, inv_tau, eps, bias, m_r, logl_r, m_c, logl_c, at_r, at_c, ce_i2t, ce_t2i, ent_i2t,
+      P, ldp, Q, ldq, B, row0, inv_tau, tau_dev, eps, bias, m_r, logl_r, m_c, logl_c, at_r, at_c, ce_i2t, ce_t2i, ent_i2t,
       ent_t2i, sce, cbcl, A_r, A_c, A_r_rest, A_c_rest);
   SREM_LAUNCHED();
   return nullptr;
 }
 
 const char* srem_cuda_backward_panel(const float* P, int64_t ldp, float* Dm, int64_t ldd, int64_t rows, int64_t B,
-                                     int64_t row0, float inv_tau, float eps, int bias, const float* m_r,
-                                     const float* logl_r, const float* m_c, const float* logl_c, const int64_t* at_r,
-                                     const int64_t* at_c, const float* A_r, const float* A_c, const float* A_r_rest,
-                                     const float* A_c_rest, const float* g, const float* k_r, const float* k_c,
-                                     const int64_t* hard_r_idx, const int64_t* hard_c_idx, int device, void* stream) {
+                                     int64_t row0, float inv_tau, const double* tau_dev, float eps, int bias,
+                                     const float* m_r, const float* logl_r, const float* m_c, const float* logl_c,
+                                     const int64_t* at_r, const int64_t* at_c, const float* A_r, const float* A_c,
+                                     const float* A_r_rest, const float* A_c_rest, const float* g, const float* k_r,
+                                     const float* k_c, const int64_t* hard_r_idx, const int64_t* hard_c_idx,
+                                     int device, void* stream, float* tau_part) {
   SREM_TRY(cudaSetDevice(device));
   if (rows <= 0) return nullptr;
   if (rows > 65535) return "srem_cuda_backward_panel: too many rows in one panel";
   const dim3 grid((unsigned)((B + 255) / 256), (unsigned)rows);
   backward_elems<<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      P, ldp, Dm, ldd, B, row0, inv_tau, eps, bias, m_r, logl_r, m_c, logl_c, at_r, at_c, A_r, A_c, A_r_rest, A_c_rest,
-      g, k_r, k_c, hard_r_idx, hard_c_idx);
+      P, ldp, Dm, ldd, B, row0, inv_tau, tau_dev, eps, bias, m_r, logl_r, m_c, logl_c, at_r, at_c, A_r, A_c, A_r_rest,
+      A_c_rest, g, k_r, k_c, hard_r_idx, hard_c_idx, tau_part);
   SREM_LAUNCHED();
   return nullptr;
 }

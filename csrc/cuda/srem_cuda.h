@@ -18,28 +18,34 @@ const char* srem_cuda_similarity(const void* X, int64_t sx0, int64_t sx1, const 
                                  int dtype, int64_t rows, int64_t n, int64_t D, float* P, int64_t ldp, int device,
                                  void* stream);
 
+// tau: every kernel takes 1/tau as a float (inv_tau) and tau_dev, a pointer to a tensor tau's fp64
+// value in device memory; when tau_dev is not null, 1/tau is formed from it on the device (a
+// learnable temperature: no host read) and inv_tau is not read.
+
 // Pass 1 over P = S[row0 : row0+rows, :] (the CPU kernel's contract, csrc/cpu/kernels.h);
 // m_c == nullptr: the rows' statistics only.
 const char* srem_cuda_stats_panel(const float* P, int64_t ldp, int64_t rows, int64_t B, int64_t row0, float inv_tau,
-                                  float* m_r, float* logl_r, int64_t* at_r, float* pos, float* hard_r,
-                                  int64_t* hard_r_idx, float* m_c, float* rest_c, int64_t* at_c, float* hard_c,
-                                  int64_t* hard_c_idx, int first, int device, void* stream);
+                                  const double* tau_dev, float* m_r, float* logl_r, int64_t* at_r, float* pos,
+                                  float* hard_r, int64_t* hard_r_idx, float* m_c, float* rest_c, int64_t* at_c,
+                                  float* hard_c, int64_t* hard_c_idx, int first, int device, void* stream);
 
 // Pass 2 over P = S[I, :] and Q = S[:, I]ᵀ.
 const char* srem_cuda_forward_panel(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t rows, int64_t B,
-                                    int64_t row0, float inv_tau, float eps, int bias, const float* m_r,
-                                    const float* logl_r, const float* m_c, const float* logl_c, const int64_t* at_r,
-                                    const int64_t* at_c, float* ce_i2t, float* ce_t2i, float* ent_i2t, float* ent_t2i,
-                                    float* sce, float* cbcl, float* A_r, float* A_c, float* A_r_rest, float* A_c_rest,
-                                    int device, void* stream);
+                                    int64_t row0, float inv_tau, const double* tau_dev, float eps, int bias,
+                                    const float* m_r, const float* logl_r, const float* m_c, const float* logl_c,
+                                    const int64_t* at_r, const int64_t* at_c, float* ce_i2t, float* ce_t2i,
+                                    float* ent_i2t, float* ent_t2i, float* sce, float* cbcl, float* A_r, float* A_c,
+                                    float* A_r_rest, float* A_c_rest, int device, void* stream);
 
-// dS[I, :] into Dm (may alias P).
+// dS[I, :] into Dm (may alias P). tau_part (nullptr: not asked): each block's share of d_tau
+// (fused.py), ((B + 255) / 256) · rows floats, block (x, y) at y · ((B + 255) / 256) + x.
 const char* srem_cuda_backward_panel(const float* P, int64_t ldp, float* Dm, int64_t ldd, int64_t rows, int64_t B,
-                                     int64_t row0, float inv_tau, float eps, int bias, const float* m_r,
-                                     const float* logl_r, const float* m_c, const float* logl_c, const int64_t* at_r,
-                                     const int64_t* at_c, const float* A_r, const float* A_c, const float* A_r_rest,
-                                     const float* A_c_rest, const float* g, const float* k_r, const float* k_c,
-                                     const int64_t* hard_r_idx, const int64_t* hard_c_idx, int device, void* stream);
+                                     int64_t row0, float inv_tau, const double* tau_dev, float eps, int bias,
+                                     const float* m_r, const float* logl_r, const float* m_c, const float* logl_c,
+                                     const int64_t* at_r, const int64_t* at_c, const float* A_r, const float* A_c,
+                                     const float* A_r_rest, const float* A_c_rest, const float* g, const float* k_r,
+                                     const float* k_c, const int64_t* hard_r_idx, const int64_t* hard_c_idx,
+                                     int device, void* stream, float* tau_part);
 
 // C[m, n] = (accumulate ? C[m, n] : 0) + sum_k A[m, k] Bm[k, n]; A fp32, Bm of `dtype`, both by
 // element strides; C fp32 with leading dimension ldc. Each element summed by one thread in a fixed

@@ -28,7 +28,7 @@ import re
 
 import torch
 
-from srem_kernels import _alloc
+from srem_kernels import _alloc, _tau
 
 from srem_kernels.backends import fused
 from srem_kernels.backends.panels import PanelRows
@@ -70,6 +70,11 @@ def _outputs(B: int) -> dict[str, torch.Tensor]:
     """The forward's output vectors (the one place they are allocated)."""
     layout = {k: ((B,), _F32) for k in _FLOAT_KEYS} | {k: ((B,), torch.int64) for k in _INDEX_KEYS}
     return _alloc.workspace(layout, device="cpu")  # one buffer per dtype
+
+
+def _host_tau(tau) -> float:
+    """tau as the kernels' float: a CPU tensor's value read from its memory (no op, no sync)."""
+    return _tau.host_value(tau) if isinstance(tau, torch.Tensor) else tau
 
 
 def _as_f32(t):
@@ -167,6 +172,17 @@ class CPUKernels(PanelRows):
     def _tail(self, ref):
         return (_threads(),)
 
+    def _kernel_tau(self, tau, ref):
+        return _host_tau(tau)
+
+    def _tau_args(self, t):
+        return (1.0 / t,)
+
+    def _tau_sink(self, ranges, B, ref):
+        """One fp64 accumulator that every panel adds its share to, in order."""
+        acc = torch.zeros(1, dtype=torch.float64)
+        return acc, [_ptr(acc)] * len(ranges), lambda a: a.view(())
+
     def _operands(self, img, txt):
         return _as_f32(img), _as_f32(txt)
 
@@ -179,6 +195,7 @@ class CPUKernels(PanelRows):
     # ------------------------------------------------------------------ forward
 
     def forward(self, img, txt, sim, *, tau, eps, bias):
+        tau = _host_tau(tau)
         o = _outputs((sim if sim is not None else img).shape[0])
         if sim is not None:
             self._forward_whole(_sim_f32(sim), o, tau, eps, bias)
@@ -236,20 +253,25 @@ class CPUKernels(PanelRows):
 
     # ------------------------------------------------------------------ backward
 
-    def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
+    def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c, tau_grad=False):
         B = (sim if sim is not None else img).shape[0]
         threads = _threads()
         rows = _panel_rows(B)
+        inv_tau = 1.0 / _host_tau(tau)
+        # d_tau: every panel adds its share, in order, to one fp64 accumulator (0 = not asked)
+        acc = torch.zeros(1, dtype=torch.float64) if tau_grad else None
+        sink = _ptr(acc) if tau_grad else 0
         up = [t.to(_F32).contiguous() for t in (g_cbcl, k_r, k_c)]  # held here until the kernels have run
         names = ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c", "A_r", "A_c", "A_r_rest", "A_c_rest")
         s = saved
         vectors = [*(_ptr(s[k]) for k in names), *map(_ptr, up), _ptr(s["hard_i2t_index"]), _ptr(s["hard_t2i_index"])]
 
         def dS(p, d, r0):  # dS[r0 : r0 + len(p), :] from p = S[r0 : ..., :] into d (may be p)
-            _C.backward_panel(_ptr(p), p.stride(0), _ptr(d), d.stride(0), p.shape[0], B, r0, 1.0 / tau, eps, bias,
-                              *vectors, threads)  # fmt: skip
+            _C.backward_panel(_ptr(p), p.stride(0), _ptr(d), d.stride(0), p.shape[0], B, r0, inv_tau, eps, bias,
+                              *vectors, threads, sink)  # fmt: skip
 
-        return self._backward(img, txt, sim, s.get("S"), B, rows, dS)
+        grads = self._backward(img, txt, sim, s.get("S"), B, rows, dS)
+        return (grads, acc.view(())) if tau_grad else grads
 
     def _backward(self, img, txt, sim, S, B, rows, dS):
         buf = torch.empty(rows * B, dtype=_F32)

@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from srem_kernels import _alloc
+from srem_kernels import _alloc, _tau
 
 from srem_kernels.backends import fused
 from srem_kernels.backends.panels import PanelRows
@@ -123,6 +123,27 @@ class CUDAKernels(PanelRows):
     def _operands(self, img, txt):
         return img, txt  # read in their dtype and strides
 
+    def _kernel_tau(self, tau, ref):
+        """A float, or a tensor tau's fp64 value on the device: the caller holds it while the
+        kernels that read it are queued (its memory must not go back to the allocator first)."""
+        t = _tau.kernel_form(tau, ref.device)
+        return _tau.f64(t) if isinstance(t, torch.Tensor) else t
+
+    def _tau_args(self, t):
+        """(inv_tau, tau_dev) of the C ABI: 1/tau, or a pointer to tau read on the device."""
+        return (0.0, _ptr(t)) if isinstance(t, torch.Tensor) else (1.0 / t, 0)
+
+    def _tau_sink(self, ranges, B, ref):
+        """One float per block of each backward_panel launch, summed once (fixed order)."""
+        blocks = (B + 255) // 256
+        sizes = [blocks * (r1 - r0) for r0, r1 in ranges]
+        buf = _alloc.empty((sum(sizes),), dtype=_F32, device=ref.device)
+        ptrs, at = [], 0
+        for n in sizes:
+            ptrs.append(_ptr(buf) + 4 * at)
+            at += n
+        return buf, ptrs, lambda b: b.sum()
+
     def _panel(self, X, Y, r0, r1, buf):
         """X[r0:r1]·Yᵀ in fp32, in buf."""
         x = X[r0:r1]
@@ -164,12 +185,13 @@ class CUDAKernels(PanelRows):
         layout |= {k: ((B,), torch.int64) for k in ("hard_i2t_index", "hard_t2i_index", "at_r", "at_c")}
         o = _alloc.workspace(layout, device=ref.device)  # one buffer per dtype
         rest_c = o.pop("rest_c")  # running state of pass 1, started by its first panel
-        inv_tau = 1.0 / tau
+        t = self._kernel_tau(tau, ref)  # held until the kernels are queued
+        tau_args = self._tau_args(t)
         for r0 in range(0, B, rows):
             r1 = min(B, r0 + rows)
             p = L.rows(r0, r1, buf)
             _C.stats_panel(
-                _ptr(p), p.stride(0), r1 - r0, B, r0, inv_tau, _ptr(o["m_r"]), _ptr(o["logl_r"]), _ptr(o["at_r"]),
+                _ptr(p), p.stride(0), r1 - r0, B, r0, *tau_args, _ptr(o["m_r"]), _ptr(o["logl_r"]), _ptr(o["at_r"]),
                 _ptr(o["pos"]), _ptr(o["hard_i2t"]), _ptr(o["hard_i2t_index"]), _ptr(o["m_c"]), _ptr(rest_c),
                 _ptr(o["at_c"]), _ptr(o["hard_t2i"]), _ptr(o["hard_t2i_index"]), r0 == 0, L.dev, L.stream,
             )  # fmt: skip
@@ -179,7 +201,7 @@ class CUDAKernels(PanelRows):
             p = L.rows(r0, r1, buf)
             q = L.cols(r0, r1, qbuf)
             _C.forward_panel(
-                _ptr(p), p.stride(0), _ptr(q), q.stride(0), r1 - r0, B, r0, inv_tau, eps, bias, _ptr(o["m_r"]),
+                _ptr(p), p.stride(0), _ptr(q), q.stride(0), r1 - r0, B, r0, *tau_args, eps, bias, _ptr(o["m_r"]),
                 _ptr(o["logl_r"]), _ptr(o["m_c"]), _ptr(o["logl_c"]), _ptr(o["at_r"]), _ptr(o["at_c"]),
                 _ptr(o["ce_i2t"]), _ptr(o["ce_t2i"]), _ptr(o["entropy_i2t"]), _ptr(o["entropy_t2i"]), _ptr(o["sce"]),
                 _ptr(o["loss_cbcl"]), _ptr(o["A_r"]), _ptr(o["A_c"]), _ptr(o["A_r_rest"]), _ptr(o["A_c_rest"]),
@@ -189,11 +211,15 @@ class CUDAKernels(PanelRows):
         o["lse_c"] = o["m_c"] + o["logl_c"]
         return o
 
-    def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
+    def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c, tau_grad=False):
         ref = sim if sim is not None else img
         L = _Launch(self, ref, img, txt, sim)
         B = L.B
         rows = _panel_rows(B)
+        t = self._kernel_tau(tau, ref)  # held until the kernels are queued
+        tau_args = self._tau_args(t)
+        ranges = [(r0, min(B, r0 + rows)) for r0 in range(0, B, rows)]
+        sink, sinks, total = self._tau_sink(ranges, B, ref) if tau_grad else (None, [0] * len(ranges), None)
         buf = torch.empty(rows, B, dtype=_F32, device=ref.device)
         g, k_r, k_c = (t.to(_F32).contiguous() for t in (g_cbcl, k_r, k_c))
         s = saved
@@ -206,15 +232,14 @@ class CUDAKernels(PanelRows):
             x, y = (img.to(gd), txt.to(gd)) if with_torch else (img, txt)  # torch: converted once, not per panel
         else:
             d_sim = _alloc.empty((B, B), dtype=sim.dtype, device=ref.device)
-        for r0 in range(0, B, rows):
-            r1 = min(B, r0 + rows)
+        for (r0, r1), to in zip(ranges, sinks):
             p = L.rows(r0, r1, buf)
             d = buf[: r1 - r0]  # dS overwrites the panel it is formed from
             _C.backward_panel(
-                _ptr(p), p.stride(0), _ptr(d), d.stride(0), r1 - r0, B, r0, 1.0 / tau, eps, bias, _ptr(s["m_r"]),
+                _ptr(p), p.stride(0), _ptr(d), d.stride(0), r1 - r0, B, r0, *tau_args, eps, bias, _ptr(s["m_r"]),
                 _ptr(s["logl_r"]), _ptr(s["m_c"]), _ptr(s["logl_c"]), _ptr(s["at_r"]), _ptr(s["at_c"]), _ptr(s["A_r"]),
                 _ptr(s["A_c"]), _ptr(s["A_r_rest"]), _ptr(s["A_c_rest"]), _ptr(g), _ptr(k_r), _ptr(k_c),
-                _ptr(s["hard_i2t_index"]), _ptr(s["hard_t2i_index"]), L.dev, L.stream,
+                _ptr(s["hard_i2t_index"]), _ptr(s["hard_t2i_index"]), L.dev, L.stream, to,
             )  # fmt: skip
             if sim is not None:
                 d_sim[r0:r1].copy_(d)
@@ -223,9 +248,8 @@ class CUDAKernels(PanelRows):
                 d = d.to(gd)  # once for both products
             self._times(d, y, d_img[r0:r1])  # dS[I, :] · T
             self._times_t(d, x[r0:r1], d_txt, accumulate=r0 > 0)  # d_txt += dS[I, :]ᵀ · I[I]
-        if sim is not None:
-            return d_sim
-        return d_img.to(img.dtype), d_txt.to(txt.dtype)
+        grads = d_sim if sim is not None else (d_img.to(img.dtype), d_txt.to(txt.dtype))
+        return (grads, total(sink)) if tau_grad else grads
 
 
 def synchronize(device: torch.device | None = None) -> None:

@@ -135,14 +135,15 @@ def _pass2(Sr, Sc, lo, first, tau, eps, bias, stats_only):
     return out
 
 
-def _dS_rows(Sr, lo, s, tau, eps, bias, g, k_r, k_c):
-    """dS[lo:hi, :] (fused.py's backward contract) from the whole batch's vectors `s`."""
+def _dS_rows(Sr, lo, s, tau, eps, bias, g, k_r, k_c, tau_grad=False):
+    """dS[lo:hi, :] (fused.py's backward contract) from the whole batch's vectors `s`; with
+    tau_grad also these rows' share of dL/dtau (fused.py's d_tau, in its cancellation-free form)."""
     hi = lo + Sr.shape[0]
     Z = Sr / tau
     off = ~_diagonal(Sr, lo)
     own_r, own_c = _rows(s["m_r"][lo:hi], s["logl_r"][lo:hi]), _cols(s["m_c"], s["logl_c"])
-    _, Pr, qr, _, E_r, _ = _side(Z, own_r, own_c, off, eps, bias)
-    _, Pc, qc, _, E_c, _ = _side(Z, own_c, own_r, off, eps, bias)  # Pc_ij under column j's softmax
+    nl_r, Pr, qr, _, E_r, _ = _side(Z, own_r, own_c, off, eps, bias)
+    nl_c, Pc, qc, _, E_c, _ = _side(Z, own_c, own_r, off, eps, bias)  # Pc_ij under column j's softmax
     rows = torch.arange(lo, hi, device=Z.device)
     cols = torch.arange(Z.shape[1], device=Z.device)
     # E - P·A cancels at a row's (column's) maximal element when its P is near 1 (both are
@@ -151,13 +152,16 @@ def _dS_rows(Sr, lo, s, tau, eps, bias, g, k_r, k_c):
     at_c = s["at_c"][None, :] == rows[:, None]
     row = torch.where(at_r, E_r * qr - Pr * s["A_r_rest"][lo:hi, None], E_r - Pr * s["A_r"][lo:hi, None])
     col = torch.where(at_c, E_c * qc - Pc * s["A_c_rest"][None, :], E_c - Pc * s["A_c"][None, :])
-    dS = (g[lo:hi, None] * row + g[None, :] * col) / tau
+    gr, gc = g[lo:hi, None] * row, g[None, :] * col
+    dS = (gr + gc) / tau
     a = torch.arange(hi - lo, device=Z.device)
     dS[a, rows] -= k_r[lo:hi] + k_c[lo:hi]
     dS[a, s["hard_i2t_index"][lo:hi]] += k_r[lo:hi]
     mine = (s["hard_t2i_index"] >= lo) & (s["hard_t2i_index"] < hi)  # t2i hinges whose hardest image is ours
     dS[s["hard_t2i_index"][mine] - lo, cols[mine]] += k_c[mine]
-    return dS
+    if not tau_grad:
+        return dS
+    return dS, ((gr * nl_r + gc * nl_c) / tau).sum()
 
 
 class DenseKernels:
@@ -170,14 +174,17 @@ class DenseKernels:
         first = _pass1(Sr, Sc, 0, tau)
         return first | _pass2(Sr, Sc, 0, first, tau, eps, bias, stats_only)
 
-    def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
+    def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c, tau_grad=False):
         B = (sim if sim is not None else img).shape[0]
         S, _ = _blocks(img, txt, sim, 0, B)
-        dS = _dS_rows(S, 0, saved, tau, eps, bias, g_cbcl.to(S.dtype), k_r.to(S.dtype), k_c.to(S.dtype))
+        out = _dS_rows(S, 0, saved, tau, eps, bias, g_cbcl.to(S.dtype), k_r.to(S.dtype), k_c.to(S.dtype), tau_grad)
+        dS, d_tau = out if tau_grad else (out, None)
         if sim is not None:
-            return dS.to(sim.dtype)
-        cd = dS.dtype
-        return (dS @ txt.to(cd)).to(img.dtype), (dS.T @ img.to(cd)).to(txt.dtype)
+            grads = dS.to(sim.dtype)
+        else:
+            cd = dS.dtype
+            grads = (dS @ txt.to(cd)).to(img.dtype), (dS.T @ img.to(cd)).to(txt.dtype)
+        return (grads, d_tau) if tau_grad else grads
 
     # ---------------------------------------------------------------- row ranges
 
@@ -187,10 +194,13 @@ class DenseKernels:
     def pass2_rows(self, img, txt, lo, hi, first, *, tau, eps, bias, stats_only=False):
         return _pass2(*_blocks(img, txt, None, lo, hi), lo, first, tau, eps, bias, stats_only)
 
-    def backward_rows(self, img, txt, lo, hi, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
+    def backward_rows(self, img, txt, lo, hi, saved, *, tau, eps, bias, g_cbcl, k_r, k_c, tau_grad=False):
         Sr, Sc = _blocks(img, txt, None, lo, hi)
         g, k_r, k_c = (t.to(Sr.dtype) for t in (g_cbcl, k_r, k_c))
         cd = Sr.dtype
-        d_img = _dS_rows(Sr, lo, saved, tau, eps, bias, g, k_r, k_c) @ txt.to(cd)
+        out = _dS_rows(Sr, lo, saved, tau, eps, bias, g, k_r, k_c, tau_grad)  # rows lo..hi-1: their d_tau share
+        dS, d_tau = out if tau_grad else (out, None)
+        d_img = dS @ txt.to(cd)
         d_txt = _dS_rows(Sc, lo, swap_sides(saved), tau, eps, bias, g, k_c, k_r) @ img.to(cd)
-        return d_img.to(img.dtype), d_txt.to(txt.dtype)
+        grads = d_img.to(img.dtype), d_txt.to(txt.dtype)
+        return (grads, d_tau) if tau_grad else grads

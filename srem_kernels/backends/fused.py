@@ -7,6 +7,10 @@ backward's upstream vectors — is srem_kernels/backends/glue.py's, one routine 
 for every backend. A Kernels object may name the glue it prefers (`glue = "triton"`: the Triton
 routines also for CPU tensors under the interpreter).
 
+tau: a float, or a detached 0-d tensor (any float dtype) on the inputs' device or the CPU — a
+  learnable temperature. A kernel reads a tensor's value where it lives (_tau.kernel_form): from
+  device memory on a GPU (no host read), from host memory on the CPU (no sync).
+
 forward(img, txt, sim, *, tau, eps, bias) -> dict of B-vectors, from (img, txt) or from sim:
     lse_r, lse_c            log-sum-exp of the rows / columns of Z = S / tau
     pos                     S_ii
@@ -20,7 +24,8 @@ forward(img, txt, sim, *, tau, eps, bias) -> dict of B-vectors, from (img, txt) 
   more entries of the backend's own (split forms such as m_r, logl_r); it comes back whole as
   `saved` in backward.
 
-backward(img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c) -> (d_img, d_txt), or d_sim
+backward(img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c, tau_grad=False)
+  -> (d_img, d_txt), or d_sim; with tau_grad, (that, d_tau)
   with `saved` the forward's dict and dL/dS formed tile by tile as
     dS_ij = ( g_cbcl_i (E_r_ij - Pr_ij A_r_i) + g_cbcl_j (E_c_ij - Pc_ij A_c_j) ) / tau
             - (k_r_i + k_c_i) [i = j] + k_r_i [j = hard_i2t_index_i] + k_c_j [i = hard_t2i_index_j]
@@ -28,6 +33,13 @@ backward(img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c) -> (d_img, d
   then d_img = dS · txt and d_txt = dSᵀ · img (or d_sim = dS), in the inputs' dtype.
   g_cbcl, k_r, k_c are B-vectors: the upstream gradient of L_i times lambda_cbcl, and times
   lambda_hard c_i w_i where the i2t / t2i hinge of sample i is active (else 0).
+  d_tau (tau_grad): dL/dtau, a 0-d tensor in the accumulation dtype, one more reduction over the
+  elements the pass already forms (SPEC.md "Gradient"). Only CBCL depends on tau, and each row of
+  its part of dS sums to 0 (as each column does), so -sum_ij dS^cbcl_ij Z_ij is formed as
+    d_tau = sum_ij ( g_cbcl_i R_ij (-log Pr_ij) + g_cbcl_j C_ij (-log Pc_ij) ) / tau
+  with R = E_r - Pr A_r and C = E_c - Pc A_c the two parts above: -log P >= 0 is what the
+  kernels hold for each element anyway, and it is small exactly where E is large (P near 1), so
+  the sum does not cancel as sum dS·Z (Z ~ 1/tau) would.
 
 Numerics the backward needs: E_r - Pr·A_r cancels at a row's maximal element when that
 probability is near 1 (both ~1/(1 - P)); form it there as E·(1 - P) - P·A_rest, with A_rest the
@@ -57,9 +69,10 @@ computes their rows and columns of S only, Br×B each (Br = hi - lo), never B×B
   pass2_rows(img, txt, lo, hi, first, *, tau, eps, bias, stats_only=False) -> dict of
       Br-vectors, with `first` pass 1's dicts of every rank concatenated (B-vectors).
   The two dicts together hold every entry forward's does (A_r, A_c not under stats_only).
-  backward_rows(img, txt, lo, hi, saved, *, tau, eps, bias, g_cbcl, k_r, k_c)
-      -> (d_img[lo:hi], d_txt[lo:hi]), with `saved` both passes' dicts of every rank and g_cbcl,
-      k_r, k_c B-vectors (as backward's). d_txt[lo:hi] = dS[:, lo:hi]ᵀ · img is the rows of the
+  backward_rows(img, txt, lo, hi, saved, *, tau, eps, bias, g_cbcl, k_r, k_c, tau_grad=False)
+      -> (d_img[lo:hi], d_txt[lo:hi]) (with tau_grad: (that, d_tau of rows lo..hi-1 of S: the
+      rank's share, the ranks' shares summing to the whole d_tau)), with `saved` both passes'
+      dicts of every rank and g_cbcl, k_r, k_c B-vectors (as backward's). d_txt[lo:hi] = dS[:, lo:hi]ᵀ · img is the rows of the
       swapped problem: the loss is symmetric under img <-> txt with i2t <-> t2i, r <-> c, so
       dS[:, lo:hi]ᵀ is dS of (txt, img) on rows lo..hi-1 with the two sides' vectors exchanged
       (`swap_sides`).
@@ -74,6 +87,7 @@ from typing import Optional, Protocol
 import torch
 
 from python_ref.srem import STATISTICS
+from srem_kernels import _amp
 from srem_kernels.backends import glue
 from srem_kernels._validate import SREMParams
 
@@ -147,15 +161,21 @@ def _device(img, sim):
     return (sim if sim is not None else img).device
 
 
+def _op_tau(tau) -> tuple[float, torch.Tensor | None]:
+    """tau as the custom ops take it: (the float, None) or (0.0, the tensor)."""
+    return (0.0, tau) if isinstance(tau, torch.Tensor) else (float(tau), None)
+
+
 @torch.library.custom_op("srem_kernels::fused_forward", mutates_args=())
 def fused_forward(
     img: Optional[torch.Tensor], txt: Optional[torch.Tensor], sim: Optional[torch.Tensor],
-    kernels: str, tau: float, eps: float, bias: bool, stats_only: bool,
+    kernels: str, tau: float, tau_t: Optional[torch.Tensor], eps: float, bias: bool, stats_only: bool,
 ) -> list[torch.Tensor]:  # fmt: skip
-    """Kernels.forward of the kernels registered as `kernels`, as the list saved_layout orders."""
+    """Kernels.forward of the kernels registered as `kernels`, as the list saved_layout orders
+    (tau_t: a tensor tau, else the float tau)."""
     k = _KERNELS[kernels]
     layout = k.saved_layout(img, txt, sim, stats_only=stats_only)
-    saved = _kernel_forward(k, img, txt, sim, tau, eps, bias, stats_only)
+    saved = _kernel_forward(k, img, txt, sim, tau if tau_t is None else tau_t, eps, bias, stats_only)
     if set(saved) != set(layout):
         raise RuntimeError(f"{kernels}.forward returned {sorted(saved)}, its saved_layout says {sorted(layout)}")
     return _unaliased([saved[name] for name in layout])
@@ -174,7 +194,7 @@ def _unaliased(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 @fused_forward.register_fake
-def _(img, txt, sim, kernels, tau, eps, bias, stats_only):
+def _(img, txt, sim, kernels, tau, tau_t, eps, bias, stats_only):
     layout = _KERNELS[kernels].saved_layout(img, txt, sim, stats_only=stats_only)
     return [torch.empty(shape, dtype=dtype, device=_device(img, sim)) for shape, dtype in layout.values()]
 
@@ -182,19 +202,24 @@ def _(img, txt, sim, kernels, tau, eps, bias, stats_only):
 @torch.library.custom_op("srem_kernels::fused_backward", mutates_args=())
 def fused_backward(
     img: Optional[torch.Tensor], txt: Optional[torch.Tensor], sim: Optional[torch.Tensor], saved: list[torch.Tensor],
-    kernels: str, tau: float, eps: float, bias: bool, g_cbcl: torch.Tensor, k_r: torch.Tensor, k_c: torch.Tensor,
+    kernels: str, tau: float, tau_t: Optional[torch.Tensor], eps: float, bias: bool, g_cbcl: torch.Tensor,
+    k_r: torch.Tensor, k_c: torch.Tensor, tau_grad: bool,
 ) -> list[torch.Tensor]:  # fmt: skip
-    """Kernels.backward: [d_img, d_txt], or [d_sim]."""
+    """Kernels.backward: [d_img, d_txt], or [d_sim]; then d_tau with tau_grad."""
     k = _KERNELS[kernels]
     names = list(k.saved_layout(img, txt, sim, stats_only=False))
-    grads = k.backward(img, txt, sim, dict(zip(names, saved)), tau=tau, eps=eps, bias=bias, g_cbcl=g_cbcl, k_r=k_r, k_c=k_c)
-    return [grads.contiguous()] if sim is not None else [grads[0].contiguous(), grads[1].contiguous()]
+    out = k.backward(img, txt, sim, dict(zip(names, saved)), tau=tau if tau_t is None else tau_t, eps=eps, bias=bias,
+                     g_cbcl=g_cbcl, k_r=k_r, k_c=k_c, **({"tau_grad": True} if tau_grad else {}))  # fmt: skip
+    grads, d_tau = out if tau_grad else (out, None)
+    grads = [grads.contiguous()] if sim is not None else [grads[0].contiguous(), grads[1].contiguous()]
+    return grads + ([d_tau.clone()] if tau_grad else [])
 
 
 @fused_backward.register_fake
-def _(img, txt, sim, saved, kernels, tau, eps, bias, g_cbcl, k_r, k_c):
+def _(img, txt, sim, saved, kernels, tau, tau_t, eps, bias, g_cbcl, k_r, k_c, tau_grad):
     like = [sim] if sim is not None else [img, txt]
-    return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in like]
+    out = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in like]
+    return out + ([g_cbcl.new_empty(())] if tau_grad else [])
 
 
 # ---------------------------------------------------------------- autograd around kernels and glue
@@ -209,22 +234,43 @@ def _forward_saved(kernels, key, img, txt, sim, params, stats_only):
     if key is None or not torch.compiler.is_compiling():  # eager: the kernels directly (no op dispatch)
         return _kernel_forward(kernels, img, txt, sim, params.tau, params.eps, params.bias, stats_only)
     layout = kernels.saved_layout(img, txt, sim, stats_only=stats_only)
-    out = fused_forward(img, txt, sim, key, params.tau, params.eps, params.bias, stats_only)
+    out = fused_forward(img, txt, sim, key, *_op_tau(params.tau), params.eps, params.bias, stats_only)
     return dict(zip(layout, out))
+
+
+def _kernel_backward(ctx, img, txt, sim, vectors, up, tau_grad: bool):
+    """(grads as a list, d_tau or None) from the kernels, directly or through the custom op."""
+    p = ctx.params
+    if ctx.key is None or not torch.compiler.is_compiling():
+        extra = {"tau_grad": True} if tau_grad else {}
+        out = ctx.kernels.backward(img, txt, sim, dict(zip(ctx.names, vectors)), tau=p.tau, eps=p.eps, bias=p.bias,
+                                   **up, **extra)  # fmt: skip
+        grads, d_tau = out if tau_grad else (out, None)
+        return ([grads] if sim is not None else list(grads)), d_tau
+    out = fused_backward(img, txt, sim, vectors, ctx.key, *_op_tau(p.tau), p.eps, p.bias, up["g_cbcl"], up["k_r"],
+                         up["k_c"], tau_grad)  # fmt: skip
+    return (out[:-1], out[-1]) if tau_grad else (out, None)
+
+
+def tau_gradient(d_tau: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """dL/dtau from a kernel's d_tau, shaped, typed and placed as the tau it is for."""
+    return d_tau.to(dtype=tau.dtype).to(device=tau.device).reshape(tau.shape)
 
 
 class _FusedSREM(torch.autograd.Function):
     """The loss (reduced as asked, differentiable), per_sample L_i (None for reduction "none":
-    the loss is it) and the statistics it came from (constants)."""
+    the loss is it) and the statistics it came from (constants). `tau` is the call's tensor tau
+    (None for a float tau, which params holds); params.tau is what the kernels read."""
 
     @staticmethod
-    def forward(ctx, img, txt, sim, margin, clean, kernels, key, params: SREMParams):
+    def forward(ctx, img, txt, sim, margin, clean, tau, kernels, key, params: SREMParams):
         ctx.set_materialize_grads(False)  # the statistics get no gradient: no zero-filled ones
         saved = _forward_saved(kernels, key, img, txt, sim, params, stats_only=False)
         impl = glue_impl(kernels, _device(img, sim))
         out = glue.forward(saved, params, margin, clean, impl=impl)
         names = list(saved)
         ctx.kernels, ctx.key, ctx.params, ctx.names, ctx.impl = kernels, key, params, names, impl
+        ctx.tau_like = None if tau is None else tau.detach()  # dtype, device and shape of its gradient
         ctx.save_for_backward(img, txt, sim, out["hinge_r"], out["hinge_c"], *(saved[n] for n in names))
         stats = tuple((saved | out)[k] for k in _STAT_OUTPUTS)
         per_sample = None if params.reduction == "none" else out["per_sample"]
@@ -234,35 +280,34 @@ class _FusedSREM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g, *_):
         if g is None:
-            return (None,) * 8
+            return (None,) * 9
         img, txt, sim, hinge_r, hinge_c, *vectors = ctx.saved_tensors
         p = ctx.params
-        up = glue.upstream(g, hinge_r, hinge_c, reduction=p.reduction, lambda_cbcl=p.lambda_cbcl, impl=ctx.impl)
-        if ctx.key is None or not torch.compiler.is_compiling():
-            grads = ctx.kernels.backward(img, txt, sim, dict(zip(ctx.names, vectors)), tau=p.tau, eps=p.eps,
-                                         bias=p.bias, **up)  # fmt: skip
-            grads = [grads] if sim is not None else list(grads)
-        else:
-            grads = fused_backward(img, txt, sim, vectors, ctx.key, p.tau, p.eps, p.bias, up["g_cbcl"], up["k_r"],
-                                   up["k_c"])  # fmt: skip
+        tau_grad = ctx.tau_like is not None and ctx.needs_input_grad[5]
+        with _amp.off(g.device):  # a backward called inside an autocast region: SPEC's precision still
+            up = glue.upstream(g, hinge_r, hinge_c, reduction=p.reduction, lambda_cbcl=p.lambda_cbcl, impl=ctx.impl)
+            grads, d_tau = _kernel_backward(ctx, img, txt, sim, vectors, up, tau_grad)
+        g_tau = tau_gradient(d_tau, ctx.tau_like) if tau_grad else None
         if sim is not None:
-            return None, None, grads[0], None, None, None, None, None
-        return grads[0], grads[1], None, None, None, None, None, None
+            return None, None, grads[0], None, None, g_tau, None, None, None
+        return grads[0], grads[1], None, None, None, g_tau, None, None, None
 
 
 def run(kernels: Kernels, img, txt, sim, params: SREMParams, *, stats_only: bool = False):
     """A backend's `run` (see registry.py) on top of its kernels. stats_only: forward only, no
     gradient work (nothing saved; A_r, A_c skipped where the kernels support it)."""
     key = _op_key(kernels)
-    margin, clean = params.margin, params.clean
-    bare = dataclasses.replace(params, margin=0.0, clean=None)  # tensors travel as arguments
+    margin, clean, tau = params.margin, params.clean, params.tau
+    tau = tau if isinstance(tau, torch.Tensor) else None  # an autograd input: its gradient comes back
+    # tensors travel as arguments; the kernels and the glue read tau detached (a constant to them)
+    bare = dataclasses.replace(params, margin=0.0, clean=None, tau=params.tau if tau is None else tau.detach())
     if stats_only:
         with torch.no_grad():
             saved = _forward_saved(kernels, key, img, txt, sim, bare, stats_only=True)
             out = glue.forward(saved, bare, margin, clean, impl=glue_impl(kernels, _device(img, sim)))
             loss, per_sample, stats = out["loss"], out["per_sample"], saved | out
     else:
-        loss, per_sample, *outs = _FusedSREM.apply(img, txt, sim, margin, clean, kernels, key, bare)
+        loss, per_sample, *outs = _FusedSREM.apply(img, txt, sim, margin, clean, tau, kernels, key, bare)
         stats = dict(zip(_STAT_OUTPUTS, outs))
         if per_sample is None:
             per_sample = loss.detach()

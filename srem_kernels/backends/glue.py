@@ -6,8 +6,8 @@
     upstream  the backward's g_cbcl, k_r, k_c from the loss's upstream gradient
     gmm_filtration   SPEC.md's GMM alone (the distributed path's gathered batch, the trainer's
               dataset-level selection)
-    check_values     the value checks of a call's inputs (NaN/Inf, clean in [0, 1]): one host
-              read at most
+    check_values     the value checks of a call's inputs (NaN/Inf, clean in [0, 1], a tensor
+              tau finite and > 0): one host read at most
 
 Each is ONE routine per device class — csrc/cpu/glue.cpp for CPU tensors, srem_kernels/
 triton/glue.py for CUDA tensors (and for CPU tensors under TRITON_INTERPRET=1 where the kernels
@@ -40,14 +40,14 @@ from typing import Optional
 import torch
 
 from python_ref.filtration import gmm_filtration as _reference_gmm, gmm_low_posterior
-from srem_kernels import _alloc, sensitivity
+from srem_kernels import _alloc, _tau, sensitivity
 
 ROWS = ("energy_i2t", "energy_t2i", "energy", "clean", "weight", "loss_hard", "per_sample", "hinge_r", "hinge_c")
 SELECT = ("given", "gmm", "none")  # the routines' codes: the index
 REDUCTION = ("mean", "sum", "none")
 IMPLEMENTATIONS = ("cpu", "triton", "torch")
 # the value checks' bits, lowest first in the error
-CHECKED = ("img", "txt", "sim", "margin", "clean")
+CHECKED = ("img", "txt", "sim", "margin", "clean", "tau")
 
 
 @functools.cache
@@ -149,6 +149,7 @@ def _forward(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clea
     ws = _alloc.empty((len(ROWS), B), dtype=acc, device=lse_r.device)
     loss = _alloc.empty((), dtype=acc, device=lse_r.device)
     if impl == "cpu":
+        tau = _tau.host_value(tau) if _tau.is_tensor(tau) else tau  # CPU tensors here: no sync
         p = [v[k].data_ptr() for k in _VECTORS]
         _cpu_module().glue_forward(
             B, *p, margin.data_ptr() if margin is not None else 0, margin.stride(0) if margin is not None else 0,
@@ -184,16 +185,19 @@ def _upstream(g, hinge_r, hinge_c, scale, lambda_cbcl, impl):
 def glue_forward_op(
     lse_r: torch.Tensor, lse_c: torch.Tensor, pos: torch.Tensor, hard_i2t: torch.Tensor, hard_t2i: torch.Tensor,
     sce: torch.Tensor, loss_cbcl: torch.Tensor, margin: Optional[torch.Tensor], clean: Optional[torch.Tensor],
-    weight: Optional[torch.Tensor], factor: Optional[torch.Tensor], margin_value: float, tau: float, lambda_hard: float, lambda_cbcl: float, sce_weight: bool, select: int,
+    weight: Optional[torch.Tensor], factor: Optional[torch.Tensor], margin_value: float, tau: float,
+    tau_t: Optional[torch.Tensor], lambda_hard: float, lambda_cbcl: float, sce_weight: bool, select: int,
     reduction: int, impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """_forward; tau_t a tensor tau (then tau is unused)."""
     ws, loss = _forward(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clean, weight, factor,
-                        margin_value, tau, lambda_hard, lambda_cbcl, sce_weight, select, reduction, impl)  # fmt: skip
+                        margin_value, tau if tau_t is None else tau_t, lambda_hard, lambda_cbcl, sce_weight, select,
+                        reduction, impl)  # fmt: skip
     return ws, loss
 
 
 @glue_forward_op.register_fake
-def _(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clean, weight, factor, margin_value, tau,
+def _(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clean, weight, factor, margin_value, tau, tau_t,
       lambda_hard, lambda_cbcl, sce_weight, select, reduction, impl):  # fmt: skip
     return lse_r.new_empty((len(ROWS), lse_r.shape[0])), lse_r.new_empty(())
 
@@ -236,10 +240,15 @@ def forward(vectors: dict, params, margin, clean, *, impl: str, select: str | No
     m_vec = margin if isinstance(margin, torch.Tensor) else None
     m_val = 0.0 if isinstance(margin, torch.Tensor) else float(margin)
     c_vec = clean.to(e_dtype) if clean is not None else None
-    args = (*(vectors[k] for k in _VECTORS), m_vec, c_vec, weight, factor, m_val, float(params.tau),
-            float(params.lambda_hard), float(params.lambda_cbcl), mode == "weight", SELECT.index(select),
+    tau = params.tau if _tau.is_tensor(params.tau) else float(params.tau)
+    head = (*(vectors[k] for k in _VECTORS), m_vec, c_vec, weight, factor, m_val)
+    tail = (float(params.lambda_hard), float(params.lambda_cbcl), mode == "weight", SELECT.index(select),
             REDUCTION.index(params.reduction), impl)  # fmt: skip
-    ws, loss = glue_forward_op(*args) if torch.compiler.is_compiling() else _forward(*args)
+    if torch.compiler.is_compiling():
+        as_op = (0.0, tau) if _tau.is_tensor(tau) else (tau, None)
+        ws, loss = glue_forward_op(*head, *as_op, *tail)
+    else:
+        ws, loss = _forward(*head, tau, *tail)
     out = dict(zip(ROWS, ws.unbind(0)))
     out["loss"] = out["per_sample"] if params.reduction == "none" else loss
     return out
@@ -280,13 +289,20 @@ def gmm_filtration(energy: torch.Tensor, *, impl: str | None = None, posterior: 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
 
-def check_values(*, img=None, txt=None, sim=None, margin=None, clean=None, impl: str) -> None:
+def _tau_ok(tau: float) -> bool:
+    return tau > 0 and tau != float("inf")  # False for NaN too
+
+
+def check_values(*, img=None, txt=None, sim=None, margin=None, clean=None, tau=None, impl: str) -> None:
     """ValueError naming the first argument that holds NaN/Inf (img, txt, sim, a margin vector;
-    a float margin or None is skipped) or clean weights outside [0, 1]. CPU: the C++ checks, no host read; Triton: one launch per
-    tensor into one flag, read once; torch: the flags as tensors, read once."""
-    given = {k: t for k, t in zip(CHECKED, (img, txt, sim, margin, clean)) if isinstance(t, torch.Tensor)}
-    if not given:
-        return
+    a float margin or None is skipped), clean weights outside [0, 1], or a tensor tau that is not
+    finite and > 0. CPU: the C++ checks, no host read; Triton: one launch per tensor into one
+    flag, read once; torch: the flags as tensors, read once. A CPU tensor tau beside inputs on
+    another device is read on the host (no sync)."""
+    given = {k: t for k, t in zip(CHECKED, (img, txt, sim, margin, clean, tau)) if isinstance(t, torch.Tensor)}
+    bad_tau = False
+    if "tau" in given and (impl == "cpu" or given["tau"].device.type == "cpu"):
+        bad_tau = not _tau_ok(_tau.host_value(given.pop("tau")))
     bad = 0
     if impl == "cpu":
         C = _cpu_module()
@@ -302,19 +318,35 @@ def check_values(*, img=None, txt=None, sim=None, margin=None, clean=None, impl:
             if hit:
                 bad |= 1 << CHECKED.index(name)
                 break
-    elif impl == "triton":
+    elif impl == "triton" and given:
         T = _triton_module()
         flag = torch.zeros(1, dtype=torch.int32, device=next(iter(given.values())).device)
         for name, t in given.items():
-            T.nonfinite(t, flag, 1 << CHECKED.index(name), unit=name == "clean")
+            T.nonfinite(t, flag, 1 << CHECKED.index(name), bound=_BOUNDS.get(name))
         bad = int(flag[0])  # the one host read of a call
-    else:
-        flags = [~torch.isfinite(t).all() if name != "clean" else ~((t >= 0) & (t <= 1)).all()
-                 for name, t in given.items()]  # fmt: skip
+    elif given:
+        flags = [_torch_bad(name, t) for name, t in given.items()]
         hits = torch.stack(flags).tolist()  # the one host read
         bad = sum(1 << CHECKED.index(name) for name, hit in zip(given, hits) if hit)
+    if bad_tau:
+        bad |= 1 << CHECKED.index("tau")
     if bad:
         name = CHECKED[(bad & -bad).bit_length() - 1]
         if name == "clean":
             raise ValueError("clean weights must lie in [0, 1]")
+        if name == "tau":
+            raise ValueError("tau must be finite and > 0 (a tensor tau's value is checked with the inputs'; "
+                             "check_finite=False skips it)")  # fmt: skip
         raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to skip this check)")
+
+
+# the value ranges the Triton check tests instead of finiteness
+_BOUNDS = {"clean": "unit", "tau": "positive"}
+
+
+def _torch_bad(name: str, t: torch.Tensor) -> torch.Tensor:
+    if name == "clean":
+        return ~((t >= 0) & (t <= 1)).all()
+    if name == "tau":
+        return ~((t > 0) & torch.isfinite(t))
+    return ~torch.isfinite(t).all()

@@ -26,7 +26,11 @@ class PanelRows:
     """Mixin of CPUKernels / CUDAKernels. They provide `_C` (stats_panel, forward_panel,
     backward_panel), `_tail(ref)` (the arguments after a kernel's own: threads, or device and
     stream), `_operands(img, txt)` (what panels are formed from), `_panel(X, Y, r0, r1, buf)`
-    (X[r0:r1]·Yᵀ in fp32), `_times(d, Y)` (d·Y in fp32) and `_panel_rows(B)`."""
+    (X[r0:r1]·Yᵀ in fp32), `_times(d, Y)` (d·Y in fp32), `_panel_rows(B)`, and for tau:
+    `_kernel_tau(tau, ref)` (tau as the kernels read it: a float, or a device tensor the caller
+    holds until the kernels are queued), `_tau_args(t)` (the kernels' arguments for it) and
+    `_tau_sink(ranges, B, ref)` -> (buffer, one pointer per row range, a function of the buffer
+    giving d_tau): where backward_panel puts d_tau, its last argument."""
 
     supports_rows = True
 
@@ -45,12 +49,13 @@ class PanelRows:
         o = self._vecs(("m_r", "logl_r", "pos", "hard_i2t", "m_c", "logl_c", "hard_t2i", "unused_pos"), B, dev)
         o |= self._vecs(("at_r", "hard_i2t_index", "at_c", "hard_t2i_index"), B, dev, torch.int64)
         buf = torch.empty(self._panel_rows(B), B, dtype=_F32, device=dev)
+        t = self._kernel_tau(tau, img)
         for a, b, side in ((X, Y, ("m_r", "logl_r", "at_r", "pos", "hard_i2t", "hard_i2t_index")),
                            (Y, X, ("m_c", "logl_c", "at_c", "unused_pos", "hard_t2i", "hard_t2i_index"))):  # fmt: skip
             for r0, r1 in self._ranges(lo, hi, B):
                 p = self._panel(a, b, r0, r1, buf)
-                self._C.stats_panel(_p(p), p.stride(0), r1 - r0, B, r0, 1.0 / tau, *(_p(o[k]) for k in side),
-                                    0, 0, 0, 0, 0, True, *tail)  # fmt: skip
+                self._C.stats_panel(_p(p), p.stride(0), r1 - r0, B, r0, *self._tau_args(t),
+                                    *(_p(o[k]) for k in side), 0, 0, 0, 0, 0, True, *tail)  # fmt: skip
         # logl_* hold log l already: a row panel spans every column
         out = {k: v[lo:hi] for k, v in o.items() if k != "unused_pos"}
         out["lse_r"] = out["m_r"] + out["logl_r"]
@@ -67,36 +72,43 @@ class PanelRows:
         rows = self._panel_rows(B)
         buf = torch.empty(rows, B, dtype=_F32, device=dev)
         qbuf = torch.empty(rows, B, dtype=_F32, device=dev)
+        t = self._kernel_tau(tau, img)
         for r0, r1 in self._ranges(lo, hi, B):
             p = self._panel(X, Y, r0, r1, buf)
             q = self._panel(Y, X, r0, r1, qbuf)
             self._C.forward_panel(
-                _p(p), p.stride(0), _p(q), q.stride(0), r1 - r0, B, r0, 1.0 / tau, eps, bias,
+                _p(p), p.stride(0), _p(q), q.stride(0), r1 - r0, B, r0, *self._tau_args(t), eps, bias,
                 *(_p(f[k]) for k in ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c")), *(_p(o[k]) for k in names),
                 *tail,
             )  # fmt: skip
         return {k: v[lo:hi] for k, v in o.items()}
 
-    def backward_rows(self, img, txt, lo, hi, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
+    def backward_rows(self, img, txt, lo, hi, saved, *, tau, eps, bias, g_cbcl, k_r, k_c, tau_grad=False):
         B, D, dev = img.shape[0], img.shape[1], img.device
         X, Y = self._operands(img, txt)
         tail = self._tail(img)
         vecs = dict(saved, g=g_cbcl, k_r=k_r, k_c=k_c)
         vecs = {k: v.to(torch.int64 if v.dtype == torch.int64 else _F32).contiguous() for k, v in vecs.items()}
         buf = torch.empty(self._panel_rows(B), B, dtype=_F32, device=dev)
+        ranges = self._ranges(lo, hi, B)
+        t = self._kernel_tau(tau, img)
+        tau_args = self._tau_args(t)
+        # d_tau: the rows lo..hi-1 of dS (the first side) hold this rank's share, once
+        sink, sinks, total = self._tau_sink(ranges, B, img) if tau_grad else (None, [0] * len(ranges), None)
         grads = []
         # d_img[I] = dS[I, :]·txt; d_txt[I] = dS[:, I]ᵀ·img, the swapped problem's rows
-        for a, b, s in ((X, Y, vecs), (Y, X, swap_sides(vecs))):
+        for side, (a, b, s) in enumerate(((X, Y, vecs), (Y, X, swap_sides(vecs)))):
             out = _alloc.empty((hi - lo, D), dtype=_F32, device=dev)
-            for r0, r1 in self._ranges(lo, hi, B):
+            for (r0, r1), to in zip(ranges, sinks):
                 p = self._panel(a, b, r0, r1, buf)
                 d = buf[: r1 - r0]  # dS overwrites the panel it is formed from
                 self._C.backward_panel(
-                    _p(p), p.stride(0), _p(d), d.stride(0), r1 - r0, B, r0, 1.0 / tau, eps, bias,
+                    _p(p), p.stride(0), _p(d), d.stride(0), r1 - r0, B, r0, *tau_args, eps, bias,
                     *(_p(s[k]) for k in ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c", "A_r", "A_c", "A_r_rest",
                                           "A_c_rest", "g", "k_r", "k_c", "hard_i2t_index", "hard_t2i_index")),
-                    *tail,
+                    *tail, to if side == 0 else 0,
                 )  # fmt: skip
                 self._times(d, b, out[r0 - lo : r1 - lo])
             grads.append(out)
-        return grads[0].to(img.dtype), grads[1].to(txt.dtype)
+        grads = grads[0].to(img.dtype), grads[1].to(txt.dtype)
+        return (grads, total(sink)) if tau_grad else grads

@@ -15,7 +15,8 @@ Deterministic: one program walks the batch in a fixed order and reduces with tl.
 tree); the value checks OR bits with atomics, which is order-free. The GMM runs in fp64
 throughout, as csrc/cpu/glue.cpp does (O(B) work per round; its flags are then the fp64
 reference's); the rest in the vectors' dtype. Scalars (tau, the lambdas, the margin) travel
-as the bits of a double (tiles.bits), exact for fp64 inputs.
+as the bits of a double (tiles.bits), exact for fp64 inputs; a tensor tau as a pointer to its
+fp64 value in device memory (tiles.tau_argument).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import triton
 import triton.language as tl
 
 from python_ref.filtration import GMM_ROUNDS, GMM_VAR_FLOOR
-from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, _acc_tl, _f64, _on, bits
+from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, _acc_tl, _f64, _on, _tau, bits, tau_argument
 
 _BLOCK = 1024  # energies per step of the one-program kernels
 _CHECK_ROWS, _CHECK_COLS = 32, 128
@@ -157,16 +158,17 @@ def _gmm_kernel(x, stride, B, clean, post, WITH_POST: tl.constexpr, ACC: tl.cons
             tl.store(post + offs, p.to(ACC), mask=mask)
 
 
-@triton.jit(do_not_specialize=["margin_bits", "tau_bits", "lambda_hard_bits", "lambda_cbcl_bits"])
+@triton.jit(do_not_specialize=["margin_bits", "tau_arg", "lambda_hard_bits", "lambda_cbcl_bits"])
 def _glue_kernel(lse_r, lse_c, pos, hard_r, hard_c, sce, cbcl, margin, margin_stride, margin_bits, given,
-                 given_stride, weight, factor, tau_bits, lambda_hard_bits, lambda_cbcl_bits, ws, loss, B,
+                 given_stride, weight, factor, tau_arg, lambda_hard_bits, lambda_cbcl_bits, ws, loss, B,
                  HAS_MARGIN: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_FACTOR: tl.constexpr,
-                 SELECT: tl.constexpr, SCE_WEIGHT: tl.constexpr,
+                 SELECT: tl.constexpr, SCE_WEIGHT: tl.constexpr, TAU_PTR: tl.constexpr,
                  REDUCTION: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, ROUNDS: tl.constexpr,
                  FLOOR: tl.constexpr):  # fmt: skip
     """glue.py's forward in one program: rows of ws (glue.ROWS) and the reduced loss.
-    SELECT: 0 the given clean weights, 1 the GMM, 2 none; REDUCTION: 0 mean, 1 sum, 2 none."""
-    tau = _f64(tau_bits).to(ACC)
+    SELECT: 0 the given clean weights, 1 the GMM, 2 none; REDUCTION: 0 mean, 1 sum, 2 none.
+    tau_arg: tau's bits, or (TAU_PTR) a pointer to it in fp64 (tiles._tau)."""
+    tau = _tau(tau_arg, TAU_PTR).to(ACC)
     lam_h = _f64(lambda_hard_bits).to(ACC)
     lam_c = _f64(lambda_cbcl_bits).to(ACC)
     m_scalar = _f64(margin_bits).to(ACC)
@@ -239,11 +241,12 @@ def _upstream_kernel(g, g_stride, scale_bits, lambda_cbcl_bits, hinge_r, hinge_c
 
 
 @triton.jit
-def _nonfinite_kernel(x, rows, cols, s0, s1, flag, BIT: tl.constexpr, UNIT: tl.constexpr, EXP: tl.constexpr,
+def _nonfinite_kernel(x, rows, cols, s0, s1, flag, BIT: tl.constexpr, BOUND: tl.constexpr, EXP: tl.constexpr,
                       BR: tl.constexpr, BC: tl.constexpr):  # fmt: skip
     """flag |= BIT where rows×cols of x (strides s0, s1) hold NaN/Inf — x an integer view of the
     floats, EXP the exponent mask (all ones: NaN or ±Inf, in any dtype and in the interpreter) —
-    or with UNIT (x floating) a value outside [0, 1]."""
+    or, with BOUND (x floating), a value outside [0, 1] (1: clean weights) or not in (0, inf)
+    (2: a tensor tau)."""
     r = tl.program_id(0) * BR + tl.arange(0, BR)
     rmask = r < rows
     bad = tl.zeros((BR,), tl.int32)  # per row: a 2-D flag tile would hold BR×BC registers more
@@ -251,8 +254,10 @@ def _nonfinite_kernel(x, rows, cols, s0, s1, flag, BIT: tl.constexpr, UNIT: tl.c
         c = c0 + tl.arange(0, BC)
         mask = rmask[:, None] & (c < cols)[None, :]
         v = tl.load(x + r.to(tl.int64)[:, None] * s0 + c.to(tl.int64)[None, :] * s1, mask=mask, other=0)
-        if UNIT:
+        if BOUND == 1:
             out = (v >= 0.0) & (v <= 1.0)
+        elif BOUND == 2:
+            out = (v > 0.0) & (v < float("inf"))
         else:
             out = (v & EXP) != EXP
         bad = tl.maximum(bad, tl.max(tl.where(mask & (out == 0), 1, 0), axis=1))
@@ -270,14 +275,16 @@ def glue_forward(v, margin, clean, weight, factor, margin_value, tau, lambda_har
     B = lse_r.shape[0]
     acc = _acc_tl(lse_r.dtype)
     dummy = lse_r
+    tau_arg, tau_ptr = tau_argument(tau, lse_r.device)
     with _on(lse_r):
         _glue_kernel[(1,)](
             lse_r, v["lse_c"], v["pos"], v["hard_i2t"], v["hard_t2i"], v["sce"], v["loss_cbcl"],
             margin if margin is not None else dummy, margin.stride(0) if margin is not None else 0, bits(margin_value),
             clean if clean is not None else dummy, clean.stride(0) if clean is not None else 0,
             weight if weight is not None else dummy, factor if factor is not None else dummy,
-            bits(tau), bits(lambda_hard), bits(lambda_cbcl), ws, loss, B,
-            HAS_MARGIN=margin is not None, HAS_WEIGHT=weight is not None, HAS_FACTOR=factor is not None, SELECT=select, SCE_WEIGHT=bool(sce_weight), REDUCTION=reduction,
+            tau_arg, bits(lambda_hard), bits(lambda_cbcl), ws, loss, B,
+            HAS_MARGIN=margin is not None, HAS_WEIGHT=weight is not None, HAS_FACTOR=factor is not None,
+            SELECT=select, SCE_WEIGHT=bool(sce_weight), TAU_PTR=tau_ptr, REDUCTION=reduction,
             ACC=acc, BLOCK=_BLOCK, **_GMM, **_COMPILE_OPTIONS,
         )  # fmt: skip
 
@@ -305,13 +312,17 @@ _EXPONENT = {torch.float32: (torch.int32, 0x7F800000), torch.float64: (torch.int
              torch.float16: (torch.int16, 0x7C00), torch.bfloat16: (torch.int16, 0x7F80)}  # fmt: skip
 
 
-def nonfinite(x: torch.Tensor, flag: torch.Tensor, bit: int, unit: bool = False) -> None:
-    """flag |= bit where x (1-D or 2-D, any strides) holds NaN/Inf (unit: outside [0, 1])."""
-    x2 = x if x.dim() == 2 else x[:, None]
+_BOUND_CODES = {None: 0, "unit": 1, "positive": 2}
+
+
+def nonfinite(x: torch.Tensor, flag: torch.Tensor, bit: int, bound: str | None = None) -> None:
+    """flag |= bit where x (0-D, 1-D or 2-D, any strides) holds NaN/Inf, or with a bound a value
+    outside it: "unit" [0, 1], "positive" (0, inf)."""
+    x2 = x.reshape(1, 1) if x.dim() == 0 else x if x.dim() == 2 else x[:, None]
     rows, cols = x2.shape
     as_int, exp = _EXPONENT[x.dtype]
     with _on(x):
         _nonfinite_kernel[(triton.cdiv(rows, _CHECK_ROWS),)](
-            x2 if unit else x2.view(as_int), rows, cols, x2.stride(0), x2.stride(1), flag, BIT=bit, UNIT=unit,
-            EXP=exp, BR=_CHECK_ROWS, BC=_CHECK_COLS,
+            x2 if bound else x2.view(as_int), rows, cols, x2.stride(0), x2.stride(1), flag, BIT=bit,
+            BOUND=_BOUND_CODES[bound], EXP=exp, BR=_CHECK_ROWS, BC=_CHECK_COLS,
         )  # fmt: skip

@@ -35,7 +35,10 @@ from the gathered img/txt; a program owns a row block of the range and a column 
 Deterministic: every output element is written by one program in a fixed loop order; no atomics.
 Accumulation in fp32 (fp64 for fp64 inputs, the ACC constexpr); fp32 dot precision follows
 torch.get_float32_matmul_precision() (TF32 operands rounded to nearest first). No host read and
-no host-to-device copy: 1/tau and eps are kernel arguments (tiles.bits). Plain pointer arithmetic only
+no host-to-device copy: tau and eps are kernel arguments (tiles.bits), a tensor tau a pointer to
+its value in device memory (tiles.tau_argument; 1/tau formed in the kernels in fp64 either way).
+With tau_grad the dS kernel also writes each tile's share of d_tau, summed in a fixed order.
+Plain pointer arithmetic only
 (Triton 3.6 – 3.9 and the interpreter).
 """
 
@@ -53,7 +56,7 @@ from srem_kernels import _alloc
 from srem_kernels.backends import fused
 from srem_kernels.backends.triton.merge import _merge1_kernel, _merge2_kernel
 from srem_kernels.backends.triton.passes import _dsim_kernel, _pass1_kernel, _pass2_kernel, _round_tf32_kernel
-from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, INTERPRET, _acc_tl, _on, bits
+from srem_kernels.backends.triton.tiles import _COMPILE_OPTIONS, INTERPRET, _acc_tl, _on, bits, tau_argument
 
 STRATEGIES = ("streaming", "materialised")
 
@@ -297,6 +300,7 @@ class TritonKernels:
     def forward(self, img, txt, sim, *, tau, eps, bias, stats_only: bool = False):
         layout = self.saved_layout(img, txt, sim, stats_only=stats_only)
         dev = (sim if sim is not None else img).device
+        tau = tau_argument(tau, dev)  # once for every launch of the call
         out = _alloc.workspace({k: v for k, v in layout.items() if k != "S"}, device=dev)  # one buffer per dtype
         if "S" in layout:  # materialised: S once, then the passes read it
             out["S"] = _matmul_acc(img, txt.T)
@@ -325,19 +329,21 @@ class TritonKernels:
         return dict(pf=pf, pi=pi, stage=stage, G=G, K=K, grid=grid, blocks=blocks, tiles=tiles)
 
     def _pass1(self, src, lo, hi, out, tau, parts, *, pairs):
-        """Pass 1 on samples lo..hi-1 of src = (img, txt, sim) into out's vectors (hi - lo long)."""
+        """Pass 1 on samples lo..hi-1 of src = (img, txt, sim) into out's vectors (hi - lo long);
+        tau: tiles.tau_argument's pair."""
         B, ptrs, meta = self._launch_args(*src, **parts["tiles"])
         pf, pi, K = parts["pf"], parts["pi"], parts["K"]
         R = hi - lo
-        inv = bits(1.0 / tau)
+        tau_arg, tau_ptr = tau
         with _on(out["pos"]):
-            _pass1_kernel[parts["grid"]](ptrs[0], ptrs[1], ptrs[2], inv, B, *ptrs[3:], lo, R, *parts["blocks"],
-                                         parts["G"], K, pf, pi, out["pos"], PAIRS=pairs, **meta)  # fmt: skip
+            _pass1_kernel[parts["grid"]](ptrs[0], ptrs[1], ptrs[2], tau_arg, B, *ptrs[3:], lo, R, *parts["blocks"],
+                                         parts["G"], K, pf, pi, out["pos"], PAIRS=pairs, TAU_PTR=tau_ptr,
+                                         **meta)  # fmt: skip
             _merge1_kernel[(triton.cdiv(R, _MERGE_BLOCK),)](
-                pf, pi, out["pos"], lo, R, K, inv, *(out[k] for k in (
+                pf, pi, out["pos"], lo, R, K, tau_arg, *(out[k] for k in (
                     "m_r", "logl_r", "at_r", "m_c", "logl_c", "at_c", "lse_r", "lse_c", "ce_i2t", "ce_t2i", "hard_i2t",
                     "hard_i2t_index", "hard_t2i", "hard_t2i_index")),
-                ACC=meta["ACC"], TM=_MERGE_BLOCK, num_warps=4,
+                ACC=meta["ACC"], TAU_PTR=tau_ptr, TM=_MERGE_BLOCK, num_warps=4,
             )  # fmt: skip
 
     def _pass2(self, src, lo, hi, first, out, tau, eps, bias, stats_only, parts, *, pairs):
@@ -346,11 +352,12 @@ class TritonKernels:
         pf, K = parts["pf"], parts["K"]
         R = hi - lo
         a = [out.get(k, out["sce"]) for k in ("A_r", "A_c", *REST_KEYS)]  # placeholders without WITH_A: never written
+        tau_arg, tau_ptr = tau
         with _on(out["sce"]):
             _pass2_kernel[parts["grid"]](
-                ptrs[0], ptrs[1], ptrs[2], bits(1.0 / tau), bits(eps), B, *ptrs[3:], lo, R, *parts["blocks"],
+                ptrs[0], ptrs[1], ptrs[2], tau_arg, bits(eps), B, *ptrs[3:], lo, R, *parts["blocks"],
                 parts["G"], K, *(first[k].contiguous() for k in SPLIT_KEYS), pf, parts["stage"],
-                PAIRS=pairs, BIAS=bool(bias), WITH_A=not stats_only, **meta,
+                PAIRS=pairs, BIAS=bool(bias), WITH_A=not stats_only, TAU_PTR=tau_ptr, **meta,
             )  # fmt: skip
             _merge2_kernel[(triton.cdiv(R, _MERGE_BLOCK),)](
                 pf, R, K, out["entropy_i2t"], out["entropy_t2i"], out["sce"], out["loss_cbcl"], *a,
@@ -370,7 +377,7 @@ class TritonKernels:
         out = self._vectors(PASS1_KEYS, hi - lo, img)
         src = (*_dot_operands(img, txt), None)
         parts = self._partials(src, hi - lo, img.device, pairs=False)
-        self._pass1(src, lo, hi, out, tau, parts, pairs=False)
+        self._pass1(src, lo, hi, out, tau_argument(tau, img.device), parts, pairs=False)
         return out
 
     def pass2_rows(self, img, txt, lo, hi, first, *, tau, eps, bias, stats_only=False):
@@ -378,28 +385,40 @@ class TritonKernels:
         out = self._vectors(keys, hi - lo, img)
         src = (*_dot_operands(img, txt), None)
         parts = self._partials(src, hi - lo, img.device, pairs=False)
-        self._pass2(src, lo, hi, first, out, tau, eps, bias, stats_only, parts, pairs=False)
+        self._pass2(src, lo, hi, first, out, tau_argument(tau, img.device), eps, bias, stats_only, parts, pairs=False)
         return out
 
-    def backward_rows(self, img, txt, lo, hi, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
+    def backward_rows(self, img, txt, lo, hi, saved, *, tau, eps, bias, g_cbcl, k_r, k_c, tau_grad=False):
         B, D = img.shape
         gd = _grad_dtype(img.dtype)
         rows = min(self._panel_rows_for(B, img.dtype), hi - lo)
         ds = _alloc.empty((rows, B), dtype=gd, device=img.device)
+        tau = tau_argument(tau, img.device)
+        # d_tau: the rows lo..hi-1 of dS (the first side) hold this rank's share, once
+        ranges = [(r0, min(r0 + rows, hi)) for r0 in range(lo, hi, rows)]
+        buf, parts = self._tau_parts(ranges, B, img) if tau_grad else (None, None)
         grads = []
         img_d, txt_d = _dot_operands(img, txt)  # what dS's tiles are formed from; the products take img, txt
         # d_img[I] = dS[I, :]·txt; d_txt[I] = dS[:, I]ᵀ·img, the rows of the swapped problem
-        for x, y, y_g, s, kr, kc in ((img_d, txt_d, txt, saved, k_r, k_c),
-                                     (txt_d, img_d, img, fused.swap_sides(saved), k_c, k_r)):  # fmt: skip
+        for side, (x, y, y_g, s, kr, kc) in enumerate(((img_d, txt_d, txt, saved, k_r, k_c),
+                                                       (txt_d, img_d, img, fused.swap_sides(saved), k_c, k_r))):  # fmt: skip
             out = _alloc.empty((hi - lo, D), dtype=img.dtype, device=img.device)
             y_g = y_g.to(gd)
-            for r0 in range(lo, hi, rows):
-                r1 = min(r0 + rows, hi)
+            for n, (r0, r1) in enumerate(ranges):
                 p = ds[: r1 - r0]
-                self._dsim(x, y, None, s, tau, eps, bias, g_cbcl, kr, kc, p, r0, r1)
+                part = parts[n] if parts is not None and side == 0 else None
+                self._dsim(x, y, None, s, tau, eps, bias, g_cbcl, kr, kc, p, r0, r1, part)
                 out[r0 - lo : r1 - lo] = p @ y_g
             grads.append(out)
-        return grads[0], grads[1]
+        return ((grads[0], grads[1]), buf.sum()) if tau_grad else (grads[0], grads[1])
+
+    def _tau_parts(self, ranges, B, x):
+        """d_tau's partials of the dS launches over row ranges, one per program: one buffer
+        (summed once, in order: deterministic) and its view per range."""
+        block = self._ds_tiles(x.dtype)[0]
+        sizes = [triton.cdiv(r1 - r0, block) * triton.cdiv(B, block) for r0, r1 in ranges]
+        buf = _alloc.empty((sum(sizes),), dtype=_acc_dtype(x.dtype), device=x.device)
+        return buf, list(buf.split(sizes))
 
     def _panel_rows_for(self, B, dtype):
         """Rows of a streaming backward's dS panel."""
@@ -408,33 +427,43 @@ class TritonKernels:
 
     # ------------------------------------------------------------------ backward
 
-    def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c):
-        if sim is not None:
-            d_sim = _alloc.empty(sim.shape, dtype=sim.dtype, device=sim.device)
-            self._dsim(None, None, sim, saved, tau, eps, bias, g_cbcl, k_r, k_c, d_sim, 0, sim.shape[0])
-            return d_sim
-        B, D = img.shape
+    def backward(self, img, txt, sim, saved, *, tau, eps, bias, g_cbcl, k_r, k_c, tau_grad=False):
+        x = sim if sim is not None else img
+        B = x.shape[0]
+        tau = tau_argument(tau, x.device)
+        if sim is not None or "S" in saved:  # from sim, or materialised: one dS launch over all rows
+            buf, parts = self._tau_parts([(0, B)], B, x) if tau_grad else (None, [None])
+            if sim is not None:
+                d_sim = _alloc.empty(sim.shape, dtype=sim.dtype, device=sim.device)
+                self._dsim(None, None, sim, saved, tau, eps, bias, g_cbcl, k_r, k_c, d_sim, 0, B, parts[0])
+                return (d_sim, buf.sum()) if tau_grad else d_sim
+            gd = _grad_dtype(img.dtype)
+            ds = _alloc.empty((B, B), dtype=gd, device=img.device)
+            self._dsim(None, None, saved["S"], saved, tau, eps, bias, g_cbcl, k_r, k_c, ds, 0, B, parts[0])
+            grads = (ds @ txt.to(gd)).to(img.dtype), (ds.T @ img.to(gd)).to(txt.dtype)
+            return (grads, buf.sum()) if tau_grad else grads
+        # streaming: dS a panel of rows at a time; the products accumulate in a fixed order
+        D = img.shape[1]
         gd = _grad_dtype(img.dtype)
         txt_g, img_g = txt.to(gd), img.to(gd)
-        if "S" in saved:  # materialised
-            ds = _alloc.empty((B, B), dtype=gd, device=img.device)
-            self._dsim(None, None, saved["S"], saved, tau, eps, bias, g_cbcl, k_r, k_c, ds, 0, B)
-            return (ds @ txt_g).to(img.dtype), (ds.T @ img_g).to(txt.dtype)
-        # streaming: dS a panel of rows at a time; the products accumulate in a fixed order
         rows = min(self._panel_rows_for(B, img.dtype), B)
+        ranges = [(r0, min(r0 + rows, B)) for r0 in range(0, B, rows)]
+        buf, parts = self._tau_parts(ranges, B, img) if tau_grad else (None, [None] * len(ranges))
         ds = _alloc.empty((rows, B), dtype=gd, device=img.device)
         d_img = _alloc.empty((B, D), dtype=img.dtype, device=img.device)
         d_txt = torch.zeros((B, D), dtype=_acc_dtype(img.dtype), device=img.device)
         img_d, txt_d = _dot_operands(img, txt)  # what dS's tiles are formed from
-        for r0 in range(0, B, rows):
-            r1 = min(r0 + rows, B)
+        for (r0, r1), part in zip(ranges, parts):
             p = ds[: r1 - r0]
-            self._dsim(img_d, txt_d, None, saved, tau, eps, bias, g_cbcl, k_r, k_c, p, r0, r1)
+            self._dsim(img_d, txt_d, None, saved, tau, eps, bias, g_cbcl, k_r, k_c, p, r0, r1, part)
             d_img[r0:r1] = p @ txt_g
             d_txt += _matmul_acc(p.T, img_g[r0:r1])  # each panel's product in ACC, not rounded to 16 bits
-        return d_img, d_txt.to(txt.dtype)
+        grads = d_img, d_txt.to(txt.dtype)
+        return (grads, buf.sum()) if tau_grad else grads
 
-    def _dsim(self, img, txt, sim, saved, tau, eps, bias, g_cbcl, k_r, k_c, out, r0, r1):
+    def _dsim(self, img, txt, sim, saved, tau, eps, bias, g_cbcl, k_r, k_c, out, r0, r1, tau_part=None):
+        """dS[r0:r1, :] into out; tau: tiles.tau_argument's pair; tau_part: where each program
+        writes its share of d_tau (None: not asked)."""
         x = sim if sim is not None else img
         block, bk, warps = self._ds_tiles(x.dtype)
         B, ptrs, meta = self._launch_args(img, txt, sim, T=block, BK=bk, num_warps=warps)
@@ -443,10 +472,12 @@ class TritonKernels:
                                                   "at_r", "at_c", "hard_i2t_index", "hard_t2i_index")]  # fmt: skip
         gk = [v.to(acc).contiguous() for v in (g_cbcl, k_r, k_c)]
         grid = (triton.cdiv(r1 - r0, block), triton.cdiv(B, block))
+        tau_arg, tau_ptr = tau
         with _on(out):
             _dsim_kernel[grid](
-                ptrs[0], ptrs[1], ptrs[2], bits(1.0 / tau), bits(eps), B, *ptrs[3:], *vec, *gk, out,
-                out.stride(0), r0, r1, BIAS=bool(bias), **meta,
+                ptrs[0], ptrs[1], ptrs[2], tau_arg, bits(eps), B, *ptrs[3:], *vec, *gk, out,
+                out.stride(0), r0, r1, tau_part if tau_part is not None else out, BIAS=bool(bias), TAU_PTR=tau_ptr,
+                TAU_GRAD=tau_part is not None, **meta,
             )  # fmt: skip
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from srem_kernels.backends.triton.tiles import _f64, _log1p, _nlp, _side_load, _stats_merge, _sums_load
+from srem_kernels.backends.triton.tiles import _inv_tau, _log1p, _nlp, _side_load, _stats_merge, _sums_load
 
 
-@triton.jit(do_not_specialize=["inv_tau_bits"])
-def _merge1_kernel(pf, pi, pos, r0, R, K, inv_tau_bits,
+@triton.jit(do_not_specialize=["tau_arg"])
+def _merge1_kernel(pf, pi, pos, r0, R, K, tau_arg,
                    m_r, logl_r, at_r, m_c, logl_c, at_c, lse_r, lse_c, ce_r, ce_c, hard_r, hidx_r, hard_c, hidx_c,
-                   ACC: tl.constexpr, TM: tl.constexpr):  # fmt: skip
+                   ACC: tl.constexpr, TAU_PTR: tl.constexpr, TM: tl.constexpr):  # fmt: skip
     """Pass 1: the split log-sum-exps, lse, ce (from S_ii in pos) and the hardest negatives."""
     x = tl.program_id(0) * TM + tl.arange(0, TM)
     mask = x < R
@@ -27,7 +27,7 @@ def _merge1_kernel(pf, pi, pos, r0, R, K, inv_tau_bits,
     lgr = _log1p(lr)
     lgc = _log1p(lc)
     i = r0 + x
-    inv_tau = _f64(inv_tau_bits).to(ACC)
+    inv_tau = _inv_tau(tau_arg, TAU_PTR).to(ACC)
     zd = tl.load(pos + x, mask=mask) * inv_tau  # as the tiles form z_ii
     tl.store(m_r + x, mr, mask=mask)
     tl.store(m_c + x, mc, mask=mask)

@@ -26,24 +26,24 @@ import triton
 import triton.language as tl
 
 from srem_kernels.backends.triton.tiles import (
-    _f64, _half, _nlp, _one_minus_p, _pair_halves, _program, _round_tf32, _s_tile, _side_put, _stats_merge, _sums_put,
+    _f64, _half, _inv_tau, _nlp, _one_minus_p, _pair_halves, _program, _round_tf32, _s_tile, _side_put, _stats_merge, _sums_put,
     _terms, _tile_stats,
 )  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["inv_tau_bits"])
-def _pass1_kernel(img, txt, sim, inv_tau_bits, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, r0, R, NBM, NBD, G, K,
+@triton.jit(do_not_specialize=["tau_arg"])
+def _pass1_kernel(img, txt, sim, tau_arg, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn, r0, R, NBM, NBD, G, K,
                   pf, pi, pos,
                   PAIRS: tl.constexpr, FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr,
-                  UPCAST: tl.constexpr, TF32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                  SPLIT: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+                  UPCAST: tl.constexpr, TF32: tl.constexpr, TAU_PTR: tl.constexpr, BM: tl.constexpr,
+                  BN: tl.constexpr, SPLIT: tl.constexpr, BK: tl.constexpr):  # fmt: skip
     """Partial split log-sum-exps and hardest negatives, rows and columns, of samples r0..r0+R-1
     into pf/pi; S_ii into pos[i - r0]. Tiles of BM × BD (BD = SPLIT·BN), reduced BN columns at
     a time."""
     BD: tl.constexpr = BN * SPLIT
     a0, a1, d0, d1, slot_a, slot_b, diag, live = _program(NBM, NBD, G, K, BM // BD, PAIRS)
     if live:
-        inv_tau = _f64(inv_tau_bits).to(ACC)
+        inv_tau = _inv_tau(tau_arg, TAU_PTR).to(ACC)
         arm = tl.arange(0, BM)
         arn = tl.arange(0, BN)
         ard = tl.arange(0, BD)
@@ -99,12 +99,13 @@ def _pass1_kernel(img, txt, sim, inv_tau_bits, B, D, s_im, s_ik, s_tm, s_tk, s_s
             _side_put(pf, pi, 3, slot_a, x_a, K, R, rmask, ~diag, mc, lc, atc, hc, hic)
 
 
-@triton.jit(do_not_specialize=["inv_tau_bits", "eps_bits"])
-def _pass2_kernel(img, txt, sim, inv_tau_bits, eps_bits, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+@triton.jit(do_not_specialize=["tau_arg", "eps_bits"])
+def _pass2_kernel(img, txt, sim, tau_arg, eps_bits, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                   r0, R, NBM, NBD, G, K, m_r, logl_r, at_r, m_c, logl_c, at_c, pf, scr,
                   PAIRS: tl.constexpr, BIAS: tl.constexpr, WITH_A: tl.constexpr, FROM_SIM: tl.constexpr,
                   ACC: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, TF32: tl.constexpr,
-                  BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+                  TAU_PTR: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
+                  BK: tl.constexpr):  # fmt: skip
     """Partial entropies, sce, CBCL and A sums of samples r0..r0+R-1 into pf, from pass 1's
     whole-batch split log-sum-exps (m, log l, at of rows and columns). scr: 2·BM×BM per
     super-block, where a diagonal program stages its own blocks' -log Pr and -log Pc for sce
@@ -113,7 +114,7 @@ def _pass2_kernel(img, txt, sim, inv_tau_bits, eps_bits, B, D, s_im, s_ik, s_tm,
     RT: tl.constexpr = BM // BN
     a0, a1, d0, d1, slot_a, slot_b, diag, live = _program(NBM, NBD, G, K, BM // BD, PAIRS)
     if live:
-        inv_tau = _f64(inv_tau_bits).to(ACC)
+        inv_tau = _inv_tau(tau_arg, TAU_PTR).to(ACC)
         eps = _f64(eps_bits).to(ACC)
         arm = tl.arange(0, BM)
         arn = tl.arange(0, BN)
@@ -211,18 +212,21 @@ def _pass2_kernel(img, txt, sim, inv_tau_bits, eps_bits, B, D, s_im, s_ik, s_tm,
             _sums_put(pf, slot_a, x_a, K, R, rmask, ~diag, e_r, e_c, sw, cb, A_r, A_c, A_rr, A_cr)
 
 
-@triton.jit(do_not_specialize=["inv_tau_bits", "eps_bits"])
-def _dsim_kernel(img, txt, sim, inv_tau_bits, eps_bits, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
+@triton.jit(do_not_specialize=["tau_arg", "eps_bits"])
+def _dsim_kernel(img, txt, sim, tau_arg, eps_bits, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                  m_r, logl_r, m_c, logl_c, A_r, A_c, A_r_rest, A_c_rest, at_r, at_c, hidx_r, hidx_c, g, k_r, k_c,
-                 ds, ld_ds, r0, r1,
+                 ds, ld_ds, r0, r1, tau_part,
                  BIAS: tl.constexpr, FROM_SIM: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr,
-                 UPCAST: tl.constexpr, TF32: tl.constexpr, T: tl.constexpr, BK: tl.constexpr):  # fmt: skip
-    """dS[r0:r1, :] (fused.py's docstring), row i of the panel at ds + (i - r0) * ld_ds."""
+                 UPCAST: tl.constexpr, TF32: tl.constexpr, TAU_PTR: tl.constexpr, TAU_GRAD: tl.constexpr,
+                 T: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+    """dS[r0:r1, :] (fused.py's docstring), row i of the panel at ds + (i - r0) * ld_ds. TAU_GRAD:
+    the tile's share of d_tau (fused.py) into tau_part[program], one per program (no atomics:
+    the caller sums them in a fixed order)."""
     rows = r0 + tl.program_id(0) * T + tl.arange(0, T)
     cols = tl.program_id(1) * T + tl.arange(0, T)
     rmask = rows < r1
     cmask = cols < B
-    inv_tau = _f64(inv_tau_bits).to(ACC)
+    inv_tau = _inv_tau(tau_arg, TAU_PTR).to(ACC)
     eps = _f64(eps_bits).to(ACC)
     z = inv_tau * _s_tile(img, txt, sim, rows, cols, B, D, s_im, s_ik, s_tm, s_tk, s_sm, s_sn,
                           FROM_SIM, ACC, DOT_PREC, UPCAST, TF32, T, T, BK)  # fmt: skip
@@ -255,7 +259,13 @@ def _dsim_kernel(img, txt, sim, inv_tau_bits, eps_bits, B, D, s_im, s_ik, s_tm, 
     # ~1/(1 - P)): there the same value as E·(1 - P) - P·A_rest
     row = tl.where(is_at_r, er * qr - pr * a_rest_i, er - pr * a_i)
     col = tl.where(is_at_c, ec * qc - pc * a_rest_j, ec - pc * a_j)
-    d = (g_i * row + g_j * col) * inv_tau
+    gr = g_i * row
+    gc = g_j * col
+    d = (gr + gc) * inv_tau
+    if TAU_GRAD:  # -log P is what -sum dS·Z reduces to per row and column (fused.py): no cancellation
+        t = tl.where(rmask[:, None] & cmask[None, :], gr * nr + gc * nc, 0.0)
+        tl.store(tau_part + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1),
+                 tl.sum(tl.sum(t, axis=1), axis=0) * inv_tau)
     kr_i = tl.load(k_r + rows, mask=rmask, other=0.0).to(ACC)[:, None]
     kc_i = tl.load(k_c + rows, mask=rmask, other=0.0).to(ACC)[:, None]
     kc_j = tl.load(k_c + cols, mask=cmask, other=0.0).to(ACC)[None, :]

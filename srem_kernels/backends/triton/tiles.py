@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from srem_kernels import _tau as _tau_mod
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _INTERPRETED = tl.constexpr(INTERPRET)
 
@@ -51,6 +53,33 @@ def bits(x: float) -> int:
     host-to-device copy. Kernels list these arguments in do_not_specialize: the JIT would
     otherwise specialise on the value (equal to 1, divisible by 16) and recompile."""
     return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
+def tau_argument(tau, device: torch.device) -> tuple[object, bool]:
+    """A kernel's tau argument and its TAU_PTR constexpr (_tau): the bits of a float tau, or a
+    pointer to a tensor tau's fp64 value in device memory (a learnable temperature, read where
+    it lives: no host read; _tau_mod.kernel_form reads a CPU tau beside CUDA inputs on the host)."""
+    t = _tau_mod.kernel_form(tau, device)
+    if isinstance(t, torch.Tensor):
+        return _tau_mod.f64(t), True
+    return bits(t), False
+
+
+@triton.jit
+def _tau(arg, TAU_PTR: tl.constexpr):
+    """tau in fp64: loaded through the pointer arg (TAU_PTR), else from its bits (bits())."""
+    if TAU_PTR:
+        t = tl.load(arg).to(tl.float64)
+    else:
+        t = _f64(arg)
+    return t
+
+
+@triton.jit
+def _inv_tau(arg, TAU_PTR: tl.constexpr):
+    """1/tau in fp64, correctly rounded (div.rn.f64): the bits Python's 1.0 / tau has, from a
+    float tau and from a tensor tau alike; callers round it to ACC."""
+    return 1.0 / _tau(arg, TAU_PTR)
 
 
 @triton.jit
