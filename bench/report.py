@@ -184,6 +184,25 @@ def tau_overhead_section(log: Path) -> list[str]:
     return lines + [""]
 
 
+def open_clip_section(log: Path) -> list[str]:
+    """bench/open_clip_step.py's latest run: SREMClipLoss beside open_clip's ClipLoss."""
+    rows = _read(log)
+    if not rows:
+        return []
+    lines = _heading("open_clip: SREMClipLoss beside ClipLoss", rows[0]) + [
+        f"{rows[0]['threads']} threads.{_load(rows)} fp32; interleaved in one run, medians (p20–p80). The loss alone:",
+        "forward+backward from features and logit_scale as open_clip calls it; the step: a small open_clip CLIP",
+        "model's forward, loss, backward and AdamW step.",
+        "",
+        "| what | B | D | loss | ms (p20–p80) | × ClipLoss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['what']} | {r['B']} | {r['D']} | `{r['loss']}` | {r['median_ms']} ({r['p20_ms']}–{r['p80_ms']}) "
+                     f"| {float(r['ratio_to_clip']):.2f} |")  # fmt: skip
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=HERE / "results")
@@ -191,7 +210,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     # sweep logs of bench/run.py only (other scripts keep their own CSVs beside them)
     logs = sorted(p for p in args.results.glob("*.csv")
-                  if not p.name.endswith((".train-step.csv", ".fixed-cost.csv", ".tau-overhead.csv"))
+                  if not p.name.endswith((".train-step.csv", ".fixed-cost.csv", ".tau-overhead.csv", ".open-clip.csv"))
                   and _is_sweep(p))  # fmt: skip
     lines = [
         "# Benchmark results",
@@ -216,6 +235,9 @@ def main(argv: list[str] | None = None) -> Path:
         tau = log.with_name(f"{log.stem}.tau-overhead.csv")
         if tau.exists():
             lines += tau_overhead_section(tau)
+        clip = log.with_name(f"{log.stem}.open-clip.csv")
+        if clip.exists():
+            lines += open_clip_section(clip)
     # sections measured by other scripts and written by hand from their output (the Triton
     # counts and compile table: bench/triton_tiles.py, scripts/triton_aot_check.py --markdown)
     for part in sorted(args.results.glob("*.section.md")):

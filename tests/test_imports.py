@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = "srem_kernels"
 
 # what a backend may import from the package: the backends themselves and the shared low layer
-SHARED = {f"{PKG}._alloc", f"{PKG}._validate", f"{PKG}.errors", f"{PKG}.sensitivity"}
+SHARED = {f"{PKG}._alloc", f"{PKG}._validate", f"{PKG}.errors", f"{PKG}.sensitivity", f"{PKG}._tau", f"{PKG}._amp"}
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

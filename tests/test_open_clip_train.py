@@ -51,6 +51,7 @@ def _model():
         embed_dim=32,
         vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32, mlp_ratio=2.0),
         text_cfg=dict(context_length=12, vocab_size=100, width=64, heads=2, layers=2),
+        output_dict=True,  # as open_clip's factory builds models for training
     )
 
 
