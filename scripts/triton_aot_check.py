@@ -52,8 +52,14 @@ VARIANTS = [
     ("fp32 ieee row ranges", torch.float32, "rows", "highest", False),
     ("fp32 glue", torch.float32, "glue", "highest", False),  # srem_kernels/backends/triton/glue.py
     ("fp64 glue", torch.float64, "glue", "highest", False),
+    # a tensor tau (a learnable temperature): TAU_PTR loads it on the device, TAU_GRAD reduces dL/dtau
+    ("bf16 streaming, tensor tau", torch.bfloat16, "streaming", "highest", False),
+    ("fp32 ieee materialised, tensor tau", torch.float32, "materialised", "highest", False),
+    ("fp32 ieee row ranges, tensor tau", torch.float32, "rows", "highest", False),
+    ("fp32 glue, tensor tau", torch.float32, "glue", "highest", False),
 ]
-QUICK = ("bf16 streaming", "fp32 ieee streaming", "fp32 ieee materialised", "fp32 glue")
+QUICK = ("bf16 streaming", "fp32 ieee streaming", "fp32 ieee materialised", "fp32 glue", "bf16 streaming, tensor tau",
+         "fp32 glue, tensor tau")
 
 
 class Compiler:
@@ -111,45 +117,58 @@ def usage(ptxas_log: str) -> dict:
 
 def drive(label, dtype, strategy, precision, from_sim, B, D, **tiles):
     """One forward (full and stats-only) and backward of the kernels (or the row-range methods of
-    the distributed loss), on CPU tensors."""
+    the distributed loss), on CPU tensors; a label ending "tensor tau" passes tau as a 0-d tensor
+    and asks the backward for its gradient."""
     g = torch.Generator().manual_seed(0)
     img = torch.randn(B, D, generator=g).to(dtype)
     txt = torch.randn(B, D, generator=g).to(dtype)
+    tensor_tau = label.endswith("tensor tau")
+    tau = torch.tensor(0.05, dtype=torch.float64) if tensor_tau else 0.05
+    grad = {"tau_grad": True} if tensor_tau else {}
     old = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
         if strategy == "glue":
-            return drive_glue(dtype, B, D)
+            return drive_glue(dtype, B, D, tau)
         k = T.TritonKernels("streaming" if strategy in (None, "rows") else strategy, **tiles)
         acc = T._acc_dtype(dtype)
         v = torch.ones(B, dtype=acc)
         if strategy == "rows":
             lo, hi = B // 3, B // 3 + B // 4
-            first = k.pass1_rows(img, txt, lo, hi, tau=0.05)
+            first = k.pass1_rows(img, txt, lo, hi, tau=tau)
             full = {key: torch.zeros(B, dtype=t.dtype) for key, t in first.items()}
             full |= {key: torch.zeros(B, dtype=acc) for key in ("A_r", "A_c", "A_r_rest", "A_c_rest")}
-            k.pass2_rows(img, txt, lo, hi, full, tau=0.05, eps=1e-10, bias=True)
-            k.backward_rows(img, txt, lo, hi, full, tau=0.05, eps=1e-10, bias=True, g_cbcl=v, k_r=v, k_c=v)
+            k.pass2_rows(img, txt, lo, hi, full, tau=tau, eps=1e-10, bias=True)
+            k.backward_rows(img, txt, lo, hi, full, tau=tau, eps=1e-10, bias=True, g_cbcl=v, k_r=v, k_c=v, **grad)
             return
         sim = (img.float() @ txt.float().T).to(dtype) if from_sim else None
         a, b = (None, None) if from_sim else (img, txt)
-        kw = dict(tau=0.05, eps=1e-10, bias=True)
+        kw = dict(tau=tau, eps=1e-10, bias=True)
         k.forward(a, b, sim, stats_only=True, **kw)
-        k.forward(a, b, sim, bias=False, tau=0.05, eps=1e-10)
+        k.forward(a, b, sim, bias=False, tau=tau, eps=1e-10)
         saved = k.forward(a, b, sim, **kw)
-        k.backward(a, b, sim, saved, g_cbcl=v, k_r=v, k_c=v, **kw)
+        k.backward(a, b, sim, saved, g_cbcl=v, k_r=v, k_c=v, **kw, **grad)
     finally:
         torch.set_float32_matmul_precision(old)
 
 
-def drive_glue(dtype, B, D):
+def drive_glue(dtype, B, D, tau=0.05):
     """The glue's Triton routines (srem_kernels/backends/glue.py with impl="triton"): value checks of every
-    input dtype, the forward in each select/sensitivity form, the upstream vectors, the GMM."""
+    input dtype, the forward in each select/sensitivity form, the upstream vectors, the GMM; with
+    a tensor tau its value check and the forward reading it on the device."""
     from srem_kernels.backends import glue
     from srem_kernels._validate import SREMParams
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, D, generator=g)
+    if isinstance(tau, torch.Tensor):
+        from srem_kernels.backends.triton import glue as triton_glue
+
+        # a CUDA tensor tau's check (check_values reads a CPU one on the host, as these all are)
+        triton_glue.nonfinite(tau.float(), torch.zeros(1, dtype=torch.int32), 1, bound="positive")
+        v = {k: torch.rand(B, generator=g).to(dtype) for k in ("lse_r", "lse_c", "pos", "hard_i2t", "hard_t2i", "sce", "loss_cbcl")}
+        glue.forward(v, SREMParams(tau=tau), 0.2, None, impl="triton")
+        return
     for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         glue.check_values(img=x.to(dt), txt=x.to(dt).T, impl="triton")
     glue.check_values(img=x, txt=x, margin=torch.rand(B, generator=g), clean=torch.rand(B, generator=g), impl="triton")
