@@ -70,19 +70,23 @@ def run(device=None, backends=None, dtypes=None) -> Report:
     report = Report(str(dev), versions(dev))
     t0 = time.perf_counter()
     for name in names:
+        why = {}
         for dtype in dts:
             try:
                 _, backend_run = registry.resolve(name, dev, dtype)
             except (ValueError, RuntimeError) as err:
-                report.skipped[f"{name} {cases.DTYPES[dtype]}"] = str(err)
+                why[cases.DTYPES[dtype]] = str(err)
                 continue
             for shape in cases.SHAPES:
-                with auto.checking():
-                    results = cases.run_part(name, backend_run, dev, dtype, shape, rows=True, fail_fast=False)
-                report.cases += results
-                plain = [r for r in results if r.case != cases.ROWS_LABEL]
-                auto.record(auto.key_of(name, dev, dtype, shape, False), auto.verdict(plain, dev, dtype))
-                auto.record(auto.key_of(name, dev, dtype, shape, True), auto.verdict(results, dev, dtype))
+                for path in cases.PATHS:
+                    with auto.checking():
+                        results = cases.run_part(name, backend_run, dev, dtype, shape, path, fail_fast=False)
+                    report.cases += results
+                    auto.record(auto.key_of(name, dev, dtype, shape, path), auto.verdict(results, dev, dtype))
+        if len(set(why.values())) == 1 and len(why) == len(dts):  # the backend does not run here at all
+            report.skipped[name] = next(iter(why.values()))
+        else:
+            report.skipped |= {f"{name} {d}": w for d, w in why.items()}
     if not cases.tensor_tau_supported():
         report.skipped["tensor tau"] = "this build's API takes no tensor tau"
     report.seconds = time.perf_counter() - t0

@@ -1,6 +1,7 @@
 """The first-use self-check: the first call that runs a fused backend on a (device type, dtype,
-shape class) in a process runs that backend's part of the self-check first (cases.run_part) and
-caches the verdict; a failing part stops that call and every later one with a SelfCheckError.
+shape class, path) in a process runs that backend's part of the self-check first (cases.plan:
+from embeddings both strategies, or the similarity path, or the distributed loss's row ranges)
+and caches the verdict; a failing part stops that call and every later one with a SelfCheckError.
 
 On by default for CUDA tensors (kernels no test suite has run on this GPU), off for CPU tensors
 (docs/selfcheck.md says why); SREM_SELFCHECK=0|1 or set_auto(True|False) decide instead. It is
@@ -105,18 +106,19 @@ def record(key: tuple, message: str | None) -> None:
         _VERDICTS[key] = message
 
 
-def key_of(backend: str, device: torch.device, dtype: torch.dtype, shape: str, rows: bool) -> tuple:
-    return backend, device.type, dtype, shape, rows
+def key_of(backend: str, device: torch.device, dtype: torch.dtype, shape: str, path: str) -> tuple:
+    """What a verdict stands for: a backend's part (cases.plan) on a device type."""
+    return backend, device.type, dtype, shape, path
 
 
 def on_first_use(backend: str, run, x: torch.Tensor, D: int | None = None, *, rows: bool = False) -> None:
     """The hook where a call has picked its backend: x its img (D its embedding size) or sim
-    (D None); rows for the distributed loss (its row-range kernels join the part). Returns at
-    once after the first time; raises SelfCheckError while the backend's part fails."""
+    (D None); rows for the distributed loss (it runs the row-range kernels). Returns at once
+    after the first time; raises SelfCheckError while the backend's part fails."""
     if backend not in FUSED or torch.compiler.is_compiling() or not enabled(x.device):
         return
-    shape = shape_class(x.shape[0], D)
-    key = key_of(backend, x.device, x.dtype, shape, rows)
+    shape, path = shape_class(x.shape[0], D), "rows" if rows else "sim" if D is None else "embeddings"
+    key = key_of(backend, x.device, x.dtype, shape, path)
     found = _VERDICTS.get(key, _UNSEEN)
     if found is None:
         return
@@ -134,7 +136,7 @@ def on_first_use(backend: str, run, x: torch.Tensor, D: int | None = None, *, ro
     with _LOCK:
         if key not in _VERDICTS:
             with checking():
-                results = cases.run_part(backend, run, x.device, x.dtype, shape, rows=rows, fail_fast=True)
+                results = cases.run_part(backend, run, x.device, x.dtype, shape, path, fail_fast=True)
             _VERDICTS[key] = verdict(results, x.device, x.dtype)
         found = _VERDICTS[key]
     if found is not None:

@@ -31,8 +31,10 @@ DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 # training shape gets, "odd" the masked edges of an odd one. B > 64 crosses the Triton tiles and
 # the cuda panels (64 rows), D the dot's K chunks.
 SHAPES = {"aligned": (112, 48), "odd": (97, 33)}
-# Seeds of the cases, in plan order, per class: inputs whose GMM and hardest-negative margins hold
-SEEDS = {"aligned": (7, 44, 46, 32, 10), "odd": (26, 27, 46, 57, 34)}
+# The inputs' seed of each kind of case, per class: inputs whose GMM and hardest-negative margins
+# hold, a different one per case (a stale buffer of an earlier case cannot pass for a result)
+SEEDS = {"aligned": {"registered": 7, "variant": 44, "sim": 46, "tensor tau": 32, "rows": 10},
+         "odd": {"registered": 26, "variant": 27, "sim": 46, "tensor tau": 57, "rows": 34}}  # fmt: skip
 # A backend's variants besides its registered kernels: (the Kernels argument, its values)
 VARIANTS = {"triton": ("strategy", ("streaming", "materialised")), "cpu": ("strategy", ("streaming", "materialised")),
             "cuda": ("gemm", ("own", "torch"))}  # fmt: skip
@@ -99,22 +101,29 @@ def variant_in_use(backend: str, kernels, B: int, D: int, dtype: torch.dtype, de
     return None
 
 
-def plan(backend: str, run, device: torch.device, dtype: torch.dtype, shape: str, *, rows: bool) -> list[Case]:
-    """The cases of a backend's part for one dtype and shape class, most telling first."""
+PATHS = ("embeddings", "sim", "rows")  # what a call runs: (img, txt), sim, the distributed loss's row ranges
+
+
+def plan(backend: str, run, device: torch.device, dtype: torch.dtype, shape: str, path: str) -> list[Case]:
+    """The cases of a backend's part for one dtype, shape class and path, most telling first:
+    "embeddings" its registered kernels, each other variant, a tensor tau; "sim" the similarity
+    path; "rows" the row ranges (kernels that have them)."""
     B, D = SHAPES[shape]
-    seeds = iter(SEEDS[shape])
+    seed = SEEDS[shape]
     kernels = getattr(run, "kernels", None)
+    if path == "sim":
+        return [Case("sim", "sim", seed["sim"], OPTIONS["sim"])]
+    if path == "rows":
+        return [Case("rows", ROWS_LABEL, seed["rows"])] if getattr(kernels, "supports_rows", False) else []
     used = variant_in_use(backend, kernels, B, D, dtype, device) if kernels is not None else None
-    cases = [Case("embeddings", f"img/txt, {used} (registered)" if used else "img/txt", next(seeds), OPTIONS["registered"])]
+    cases = [Case("embeddings", f"img/txt, {used} (registered)" if used else "img/txt", seed["registered"],
+                  OPTIONS["registered"])]  # fmt: skip
     if used is not None:
         attr, values = VARIANTS[backend]
-        cases += [Case("embeddings", f"img/txt, {v} (fresh kernels)", next(seeds), OPTIONS["variant"],
+        cases += [Case("embeddings", f"img/txt, {v} (fresh kernels)", seed["variant"], OPTIONS["variant"],
                        type(kernels)(**{attr: v})) for v in values if v != used]  # fmt: skip
-    cases.append(Case("sim", "sim", next(seeds), OPTIONS["sim"]))
     if tensor_tau_supported():
-        cases.append(Case("tensor tau", "img/txt, tensor tau (dL/dtau)", next(seeds), OPTIONS["tensor tau"]))
-    if rows and getattr(kernels, "supports_rows", False):
-        cases.append(Case("rows", ROWS_LABEL, next(seeds)))
+        cases.append(Case("tensor tau", "img/txt, tensor tau (dL/dtau)", seed["tensor tau"], OPTIONS["tensor tau"]))
     return cases
 
 
@@ -224,12 +233,12 @@ def run_case(case: Case, backend: str, run, device: torch.device, dtype: torch.d
                       tuple(quantities), time.perf_counter() - t0, error)  # fmt: skip
 
 
-def run_part(backend: str, run, device: torch.device, dtype: torch.dtype, shape: str, *, rows: bool,
+def run_part(backend: str, run, device: torch.device, dtype: torch.dtype, shape: str, path: str, *,
              fail_fast: bool) -> list[CaseResult]:  # fmt: skip
-    """The backend's part for one dtype and shape class: every case in order (up to the first
-    failure with fail_fast)."""
+    """The backend's part for one dtype, shape class and path: every case in order (up to the
+    first failure with fail_fast)."""
     results = []
-    for case in plan(backend, run, device, dtype, shape, rows=rows):
+    for case in plan(backend, run, device, dtype, shape, path):
         results.append(run_case(case, backend, run, device, dtype, shape))
         if fail_fast and not results[-1].passed:
             break
