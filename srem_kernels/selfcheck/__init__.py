@@ -61,12 +61,21 @@ def _dtypes(dtypes) -> list[torch.dtype]:
     return out
 
 
-def run(device=None, backends=None, dtypes=None) -> Report:
+def _shapes(shapes) -> list[str]:
+    names = list(cases.SHAPES) if shapes is None else [shapes] if isinstance(shapes, str) else list(shapes)
+    bad = [n for n in names if n not in cases.SHAPES]
+    if bad:
+        raise ValueError(f"shapes must be among {', '.join(map(repr, cases.SHAPES))}; got {bad!r}")
+    return names
+
+
+def run(device=None, backends=None, dtypes=None, *, shapes=None) -> Report:
     """Check each fused backend that runs on `device` (default: the GPU if there is one, else the
-    CPU) at each dtype it takes (fp32, bf16, fp16), both shape classes (sizes multiples of 16, odd
-    sizes), every case (cases.py). Returns the Report (report.ok: all passed); raises nothing on
-    a mismatch. Its verdicts also stand for the first-use check of the parts it covered."""
-    dev, names, dts = _device(device), _names(backends), _dtypes(dtypes)
+    CPU) at each dtype it takes (fp32, bf16, fp16), both shape classes ("aligned": sizes that are
+    multiples of 16, "odd"; `shapes` picks), every path and case (cases.py). Returns the Report
+    (report.ok: all passed); raises nothing on a mismatch. Its verdicts also stand for the
+    first-use check of the parts it covered."""
+    dev, names, dts, classes = _device(device), _names(backends), _dtypes(dtypes), _shapes(shapes)
     report = Report(str(dev), versions(dev))
     t0 = time.perf_counter()
     for name in names:
@@ -77,7 +86,7 @@ def run(device=None, backends=None, dtypes=None) -> Report:
             except (ValueError, RuntimeError) as err:
                 why[cases.DTYPES[dtype]] = str(err)
                 continue
-            for shape in cases.SHAPES:
+            for shape in classes:
                 for path in cases.PATHS:
                     with auto.checking():
                         results = cases.run_part(name, backend_run, dev, dtype, shape, path, fail_fast=False)
@@ -96,8 +105,8 @@ def run(device=None, backends=None, dtypes=None) -> Report:
 class _Callable(types.ModuleType):
     """srem_kernels.selfcheck(...) is run(...): the package is callable, as srem_kernels.backends is."""
 
-    def __call__(self, device=None, backends=None, dtypes=None) -> Report:
-        return run(device, backends, dtypes)
+    def __call__(self, device=None, backends=None, dtypes=None, *, shapes=None) -> Report:
+        return run(device, backends, dtypes, shapes=shapes)
 
 
 sys.modules[__name__].__class__ = _Callable
