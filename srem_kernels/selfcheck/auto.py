@@ -78,18 +78,19 @@ def _tracing() -> bool:
 
 @contextlib.contextmanager
 def checking():
-    """The check's own state, whatever the caller's: autograd on, no autocast, every kernel
-    output poisoned (an element a kernel forgets to write reads as NaN, not as a stale right
-    value; _alloc.POISON is process-wide: a concurrent call pays a fill), and this thread's
-    calls marked as the check's."""
-    poison, active = _alloc.POISON, getattr(_LOCAL, "active", False)
-    _alloc.POISON, _LOCAL.active = True, True
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False), \
-                (torch.autocast("cuda", enabled=False) if torch.cuda.is_available() else contextlib.nullcontext()):  # fmt: skip
-            yield
-    finally:
-        _alloc.POISON, _LOCAL.active = poison, active
+    """The check's own state, whatever the caller's, one check at a time (the lock): autograd on,
+    no autocast, every kernel output poisoned (an element a kernel forgets to write reads as NaN,
+    not as a stale right value; _alloc.POISON is process-wide: a concurrent call pays a fill),
+    and this thread's calls marked as the check's."""
+    with _LOCK:
+        poison, active = _alloc.POISON, getattr(_LOCAL, "active", False)
+        _alloc.POISON, _LOCAL.active = True, True
+        try:
+            with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False), \
+                    (torch.autocast("cuda", enabled=False) if torch.cuda.is_available() else contextlib.nullcontext()):  # fmt: skip
+                yield
+        finally:
+            _alloc.POISON, _LOCAL.active = poison, active
 
 
 def verdict(results: list[CaseResult], device: torch.device, dtype: torch.dtype) -> str | None:

@@ -8,6 +8,7 @@ import datetime as dt
 import importlib.metadata
 import os
 import platform
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -113,6 +114,13 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _package() -> str:
+    """The version and folder of the srem_kernels that runs (a checkout may not be installed)."""
+    pkg = sys.modules.get("srem_kernels")
+    where = os.path.dirname(os.path.dirname(getattr(pkg, "__file__", "") or "")) or "?"
+    return f"srem_kernels {getattr(pkg, '__version__', '?')} ({where})"
+
+
 def versions(device: torch.device) -> dict[str, str]:
     """What a bug report needs to know about this machine (no import of Triton)."""
     if device.type == "cuda":
@@ -122,7 +130,7 @@ def versions(device: torch.device) -> dict[str, str]:
         name = f"{_cpu_name()} ({torch.get_num_threads()} threads)"
     return {
         "device": name,
-        "versions": (f"srem-kernels {_version('srem-kernels')}, torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}), "
+        "versions": (f"{_package()}, torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}), "
                      f"Triton {_version('triton')}, Python {platform.python_version()}, {platform.system()} {platform.machine()}"),
         "settings": (f"float32 matmul precision {torch.get_float32_matmul_precision()}, "
                      f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!r}, {ENV}={os.environ.get(ENV, '')!r}"),
