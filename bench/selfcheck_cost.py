@@ -22,15 +22,13 @@ DTYPES = ("fp32", "bf16", "fp16")
 # one launch: the first call per dtype, timed, as JSON {dtype: seconds}
 _CHILD = """
 import json, sys, time, torch, srem_kernels
-from bench.run import DTYPES
+from bench.run import DTYPES, inputs
 backend = sys.argv[1]
 srem_kernels.backends()  # the backends' own loading is not the check's
 dev = torch.device("cuda" if backend in ("triton", "cuda") and torch.cuda.is_available() else "cpu")
 out = {}
 for name in sys.argv[2:]:
-    g = torch.Generator().manual_seed(0)
-    img = torch.nn.functional.normalize(torch.randn(256, 128, generator=g), dim=1).to(dev, DTYPES[name]).requires_grad_()
-    txt = torch.nn.functional.normalize(torch.randn(256, 128, generator=g), dim=1).to(dev, DTYPES[name]).requires_grad_()
+    img, txt = inputs(256, 128, DTYPES[name], dev)
     t0 = time.perf_counter()
     srem_kernels.loss(img, txt, backend=backend).loss.backward()
     if dev.type == "cuda":

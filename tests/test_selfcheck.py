@@ -500,7 +500,8 @@ def test_python_m_selfcheck_prints_its_report():
     res = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "srem_kernels.selfcheck", "--backend",
                           "cpu", "--dtype", "fp32"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "PASS: 8 of 8 cases passed" in res.stdout and f"versions: srem_kernels {srem_kernels.__version__} (" in res.stdout  # 2 shapes × 4 cases
+    assert "PASS: 8 of 8 cases passed" in res.stdout  # 2 shapes × 4 cases
+    assert f"versions: srem_kernels {srem_kernels.__version__} (" in res.stdout
 
 
 def test_the_command_exits_2_when_nothing_was_checked_and_1_on_a_failure(capsys, monkeypatch):

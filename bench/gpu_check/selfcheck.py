@@ -31,10 +31,11 @@ def _row(backend: str, dtype: str, shape: str, report) -> Row:
     value = f"{sum(c.passed for c in report.cases)}/{len(report.cases)} cases passed in {report.seconds:.1f} s"
     if worst is not None:
         value += f"; worst {worst.worst.name} {worst.worst.err:.1e} (tol {worst.worst.tol:.0e}, {worst.case})"
+    check = f"{backend} {dtype} {shape}"
     if not report.checked:
-        return Row(TIER, f"{backend} {dtype} {shape}", "FAIL", report.seconds, detail="; ".join(report.skipped.values())[:300])
+        return Row(TIER, check, "FAIL", report.seconds, detail="; ".join(report.skipped.values())[:300])
     detail = "; ".join(f"{c.case}: {c.what_failed()}" for c in report.failures)[:300]
-    return Row(TIER, f"{backend} {dtype} {shape}", "PASS" if report.ok else "FAIL", report.seconds, value, detail, show=True)
+    return Row(TIER, check, "PASS" if report.ok else "FAIL", report.seconds, value, detail, show=True)
 
 
 def first_use_cost(backend: str, dev: torch.device, dtype: str) -> Row:
@@ -49,9 +50,9 @@ def first_use_cost(backend: str, dev: torch.device, dtype: str) -> Row:
         results = cases.run_part(backend, run, dev, dt, "aligned", "embeddings", fail_fast=False)
     backends.synchronize(dev)
     ms = (time.perf_counter() - t0) * 1e3
-    ok = all(r.passed for r in results)
-    return Row(TIER, f"{backend} first-use part {dtype} aligned embeddings", "INFO" if ok else "FAIL", ms / 1e3, show=True,
-               value=f"{ms:.0f} ms with its kernels compiled ({len(results)} cases: {', '.join(r.case for r in results)})")  # fmt: skip
+    status = "INFO" if all(r.passed for r in results) else "FAIL"
+    value = f"{ms:.0f} ms with its kernels compiled ({len(results)} cases: {', '.join(r.case for r in results)})"
+    return Row(TIER, f"{backend} first-use part {dtype} aligned embeddings", status, ms / 1e3, value, show=True)
 
 
 def _arguments(ap) -> None:

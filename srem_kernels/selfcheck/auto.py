@@ -86,8 +86,11 @@ def checking():
         poison, active = _alloc.POISON, getattr(_LOCAL, "active", False)
         _alloc.POISON, _LOCAL.active = True, True
         try:
-            with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False), \
-                    (torch.autocast("cuda", enabled=False) if torch.cuda.is_available() else contextlib.nullcontext()):  # fmt: skip
+            with contextlib.ExitStack() as stack:
+                for ctx in (torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False)):
+                    stack.enter_context(ctx)
+                if torch.cuda.is_available():
+                    stack.enter_context(torch.autocast("cuda", enabled=False))
                 yield
         finally:
             _alloc.POISON, _LOCAL.active = poison, active

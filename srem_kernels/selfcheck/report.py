@@ -131,7 +131,8 @@ def versions(device: torch.device) -> dict[str, str]:
     return {
         "device": name,
         "versions": (f"{_package()}, torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}), "
-                     f"Triton {_version('triton')}, Python {platform.python_version()}, {platform.system()} {platform.machine()}"),
+                     f"Triton {_version('triton')}, Python {platform.python_version()}, "
+                     f"{platform.system()} {platform.machine()}"),
         "settings": (f"float32 matmul precision {torch.get_float32_matmul_precision()}, "
                      f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!r}, {ENV}={os.environ.get(ENV, '')!r}"),
     }  # fmt: skip
