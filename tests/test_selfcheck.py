@@ -215,11 +215,8 @@ FAULTS = {
 TRITON_FAULTS = ("16-bit path",)
 
 
-@pytest.mark.parametrize("fault", FAULTS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,fault", [(b, f) for b in BACKENDS for f in FAULTS if b != "triton" or f in TRITON_FAULTS])
 def test_a_wrong_kernel_is_refused_with_a_clear_message(backend, fault, parts, monkeypatch):
-    if backend == "triton" and fault not in TRITON_FAULTS:
-        pytest.skip("the cpu backend shows this fault; the interpreter is slow")
     (method, wrap), dtype, case, says = FAULTS[fault]
     cls = _kernels_class(backend)
     monkeypatch.setattr(cls, method, wrap(getattr(cls, method)))

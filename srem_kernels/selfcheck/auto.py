@@ -77,17 +77,34 @@ def _tracing() -> bool:
 
 
 @contextlib.contextmanager
+def _one_thread():
+    """torch's CPU work on one thread. The check's tensors are tiny, and on a loaded CPU (data
+    loader processes, a neighbour's job) waking a thread pool for each small operator costs ~10×
+    (measured on this project's 2-core CPU at load 3: 21-47 ms a part against 78-519 ms); setting
+    it per operator costs more than it saves. So the cpu backend's kernels are checked on one
+    thread: their results are bitwise the same on any number (tests/test_cpu.py)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
 def checking():
     """The check's own state, whatever the caller's, one check at a time (the lock): autograd on,
-    no autocast, every kernel output poisoned (an element a kernel forgets to write reads as NaN,
-    not as a stale right value; _alloc.POISON is process-wide: a concurrent call pays a fill),
-    and this thread's calls marked as the check's."""
+    no autocast, one CPU thread, every kernel output poisoned (an element a kernel forgets to
+    write reads as NaN, not as a stale right value), this thread's calls marked as the check's.
+    The thread count and _alloc.POISON are process-wide: for those milliseconds another thread's
+    CPU operators run on one thread and its kernel outputs get a fill."""
     with _LOCK:
         poison, active = _alloc.POISON, getattr(_LOCAL, "active", False)
         _alloc.POISON, _LOCAL.active = True, True
         try:
             with contextlib.ExitStack() as stack:
-                for ctx in (torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False)):
+                for ctx in (torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False),
+                            _one_thread()):  # fmt: skip
                     stack.enter_context(ctx)
                 if torch.cuda.is_available():
                     stack.enter_context(torch.autocast("cuda", enabled=False))

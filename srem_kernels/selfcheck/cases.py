@@ -176,25 +176,25 @@ def _run_rows(case: Case, kernels, B, D, dtype, device, key) -> list[Quantity]:
     img64, txt64 = (t.to(dtype).double() for t in pairs(B, D, case.seed))
     img, txt = img64.to(device=device, dtype=dtype), txt64.to(device=device, dtype=dtype)
     tau, eps, bounds = 0.05, 1e-10, ((0, B // 3), (B // 3, B))
+    g = torch.Generator().manual_seed(case.seed + 2)
+    up = {"g_cbcl": torch.randn(B, generator=g, dtype=torch.float64),
+          "k_r": torch.rand(B, generator=g, dtype=torch.float64) * (torch.rand(B, generator=g) > 0.4),
+          "k_c": torch.rand(B, generator=g, dtype=torch.float64) * (torch.rand(B, generator=g) > 0.4)}  # fmt: skip
     dense = DenseKernels()
     ref = dense.forward(img64, txt64, None, tau=tau, eps=eps, bias=True)
+    d_ref = dense.backward(img64, txt64, None, ref, tau=tau, eps=eps, bias=True, **up)
 
     def cat(parts):
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     first = cat([kernels.pass1_rows(img, txt, lo, hi, tau=tau) for lo, hi in bounds])
     got = first | cat([kernels.pass2_rows(img, txt, lo, hi, first, tau=tau, eps=eps, bias=True) for lo, hi in bounds])
-    S = img64 @ txt64.T
-    q = [hardest_index(k, got[k], ref, S, key) if k.endswith("_index") else Quantity(k, rel_error(got[k], ref[k]), tol)
-         for k in CONTRACT_KEYS]  # fmt: skip
-    g = torch.Generator().manual_seed(case.seed + 2)
-    up = {"g_cbcl": torch.randn(B, generator=g, dtype=torch.float64),
-          "k_r": torch.rand(B, generator=g, dtype=torch.float64) * (torch.rand(B, generator=g) > 0.4),
-          "k_c": torch.rand(B, generator=g, dtype=torch.float64) * (torch.rand(B, generator=g) > 0.4)}  # fmt: skip
-    d_ref = dense.backward(img64, txt64, None, ref, tau=tau, eps=eps, bias=True, **up)
     acc = got["lse_r"].dtype
     grads = [kernels.backward_rows(img, txt, lo, hi, got, tau=tau, eps=eps, bias=True,
                                    **{k: v.to(device, acc) for k, v in up.items()}) for lo, hi in bounds]  # fmt: skip
+    S = img64 @ txt64.T
+    q = [hardest_index(k, got[k], ref, S, key) if k.endswith("_index") else Quantity(k, rel_error(got[k], ref[k]), tol)
+         for k in CONTRACT_KEYS]  # fmt: skip
     for name, i in (("d img", 0), ("d txt", 1)):
         o = torch.cat([gr[i] for gr in grads])
         q.append(Quantity(name, rel_error(o, d_ref[i]), gtol) if o.dtype == dtype else
