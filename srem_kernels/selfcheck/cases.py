@@ -170,8 +170,6 @@ def _run_loss(case: Case, backend_run, B, D, dtype, device, key) -> list[Quantit
 def _run_rows(case: Case, kernels, B, D, dtype, device, key) -> list[Quantity]:
     """The row-range kernels of the distributed loss, called per range as two ranks would (no
     collective: both ranges here), against the fused contract executed densely in fp64."""
-    from srem_kernels.backends.fused import CONTRACT_KEYS
-
     tol, gtol = TOLERANCES[key]
     img64, txt64 = (t.to(dtype).double() for t in pairs(B, D, case.seed))
     img, txt = img64.to(device=device, dtype=dtype), txt64.to(device=device, dtype=dtype)
@@ -194,7 +192,7 @@ def _run_rows(case: Case, kernels, B, D, dtype, device, key) -> list[Quantity]:
                                    **{k: v.to(device, acc) for k, v in up.items()}) for lo, hi in bounds]  # fmt: skip
     S = img64 @ txt64.T
     q = [hardest_index(k, got[k], ref, S, key) if k.endswith("_index") else Quantity(k, rel_error(got[k], ref[k]), tol)
-         for k in CONTRACT_KEYS]  # fmt: skip
+         for k in fused.CONTRACT_KEYS]  # fmt: skip
     for name, i in (("d img", 0), ("d txt", 1)):
         o = torch.cat([gr[i] for gr in grads])
         q.append(Quantity(name, rel_error(o, d_ref[i]), gtol) if o.dtype == dtype else
