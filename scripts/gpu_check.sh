@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check (make gpu-check) for a lent GPU machine without network (its image has torch with
-# CUDA, Triton, nvcc, compute-sanitizer, pybind11): five tiers under one wall-clock budget, results
+# CUDA, Triton, nvcc, compute-sanitizer, pybind11): six tiers under one wall-clock budget, results
 # and logs under $OUT (default ./gpu-check-out), a short table at the end. The tiers and files are
 # described in bench/gpu_check/__init__.py.
-#   scripts/gpu_check.sh [--budget 360] [--only env correctness ...] [--cap speed=120]
+#   scripts/gpu_check.sh [--budget 360] [--only selfcheck env correctness ...] [--cap speed=120]
 #   scripts/gpu_check.sh --dry-run      # every tier at tiny sizes on this CPU (Triton's interpreter)
 #   PY=/path/to/python scripts/gpu_check.sh --dry-run   # another interpreter (default below)
 # Exit status 1 when a row failed. On a copy without .git, pass the commit: SREM_COMMIT=<hash>.

@@ -7,8 +7,8 @@
 
 import types
 
-from srem_kernels import backends, registry
-from srem_kernels.errors import BackendUnavailable
+from srem_kernels import backends, registry, selfcheck
+from srem_kernels.errors import BackendUnavailable, SelfCheckError
 from srem_kernels.registry import BackendStatus
 from srem_kernels.functional import loss, loss_from_similarity
 from srem_kernels.module import SREMLoss
@@ -36,5 +36,7 @@ __all__ = [
     "backends",
     "BackendStatus",
     "BackendUnavailable",
+    "selfcheck",
+    "SelfCheckError",
     "__version__",
 ]

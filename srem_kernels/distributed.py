@@ -36,6 +36,7 @@ import torch.distributed as dist
 from python_ref.srem import reduce
 from srem_kernels import _amp, _tau, registry, sensitivity
 from srem_kernels.backends import fused, glue
+from srem_kernels.selfcheck import auto as selfcheck
 from srem_kernels._validate import REDUCTIONS, SELECTS, SENSITIVITIES, _flag, check_embeddings, check_params, SREMParams
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -262,6 +263,9 @@ def loss(img, txt, *, group, backend, check_finite, stats_only, kernels=None, **
         if kernels is None:
             name, run = registry.resolve(backend, img.device, img.dtype)
             kernels = row_kernels(name, run)
+            # each rank checks its own kernels once, no collective (docs/selfcheck.md); a failure is
+            # this rank's error, which the agreement below makes every rank raise
+            selfcheck.on_first_use(name, run, img, img.shape[1], rows=True)
         else:
             name = backend
         tau_t = params.tau if _tau.is_tensor(params.tau) else None

@@ -8,6 +8,7 @@ from srem_kernels import _amp, distributed, registry
 from srem_kernels.backends import fused, glue
 from srem_kernels._validate import _flag, check_embeddings, check_params, check_similarity
 from srem_kernels.result import SREMResult, SREMStats
+from srem_kernels.selfcheck import auto as selfcheck
 
 
 def _compute(img, txt, sim, B: int, *, backend, check_finite, stats_only, **options) -> SREMResult:
@@ -19,6 +20,7 @@ def _compute(img, txt, sim, B: int, *, backend, check_finite, stats_only, **opti
     params = check_params(B, x.device, **options)
     stats_only = _flag(stats_only, "stats_only")
     name, run = registry.resolve(backend, x.device, x.dtype)
+    selfcheck.on_first_use(name, run, x, None if sim is not None else img.shape[1])  # docs/selfcheck.md
     if check_finite:
         glue.check_values(img=img, txt=txt, sim=sim, margin=params.margin, clean=params.clean,
                           tau=params.tau if isinstance(params.tau, torch.Tensor) else None,

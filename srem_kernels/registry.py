@@ -139,6 +139,12 @@ def backends() -> dict[str, BackendStatus]:
     return out
 
 
+def usable(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """The available backends that run these inputs, in auto's order (an error's alternatives)."""
+    return [name for name, b in _REGISTRY.items()
+            if not isinstance(_load(name), BackendUnavailable) and b.unsupported(device, dtype) is None]  # fmt: skip
+
+
 def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Callable]:
     """The backend that runs a call: the named one, or for "auto" the fastest that can."""
     if backend == "auto":

@@ -47,6 +47,22 @@ def test_dry_run_passes_every_tier(dry_run):
         assert rows[(tier, "tier")].status in want, (tier, rows[(tier, "tier")])
 
 
+def test_dry_run_self_checks_first_and_records_the_reports(dry_run):
+    """Tier 1 checks triton before anything else runs; tier 3 the built backend (cpu standing in
+    for cuda); each report lands in env.txt, each part a row, and the first-use part's cost."""
+    _, out, rows = dry_run
+    assert list(driver.TIERS)[0] == "selfcheck" and driver.SELFCHECK["device"] == ("triton", "cuda")
+    first = rows[("selfcheck", "triton fp32 aligned")]
+    assert first.status == "PASS" and first.value.startswith("5/5 cases passed"), first
+    assert rows[("selfcheck", "triton first-use part fp32 aligned embeddings")].status == "INFO"
+    env = (out / "env.txt").read_text()
+    assert env.index("## self-check triton fp32 aligned") < env.index("## date")  # before tier 2's sections
+    assert "PASS: 5 of 5 cases passed" in env
+    if srem_kernels.backends()["cpu"].available:
+        assert rows[("selfcheck", "cpu fp32 aligned")].status == "PASS"
+        assert "## self-check cpu fp32 aligned" in env
+
+
 def _ran_in_order(log: str) -> list[str]:
     return re.findall(r"^(\S+::\S+) (?:PASSED|FAILED|ERROR|SKIPPED)", log, flags=re.M)
 

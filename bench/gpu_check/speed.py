@@ -1,4 +1,4 @@
-"""Tier 4 of the GPU check: speed, one backend per process (a sticky CUDA fault in one backend's
+"""Tier 5 of the GPU check: speed, one backend per process (a sticky CUDA fault in one backend's
 kernels ends that process, not the other backends' rows), with bench/'s race (CUDA events,
 interleaved rounds, medians, peak memory) and the three bare matmuls raced beside the backend in
 every process; rows appended to $OUT/speed.csv in bench/results' format, under one run id

@@ -1,4 +1,4 @@
-"""The program tier 3 of the GPU check runs under compute-sanitizer: a loss and its backward of
+"""The program tier 4 of the GPU check runs under compute-sanitizer: a loss and its backward of
 every variant of one backend at tiny sizes that cross tile and panel edges (B=2, D=1; B=37, D=64
 with 16-row cuda panels), fp32 and bf16. Prints "tiny run ok" when every result is finite.
 
