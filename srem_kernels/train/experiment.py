@@ -50,14 +50,15 @@ class Grid:
     minutes: int = 30  # one core's wall time for the whole grid, measured or estimated (docs/training_results.md)
 
 
-# SGR at the literature's dimensions (embed 1024, sim_dim 256, 36 regions, ~14 words) costs ~28
-# MFLOP per pair; here the synthetic benchmark's 4 regions of 64 and 4 "words" of 12 (its 48-feature
-# captions), embed 64, word 32, sim_dim 32, 3 reasoning steps, 3000 training pairs, 12 epochs: one
-# B=128 step 0.49 s on one core, one SREM run measured in docs/training_results.md.
-SGR_SETTINGS = dict(model="sgr", embed_dim=64, word_dim=32, sim_dim=32, sgr_steps=3)
+# The SGR grid, scaled to about an hour of one core: the synthetic benchmark's 4 regions of 64 and
+# its 48-feature captions read as 4 "words" of 12; embed 64, word 32, sim_dim 32, 3 reasoning steps
+# (the literature: 36 regions of 2048, embed 1024, word 300, sim_dim 256); 3000 training pairs,
+# 12 epochs, B=128. lr 4e-3, not the dual encoder's 1e-3: in 3-epoch trials the network barely
+# moved at 1e-3 (docs/training_results.md). One SREM run: 247 s of CPU (docs/training.md).
+SGR_SETTINGS = dict(model="sgr", embed_dim=64, word_dim=32, sim_dim=32, sgr_steps=3, lr=4e-3)
 GRIDS = {
     "vse": Grid("vse", "runs", ORDER, NOISES),
-    "sgr": Grid("sgr", "sgr_runs", ("vsepp", "rcl", "srem"), (0.4, 0.6), size="small", settings=SGR_SETTINGS, minutes=60),
+    "sgr": Grid("sgr", "sgr_runs", ("vsepp", "rcl", "srem"), (0.4, 0.6), size="small", settings=SGR_SETTINGS, minutes=70),
 }
 
 
@@ -237,7 +238,8 @@ def sgr_section(grid: Grid, runs_dir: Path, link: str) -> list[str]:
     if have < want:
         lines += [f"**TODO — not yet run ({have} of {want} runs finished).** The table fills from the runs in "
                   f"`{runs_dir.as_posix()}/` with `{cmd}` (about {grid.minutes} min of one core for the {want} runs; "
-                  "resumable), then `python -m srem_kernels.train.experiment --report-only`.", ""]
+                  "resumable), then `python -m srem_kernels.train.experiment --report-only`. The one run timed "
+                  "before the grid, and what to expect: [training.md](training.md#does-srem-resist-noisy-correspondence-the-synthetic-benchmark).", ""]
     else:
         hours = sum(e.get("seconds", 0.0) for f in runs_dir.glob(f"*/{LOG}") for e in map(json.loads, f.read_text().splitlines())) / 3600
         lines += [f"Produced by `{cmd}` on {_cpu()}, torch {torch.__version__}; runs trained at commit "
