@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 import srem_kernels
-from srem_kernels.train import cli, evaluation, sgraf, trainer
+from srem_kernels.train import cli, evaluation, experiment, sgraf, trainer
 from srem_kernels.train.data import Split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,3 +356,36 @@ def test_a_coco_shaped_folder_trains_sgr_on_tokens_and_reports_both_test_protoco
                                             batch_size=8, epochs=2, warmup_epochs=1, embed_dim=8, sim_dim=6, word_dim=6,
                                             sim_chunk=16, output=str(tmp_path / "run"), progress=False, quiet=True))
     assert "fold_rsum" in res["test"] and 0 <= res["test"]["rsum"] <= 600 and res["model"]["name"] == "sgr"
+
+
+# ---------------------------------------------------------------- the SGR grid's report
+
+
+def _finished(runs, method, noise, seed, rsum, **config):
+    """A finished run's results.json, as the trainer writes it (the fields the report reads)."""
+    out = experiment.run_dir(runs, method, noise, seed)
+    out.mkdir(parents=True)
+    cfg = dict(method=method, noise=noise, seed=seed, synthetic_size="small", epochs=12, batch_size=128, lr=0.004, tau=0.05,
+               margin=0.2, warmup_epochs=2) | config
+    (out / trainer.RESULTS).write_text(json.dumps({"config": cfg, "test": {"rsum": rsum, "i2t_r1": rsum / 10, "t2i_r1": rsum / 10}}))
+
+
+def test_the_sgr_grid_report_is_todo_until_its_runs_exist_then_fills_its_tables(tmp_path):
+    results, report = tmp_path / "results", tmp_path / "docs" / "training_results.md"
+    report.parent.mkdir()
+    _finished(results / "runs", "srem", 0.4, 0, 300.0, synthetic_size="default")  # the dual encoder's section needs a run
+    grid = experiment.GRIDS["sgr"]
+    cells = [(m, n) for m in grid.methods for n in grid.noises]
+    runs = [(m, n, s, 10.0 * cells.index((m, n)) + s) for m, n in cells for s in grid.seeds]
+    for m, n, s, v in runs[:-1]:
+        _finished(results / grid.folder, m, n, s, v)
+    experiment.report(results, report, "the command")
+    text = report.read_text().split("## The same with SGRAF's SGR network")[1]
+    assert "**TODO — not yet run (17 of 18 runs finished).**" in text and "--grid sgr" in text
+    _finished(results / grid.folder, *runs[-1])
+    experiment.report(results, report, "the command")
+    text = report.read_text().split("## The same with SGRAF's SGR network")[1]
+    assert "TODO" not in text and "/sgr_runs/](../results/sgr_runs)" in text
+    assert "| rcl | 21.0 ± 1.0 | 31.0 ± 1.0 |" in text and "| srem | 41.0 ± 1.0 | 51.0 ± 1.0 |" in text  # rSum
+    assert "| srem | 4.1 ± 0.1 | 5.1 ± 0.1 |" in text  # R@1
+    assert "| rcl | 20.0 ± 0.0 | 20.0 ± 0.0 |" in text and "| vsepp | 40.0 ± 0.0 | 40.0 ± 0.0 |" in text  # paired by seed

@@ -36,9 +36,10 @@ def encode(model, split: Split, batch_size: int = 512) -> tuple[torch.Tensor, to
 
 
 def _ranks(sim: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
-    """Per query row: how many items score strictly higher than its best relevant item."""
-    best = sim.masked_fill(~relevant, float("-inf")).max(dim=1, keepdim=True).values
-    return (sim > best).sum(dim=1)
+    """Per query row: how many items score strictly higher than its best relevant item (on the
+    CPU, whichever device the similarity is on)."""
+    best = sim.masked_fill(~relevant.to(sim.device), float("-inf")).max(dim=1, keepdim=True).values
+    return (sim > best).sum(dim=1).cpu()
 
 
 def similarity_ranks(i2t_rows: Callable[[slice], torch.Tensor], t2i_rows: Callable[[slice], torch.Tensor],
@@ -107,7 +108,7 @@ def similarity_matrix(model, split: Split, *, progress: bool = False) -> torch.T
     if getattr(model, "pairwise", False):
         return network_similarity(model, split, progress=progress)
     img, cap = encode(model, split)
-    return img @ cap.T
+    return (img @ cap.T).cpu()
 
 
 def _bar(items, progress: bool, desc: str):
