@@ -84,6 +84,6 @@ def evaluate_runs(run_a: str, run_b: str, *, output: str | None = None, overwrit
         print(f"{name} of {run_a} ({a.model}, {a.method}) and {run_b} ({b.model}, {b.method}): similarities averaged")
         print(f"test: {results['protocol']['test']}")
         rows = [(a.model, alone[0]), (b.model, alone[1]), (name, test)]
-        print("\n".join(trainer.test_table(rows, len(split.images), folds)))
+        print("\n".join(trainer.recall_table(rows, len(split.images), folds)))
         print("test: " + evaluation.format_row(test))
     return results

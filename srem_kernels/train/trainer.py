@@ -448,7 +448,7 @@ def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Pa
     log.say(f"\nbest validation rSum {best['rsum']:.1f} at epoch {best['epoch']}; test split ({cfg.method}, model "
             f"{cfg.model}, noise {cfg.noise:.0%}, seed {cfg.seed}):")
     log.say(f"validation: {results['protocol']['val']}; test: {results['protocol']['test']}")
-    for line in test_table([("test", test)], n, folds):
+    for line in recall_table([("test", test)], n, folds):
         log.say(line)
     log.say("test: " + evaluation.format_row(test))
     return results
@@ -460,7 +460,7 @@ def protocol(dataset) -> dict:
             "test": dataset.info.get("test", f"the test split ({len(dataset.test.images)} images)")}
 
 
-def test_table(named: list[tuple[str, dict]], n_images: int, folds: int) -> list[str]:
+def recall_table(named: list[tuple[str, dict]], n_images: int, folds: int) -> list[str]:
     """The printed test table: per (name, recall) a row for the whole test set and, with folds
     (COCO), one for the mean over the folds first."""
     lines = [f"{'split':<24}{'i2t R@1':>9}{'R@5':>7}{'R@10':>7}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'rSum':>8}"]
