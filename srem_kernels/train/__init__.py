@@ -5,8 +5,9 @@
 Modules, one job each: `data` (the split container and the --dataset registry), `noise` (NCR's
 noise protocol and the noise-index files), `synthetic`, `precomp` (the NCR/RCL precomputed
 layout), `captions` (caption files, nltk tokens, vocabulary), `check` (--check-data), `digits`
-(optional real-pixel extra), `model` (dual encoder), `methods` (the losses), `selection` (dataset-level
-energy filtration and its metrics), `evaluation` (recall@K), `trainer`, `cli`, `experiment`.
+(optional real-pixel extra), `model` (dual encoder), `sgraf` (SGRAF's SGR and SAF networks),
+`methods` (the losses), `selection` (dataset-level energy filtration and its metrics), `evaluation`
+(recall@K), `ensemble` (--eval-ensemble), `trainer`, `cli`, `experiment`.
 """
 
 from srem_kernels.train.trainer import TrainConfig, train

@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m srem_kernels.train.ablation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("command", choices=("list", "run", "report"))
-    ap.add_argument("--runs", default="docs/ablation_runs", help="where the runs live (default docs/ablation_runs)")
+    ap.add_argument("--runs", default="results/ablation_runs", help="where the runs live (default results/ablation_runs)")
     ap.add_argument("--report", default="docs/ablation.md", help="the report (its plot beside it, .png)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel processes, one thread each (default 2)")
     ap.add_argument("--regimes", help=f"a subset of {','.join(REGIMES)}")

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 # TrainConfig's per-dataset defaults (None there means "from here"). The NCR family's: lr 2e-4,
-# 40 epochs; the small generated ones make a run take minutes on a CPU.
-SMALL = dict(epochs=12, warmup_epochs=2, lr=1e-3, lr_update=8, embed_dim=256)
-PAPER = dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024)
+# 40 epochs, and SGRAF's dimensions for --model sgr|saf (sim_dim, word_dim, sgr_steps); the small
+# generated ones make a run take minutes on a CPU.
+SMALL = dict(epochs=12, warmup_epochs=2, lr=1e-3, lr_update=8, embed_dim=256, sim_dim=64, word_dim=64, sgr_steps=3)
+PAPER = dict(epochs=40, warmup_epochs=5, lr=2e-4, lr_update=20, embed_dim=1024, sim_dim=256, word_dim=300, sgr_steps=3)
 
 
 @dataclass(frozen=True)

@@ -45,29 +45,41 @@ METHODS = {
 }
 
 
-def infonce(img: torch.Tensor, txt: torch.Tensor, tau: float) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP): cross-entropy of the diagonal over rows and over columns.
-    Multi-process, `img` and `txt` are the global batch from dist.gather_rows: every rank computes
-    the same global loss, and its gradient reaches this rank's rows alone (open_clip's
-    gather-without-grad), which is d(global loss)/d(local rows) as srem_kernels.loss(group=) gives."""
-    logits = img @ txt.T / tau
-    target = torch.arange(len(img), device=img.device)
+def infonce(sim: torch.Tensor, tau: float) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP) of a B×B similarity: cross-entropy of the diagonal over rows and
+    over columns. Multi-process, `sim` is the global batch's (embeddings from dist.gather_rows):
+    every rank computes the same global loss, and its gradient reaches this rank's rows alone
+    (open_clip's gather-without-grad), which is d(global loss)/d(local rows) as
+    srem_kernels.loss(group=) gives."""
+    logits = sim / tau
+    target = torch.arange(len(sim), device=sim.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def batch_loss(method: Method, img, txt, *, tau: float, margin: float, clean: torch.Tensor | None,
+def loss_inputs(out) -> dict:
+    """batch_loss's inputs from what a model returns: a dual encoder's (img, txt) embeddings, or a
+    similarity network's B×B similarity (sgraf.SimilarityModel)."""
+    return {"img": out[0], "txt": out[1]} if isinstance(out, tuple) else {"sim": out}
+
+
+def batch_loss(method: Method, img=None, txt=None, *, sim=None, tau: float, margin: float, clean: torch.Tensor | None,
                warming_up: bool, backend: str, dist=None, sizes: list[int] | None = None):
-    """(loss, SREMResult or None) of one batch. `clean`: dataset-level weights of the batch's pairs.
-    Multi-process (`dist` a dist.Dist with a group): img, txt and clean are this rank's rows of a
-    global batch whose ranks hold `sizes` rows; the loss is the global batch's, its gradient
-    d(global loss)/d(local rows)."""
+    """(loss, SREMResult or None) of one batch: from embeddings `img`, `txt`, or from a similarity
+    network's B×B `sim` (srem_kernels.loss_from_similarity; one process). `clean`: dataset-level
+    weights of the batch's pairs. Multi-process (`dist` a dist.Dist with a group): img, txt and
+    clean are this rank's rows of a global batch whose ranks hold `sizes` rows; the loss is the
+    global batch's, its gradient d(global loss)/d(local rows)."""
     group = None if dist is None else dist.group
+    if (sim is None) == (img is None or txt is None):
+        raise ValueError("batch_loss takes embeddings img and txt, or a similarity sim")
+    if sim is not None and group is not None:
+        raise ValueError("a similarity network's loss runs in one process (srem_kernels.loss_from_similarity has no group)")
     if method.infonce:
-        if group is not None:
+        if sim is None and group is not None:
             from srem_kernels.train.dist import gather_rows
 
             img, txt = gather_rows(img, dist, sizes), gather_rows(txt, dist, sizes)
-        return infonce(img, txt, tau), None
+        return infonce(img @ txt.T if sim is None else sim, tau), None
     opts = dict(method.options)
     if method.warmup and warming_up:
         opts.update(lambda_hard=0.0, select="none")
@@ -78,5 +90,8 @@ def batch_loss(method: Method, img, txt, *, tau: float, margin: float, clean: to
         clean = None
     if group is not None:
         opts["group"] = group
-    out = srem_kernels.loss(img, txt, tau=tau, margin=margin, clean=clean, backend=backend, **opts)
+    if sim is not None:
+        out = srem_kernels.loss_from_similarity(sim, tau=tau, margin=margin, clean=clean, backend=backend, **opts)
+    else:
+        out = srem_kernels.loss(img, txt, tau=tau, margin=margin, clean=clean, backend=backend, **opts)
     return out.loss, out

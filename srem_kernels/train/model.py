@@ -23,25 +23,42 @@ class MLPEncoder(nn.Module):
 
 
 class GRUTextEncoder(nn.Module):
-    """Word embeddings, a bidirectional GRU (directions averaged), mean over the real tokens."""
+    """Word embeddings, a bidirectional GRU (directions averaged), mean over the real tokens.
+    `embed` replaces the embedding table (SGRAF's feature captions: sgraf.FeatureWords);
+    `dropout` acts on the embedded words (SGRAF's 0.4; none for the dual encoder)."""
 
-    def __init__(self, vocab_size: int, embed_dim: int, word_dim: int = 300):
+    def __init__(self, vocab_size: int, embed_dim: int, word_dim: int = 300, *, embed: nn.Module | None = None,
+                 dropout: float = 0.0):
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
+        self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0) if embed is None else embed
         self.gru = nn.GRU(word_dim, embed_dim, batch_first=True, bidirectional=True)
+        self.dropout = dropout
 
-    def forward(self, captions: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        tokens, lengths = captions
-        packed = nn.utils.rnn.pack_padded_sequence(self.embed(tokens), lengths.cpu(), batch_first=True,
-                                                   enforce_sorted=False)
+    def words(self, captions) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-word features (N, L, embed_dim), zero past each caption's length, and the lengths.
+        `captions`: (token ids, lengths), or N×d features that `embed` reads as words."""
+        if isinstance(captions, tuple):
+            tokens, lengths = captions
+            x = self.embed(tokens)
+        else:
+            x = self.embed(captions)
+            lengths = torch.full((len(x),), x.shape[1], dtype=torch.long)
+        if self.dropout:  # skipped at 0: the dual encoder's runs draw no random numbers here
+            x = F.dropout(x, self.dropout, self.training)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)
         d = out.shape[-1] // 2
-        out = (out[..., :d] + out[..., d:]) / 2
+        return (out[..., :d] + out[..., d:]) / 2, lengths
+
+    def forward(self, captions: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        out, lengths = self.words(captions)
         return out.sum(dim=1) / lengths.to(out.device, out.dtype)[:, None]
 
 
 class DualEncoder(nn.Module):
+    pairwise = False  # the similarity is the embeddings' dot product (sgraf.SimilarityModel: a network's)
+
     def __init__(self, img_encoder: nn.Module, txt_encoder: nn.Module):
         super().__init__()
         self.img_encoder, self.txt_encoder = img_encoder, txt_encoder

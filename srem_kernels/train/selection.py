@@ -9,14 +9,17 @@ import srem_kernels
 from srem_kernels.backends import glue
 from srem_kernels.result import SREMStats
 from srem_kernels.train.data import Split
+from srem_kernels.train.methods import loss_inputs
 
 
-def batch_statistics(img: torch.Tensor, txt: torch.Tensor, *, tau: float, backend: str, group=None) -> SREMStats:
-    """SPEC.md's per-sample statistics of one batch: the forward-only statistics call. With a
-    process group, img and txt are this rank's rows of the batch and so are the statistics."""
-    extra = {} if group is None else {"group": group}
-    return srem_kernels.loss(img, txt, tau=tau, select="none", backend=backend, check_finite=False, stats_only=True,
-                             **extra).stats
+def batch_statistics(img=None, txt=None, *, sim=None, tau: float, backend: str, group=None) -> SREMStats:
+    """SPEC.md's per-sample statistics of one batch: the forward-only statistics call, from
+    embeddings or from a similarity network's B×B `sim`. With a process group, img and txt are this
+    rank's rows of the batch and so are the statistics."""
+    opts = dict(tau=tau, select="none", backend=backend, check_finite=False, stats_only=True)
+    if sim is not None:
+        return srem_kernels.loss_from_similarity(sim, **opts).stats
+    return srem_kernels.loss(img, txt, **opts, **({} if group is None else {"group": group})).stats
 
 
 def scoring_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -53,8 +56,8 @@ def pair_energies(model, split: Split, *, batch_size: int, tau: float, backend: 
                 by = None
         images, captions = split.batch(idx)
         captions = tuple(t.to(device) for t in captions) if isinstance(captions, tuple) else captions.to(device)
-        img, txt = model(images.to(device), captions)
-        e = batch_statistics(img, txt, tau=tau, backend=backend, group=by).energy.double().cpu()
+        pairs = loss_inputs(model(images.to(device), captions))
+        e = batch_statistics(**pairs, tau=tau, backend=backend, group=by).energy.double().cpu()
         if group is None or by is not None or dist.main:
             energy[idx] = e
     model.train(was_training)

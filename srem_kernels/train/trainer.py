@@ -18,8 +18,8 @@ import torch
 
 from srem_kernels.train import data as data_mod
 from srem_kernels.train import dist as dist_mod
-from srem_kernels.train import evaluation, model as model_mod, noise as noise_mod, selection
-from srem_kernels.train.methods import METHODS, batch_loss
+from srem_kernels.train import evaluation, model as model_mod, noise as noise_mod, selection, sgraf
+from srem_kernels.train.methods import METHODS, batch_loss, loss_inputs
 
 DATASET_DEFAULTS = {name: entry.defaults for name, entry in data_mod.REGISTRY.items()}  # data.REGISTRY's
 CHECKPOINT = "checkpoint.pt"
@@ -30,7 +30,11 @@ CHECKPOINT_KEYS = ("epoch", "config", "model", "optimizer", "scheduler", "best",
 # The flags a resumed run may change: none alters what it trains (epochs extends it; the noise
 # file's pairs are checked by their digest, the batch as the global batch). All others must match.
 RESUME_FREE = ("output", "resume", "overwrite", "progress", "quiet", "device", "loss_backend", "dist_timeout",
-               "save_noise", "noise_file", "epochs", "batch_size")  # fmt: skip
+               "save_noise", "noise_file", "epochs", "batch_size", "sim_chunk")  # fmt: skip
+MODELS = ("vse", *sgraf.REASONINGS)  # --model: the dual encoder, or SGRAF's SGR or SAF network
+NETWORK_FLAGS = ("sim_dim", "word_dim", "sgr_steps")  # a similarity network's alone (sgr_steps: SGR's alone)
+# What a checkpoint written before a flag existed trained with: the flag's value then.
+LEGACY = {"model": "vse"}
 
 
 @dataclass
@@ -49,6 +53,11 @@ class TrainConfig:
     margin: float = 0.2
     tau: float = 0.05
     embed_dim: int | None = None
+    model: str = "vse"
+    sim_dim: int | None = None  # SGRAF: the alignment vectors' dimension
+    word_dim: int | None = None  # SGRAF: the word embeddings' dimension
+    sgr_steps: int | None = None  # SGR's graph-reasoning steps
+    sim_chunk: int = 4096  # SGRAF: image–caption pairs per block of the network's similarity
     loss_backend: str = "auto"
     data_path: str | None = None
     noise_file: str | None = None
@@ -65,8 +74,9 @@ class TrainConfig:
         """A copy with every None filled from DATASET_DEFAULTS, after checking the arguments."""
         check_config(self)
         out = TrainConfig(**asdict(self))
+        unused = {"vse": NETWORK_FLAGS, "saf": ("sgr_steps",)}.get(self.model, ())
         for k, v in DATASET_DEFAULTS[self.dataset].items():
-            if getattr(out, k) is None:
+            if getattr(out, k) is None and k not in unused:
                 setattr(out, k, v)
         if out.warmup_epochs > out.epochs:
             raise ValueError(f"warmup_epochs ({out.warmup_epochs}) must not exceed epochs ({out.epochs})")
@@ -79,11 +89,16 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"dataset must be one of {', '.join(data_mod.DATASETS)}; got {cfg.dataset!r}")
     if cfg.method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
+    if cfg.model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {cfg.model!r}")
+    for name in NETWORK_FLAGS:
+        if getattr(cfg, name) is not None and (cfg.model == "vse" or (name == "sgr_steps" and cfg.model != "sgr")):
+            raise ValueError(f"{name} applies to --model {'sgr' if name == 'sgr_steps' else 'sgr or saf'}, not {cfg.model}")
     if not 0.0 <= cfg.noise < 1.0:
         raise ValueError(f"noise must be in [0, 1); got {cfg.noise}")
     if cfg.batch_size < 2:
         raise ValueError(f"batch_size must be at least 2 (the loss needs B >= 2); got {cfg.batch_size}")
-    for name in ("epochs", "lr_update", "embed_dim"):
+    for name in ("epochs", "lr_update", "embed_dim", *NETWORK_FLAGS, "sim_chunk"):
         v = getattr(cfg, name)
         if v is not None and v < 1:
             raise ValueError(f"{name} must be at least 1; got {v}")
@@ -227,9 +242,10 @@ def read_checkpoint(path: Path, cfg: TrainConfig, world: int) -> dict:
         raise ValueError(f"--resume: {path} is not a srem-train checkpoint (a {type(ck).__name__} without "
                          f"{', '.join(lacks or ['config'])})")
     now = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}
-    differ = [k for k, v in now.items() if ck["config"].get(k) != v]
+    then = {k: ck["config"].get(k, LEGACY.get(k)) for k in now}
+    differ = [k for k, v in now.items() if then[k] != v]
     if differ:
-        was = ", ".join(f"{k}={ck['config'].get(k)!r}" for k in differ)
+        was = ", ".join(f"{k}={then[k]!r}" for k in differ)
         raise ValueError(f"--resume: {path} was written with {was}, not " + ", ".join(f"{k}={now[k]!r}" for k in differ))
     ck_world = ck.get("world_size", 1)
     if ck["config"].get("batch_size", 0) * ck_world != cfg.batch_size * world:
@@ -246,6 +262,9 @@ def noise_digest(cap2img: torch.Tensor) -> str:
 
 def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
     method = METHODS[cfg.method]
+    if cfg.model != "vse" and d.group is not None:  # raised on every rank alike
+        raise ValueError(f"model {cfg.model} trains in one process: its B×B similarity needs every image and caption "
+                         "of the batch in one place (multi-process training is the dual encoder's)")
     output = Path(cfg.output)
     how = check_output(cfg)  # on every rank alike, before rank 0 writes anything
     ckpt_path = output / CHECKPOINT
@@ -270,7 +289,7 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    model = model_mod.build(dataset, cfg.embed_dim).to(device)  # the same weights on every rank (seeded)
+    model = build_model(dataset, cfg).to(device)  # the same weights on every rank (seeded)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_update, gamma=0.1)
     start, best, clean = 0, {"rsum": -1.0, "epoch": -1, "state": None}, None
@@ -303,7 +322,7 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
     n_clean = None if train_split.noisy is None else int((~train_split.noisy).sum())
     log.say(f"{cfg.dataset}: {len(train_split)} training pairs ({cfg.noise:.0%} noise"
             + ("" if n_clean is None else f", {len(train_split) - n_clean} mismatched") + f"), method {cfg.method}: "
-            f"{method.describe()}, device {device}"
+            f"{method.describe()}, model {cfg.model} ({sum(p.numel() for p in model.parameters()):,} parameters), device {device}"
             + ("" if d.group is None else f", {d.world} processes x batch {cfg.batch_size} = global batch {global_batch}"))
 
     for epoch in range(start, cfg.epochs):
@@ -328,9 +347,9 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
         for step, idx in enumerate(bar):
             local = d.local(idx)  # this rank's contiguous slice of the global batch
             images, captions = train_split.batch(local)
-            img, txt = net(images.to(device), _to(captions, device))
+            pairs = loss_inputs(net(images.to(device), _to(captions, device)))
             c = None if clean is None else clean[local].to(device)
-            loss, out = batch_loss(method, img, txt, tau=cfg.tau, margin=cfg.margin, clean=c, warming_up=warming_up,
+            loss, out = batch_loss(method, **pairs, tau=cfg.tau, margin=cfg.margin, clean=c, warming_up=warming_up,
                                    backend=cfg.loss_backend, dist=d, sizes=d.sizes(len(idx)))
             opt.zero_grad(set_to_none=True)
             if d.group is None:
@@ -356,7 +375,7 @@ def _train(cfg: TrainConfig, device: torch.device, d: dist_mod.Dist) -> dict:
                 entry.update({f"sel_{k}": v for k, v in selection.selection_metrics(used[seen, 0], noisy).items()})
             entry.update({f"hinge_{k}": v for k, v in selection.hinge_metrics(used[seen, 0], used[seen, 1], noisy).items()})
 
-        val = evaluation.evaluate(model, dataset.val)  # on every rank (same weights, same result): no rank waits
+        val = evaluation.evaluate(model, dataset.val, progress=_shows_bars(cfg, d))  # every rank (same result): no rank waits
         entry.update({"val_rsum": val["rsum"], "val_r1": (val["i2t_r1"] + val["t2i_r1"]) / 2, "seconds": time.time() - t0})
         if val["rsum"] > best["rsum"]:
             best = {"rsum": val["rsum"], "epoch": epoch, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
@@ -380,8 +399,12 @@ def _check_split(n: int, batch_size: int, d: dist_mod.Dist) -> None:
         raise ValueError(f"batch_size x {d.world} processes: the training split has {n} pairs, fewer than the processes")
 
 
+def _shows_bars(cfg: TrainConfig, d: dist_mod.Dist) -> bool:
+    return cfg.progress and not cfg.quiet and d.main
+
+
 def _progress(batches, cfg: TrainConfig, epoch: int, d: dist_mod.Dist):
-    if not cfg.progress or cfg.quiet or not d.main:
+    if not _shows_bars(cfg, d):
         return batches
     try:
         from tqdm import tqdm
@@ -407,11 +430,9 @@ def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Pa
     (rank 0; the other ranks return the same results without the selection history of the log)."""
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    test = evaluation.evaluate(model, dataset.test, folds=dataset.eval_folds)
-    protocol = {"val": dataset.info.get("val", f"the val split ({len(dataset.val.images)} images)"),
-                "test": dataset.info.get("test", f"the test split ({len(dataset.test.images)} images)")}
-    results = {"config": asdict(cfg), "best_epoch": best["epoch"], "val_rsum": best["rsum"], "test": test,
-               "protocol": protocol, "data": dataset.info}
+    test = evaluation.evaluate(model, dataset.test, folds=dataset.eval_folds, progress=_shows_bars(cfg, d))
+    results = {"config": asdict(cfg), "model": describe_model(model, cfg), "best_epoch": best["epoch"],
+               "val_rsum": best["rsum"], "test": test, "protocol": protocol(dataset), "data": dataset.info}
     if d.group is not None:
         results["world_size"] = d.world
     if not d.main:
@@ -423,21 +444,52 @@ def finish(cfg: TrainConfig, model, dataset, best: dict, log: Logger, output: Pa
     _atomic_save_json(results, output / RESULTS)
     if sel:
         log.say("selection precision by epoch: " + " ".join(f"{e['epoch']}:{e['sel_precision']:.3f}" for e in sel))
-    header = f"{'split':<18}{'i2t R@1':>9}{'R@5':>7}{'R@10':>7}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'rSum':>8}"
     n, folds = len(dataset.test.images), dataset.eval_folds
-    rows = []
-    if folds > 1:
-        rows.append((f"test {folds}-fold {evaluation.size_label(n // folds)}",
-                     {k[5:]: v for k, v in test.items() if k.startswith("fold_")}))
-    rows.append((f"test {evaluation.size_label(n)}", test))
-    log.say(f"\nbest validation rSum {best['rsum']:.1f} at epoch {best['epoch']}; test split ({cfg.method}, noise {cfg.noise:.0%}, seed {cfg.seed}):")
-    log.say(f"validation: {protocol['val']}; test: {protocol['test']}")
-    log.say(header)
-    for name, m in rows:
-        log.say(f"{name:<18}{m['i2t_r1']:>9.1f}{m['i2t_r5']:>7.1f}{m['i2t_r10']:>7.1f}{m['t2i_r1']:>9.1f}"
-                f"{m['t2i_r5']:>7.1f}{m['t2i_r10']:>7.1f}{m['rsum']:>8.1f}")
+    log.say(f"\nbest validation rSum {best['rsum']:.1f} at epoch {best['epoch']}; test split ({cfg.method}, model "
+            f"{cfg.model}, noise {cfg.noise:.0%}, seed {cfg.seed}):")
+    log.say(f"validation: {results['protocol']['val']}; test: {results['protocol']['test']}")
+    for line in recall_table([("test", test)], n, folds):
+        log.say(line)
     log.say("test: " + evaluation.format_row(test))
     return results
+
+
+def protocol(dataset) -> dict:
+    """Which validation and test sets the recall is on (results.json's `protocol`)."""
+    return {"val": dataset.info.get("val", f"the val split ({len(dataset.val.images)} images)"),
+            "test": dataset.info.get("test", f"the test split ({len(dataset.test.images)} images)")}
+
+
+def recall_table(named: list[tuple[str, dict]], n_images: int, folds: int) -> list[str]:
+    """The printed test table: per (name, recall) a row for the whole test set and, with folds
+    (COCO), one for the mean over the folds first."""
+    lines = [f"{'split':<24}{'i2t R@1':>9}{'R@5':>7}{'R@10':>7}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'rSum':>8}"]
+    for name, test in named:
+        rows = []
+        if folds > 1:
+            rows.append((f"{name} {folds}-fold {evaluation.size_label(n_images // folds)}",
+                         {k[5:]: v for k, v in test.items() if k.startswith("fold_")}))
+        rows.append((f"{name} {evaluation.size_label(n_images)}", test))
+        for label, m in rows:
+            lines.append(f"{label:<24}{m['i2t_r1']:>9.1f}{m['i2t_r5']:>7.1f}{m['i2t_r10']:>7.1f}{m['t2i_r1']:>9.1f}"
+                         f"{m['t2i_r5']:>7.1f}{m['t2i_r10']:>7.1f}{m['rsum']:>8.1f}")
+    return lines
+
+
+def build_model(dataset, cfg: TrainConfig):
+    """The --model for `dataset`'s shapes (cfg resolved): the dual encoder, or SGRAF's SGR or SAF."""
+    if cfg.model == "vse":
+        return model_mod.build(dataset, cfg.embed_dim)
+    return sgraf.build(dataset, reasoning=cfg.model, embed_dim=cfg.embed_dim, sim_dim=cfg.sim_dim,
+                       word_dim=cfg.word_dim, sgr_steps=cfg.sgr_steps or 0, chunk=cfg.sim_chunk)
+
+
+def describe_model(model, cfg: TrainConfig) -> dict:
+    """results.json's `model`: its name and parameters (by part, for SGRAF)."""
+    out = {"name": cfg.model, "parameters": sum(p.numel() for p in model.parameters())}
+    if hasattr(model, "parameter_counts"):
+        out["parts"] = model.parameter_counts()
+    return out
 
 
 def _atomic_save_json(obj, path: Path) -> None:
