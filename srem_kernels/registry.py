@@ -119,14 +119,26 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-@functools.cache
+# name -> the loaded implementation or why it is unavailable. A plain dict, not functools.cache:
+# torch.compile traces a dict lookup (guarding on it) and returns the loaded object, where it
+# would trace through a cache wrapper into the loader and build the backend inside the graph.
+_LOADED: dict[str, Callable | BackendUnavailable] = {}
+
+
 def _load(name: str) -> Callable | BackendUnavailable:
+    if name in _LOADED:
+        return _LOADED[name]
     try:
-        return _REGISTRY[name].loader()
+        impl = _REGISTRY[name].loader()
     except BackendUnavailable as err:
-        return err
+        impl = err
     except ImportError as err:  # a compiled module that was not built, a missing dependency
-        return BackendUnavailable(f"cannot be imported: {err}")
+        impl = BackendUnavailable(f"cannot be imported: {err}")
+    _LOADED[name] = impl
+    return impl
+
+
+_load.cache_clear = _LOADED.clear  # forget the loads (tests)
 
 
 def backends() -> dict[str, BackendStatus]:
