@@ -88,8 +88,8 @@ def test_opcount_sees_operators_reads_copies_and_custom_ops():
     v = {k: torch.rand(6) for k in ("lse_r", "lse_c", "pos", "hard_i2t", "hard_t2i", "sce", "loss_cbcl")}
     from srem_kernels.backends import glue
 
-    inside = opcount.count(lambda: glue.glue_forward_op(*v.values(), None, None, None, None, 0.2, 0.05, 1.0, 1.0, True, 2, 0,
-                                                        "torch"))  # fmt: skip
+    inside = opcount.count(lambda: glue.glue_forward_op(*v.values(), None, None, None, None, 0.2, 0.05, None, 1.0, 1.0, True,
+                                                        2, 0, "torch"))  # fmt: skip (tau_t None: a float tau)
     assert inside.aten > 5  # the custom op's torch form, counted from inside
 
 

@@ -324,9 +324,9 @@ def test_module_holds_a_learnable_tau():
 
 def test_torch_compile_fullgraph_with_a_tensor_tau():
     """A training step that learns the temperature compiles with fullgraph=True (no graph break)
-    through the public API: the reference, and where installed the triton backend (its kernels
-    behind the custom ops; the registry hands the loaded backend to the trace). Loss and every
-    gradient, tau's included, match eager."""
+    through the public API: the reference, and the cpu and triton backends (their kernels behind
+    the custom ops; the registry hands the loaded backend to the trace). Loss and every gradient,
+    tau's included, match eager."""
     lin = torch.nn.Linear(8, 6)
     scale = torch.nn.Parameter(torch.tensor(3.0))  # CLIP: tau = 1 / exp(logit_scale)
     x, y = torch.randn(16, 8), torch.randn(16, 8)
@@ -334,7 +334,7 @@ def test_torch_compile_fullgraph_with_a_tensor_tau():
     def embed():
         return torch.nn.functional.normalize(lin(x), dim=1), torch.nn.functional.normalize(lin(y), dim=1)
 
-    for backend in ("reference", *(["triton"] if TRITON else [])):
+    for backend in ("reference", *(["cpu"] if CPU else []), *(["triton"] if TRITON else [])):
         def step():
             return srem_kernels.loss(*embed(), tau=1 / scale.exp(), backend=backend, check_finite=False).loss
 

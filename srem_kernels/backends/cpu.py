@@ -135,6 +135,16 @@ class CPUKernels(PanelRows):
         self.strategy = strategy
         self.memory = None if memory is None else parse_bytes(memory, "memory")
         self._chosen: dict[tuple, str] = {}
+        fused.register_kernels(self)  # behind the custom ops under torch.compile (saved_layout)
+
+    def saved_layout(self, img, txt, sim, *, stats_only: bool = False) -> dict[str, tuple[tuple, torch.dtype]]:
+        """name -> (shape, dtype) of what forward returns, in order (fused.py's custom ops use it
+        for their fake implementation): the workspace's vectors, then S where materialised."""
+        B = (sim if sim is not None else img).shape[0]
+        out = {k: ((B,), _F32) for k in _FLOAT_KEYS if k != "rest_c"} | {k: ((B,), torch.int64) for k in _INDEX_KEYS}
+        if sim is None and self.strategy_for(B, img.shape[1], img.dtype, img.device) == "materialised":
+            out["S"] = ((B, B), _F32)
+        return out
 
     # ------------------------------------------------------------------ planning
 
