@@ -11,14 +11,17 @@
 
 namespace srem {
 
-// P of one element under one softmax (a row's or a column's max m and log l): nl = -log P >= 0
-// (the clamp holds P <= 1 where Z comes from another GEMM call than m did), P, and q = 1 - P.
+// P of one element under one softmax (a row's or a column's max m and log l): nl = -log P >= 0, P,
+// and q = 1 - P. z is clamped to m (where Z comes from another GEMM call than m did, it can exceed
+// m by a rounding): nl >= log l >= 0, P <= 1. Clamping z rather than nl keeps the two clamps of an
+// element (this one and exp_split's) apart: GCC merges two chained selects into a compare-and-blend
+// ladder of ten instructions where each alone is one vminps / vmaxps.
 struct Prob {
   float nl, p, q;
 };
 
 SREM_INLINE Prob prob(float m, float logl, float z) {
-  const float nl = vmax((m - z) + logl, 0.0f);
+  const float nl = (m - vmin(z, m)) + logl;
   const PQ e = exp_pq(nl);
   return {nl, e.p, e.q};
 }
