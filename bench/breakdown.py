@@ -8,7 +8,8 @@ sizes): the forward GEMM S = I·Tᵀ; pass 1 (row and column max, log-sum-exp, h
 pass 2 (everything that needs both softmaxes); the glue forward (energies, the GMM, the hinge,
 L_i; the GMM also alone); the glue's upstream vectors; the backward's dS; its GEMMs dS·T and
 dSᵀ·I; an OpenMP region's start (a kernel on a 2×2 matrix on the call's threads minus on one);
-the output allocations. "rest" is the whole call minus its phases: Python, autograd and
+the output allocations; the first touch of a fresh B×B fp32 buffer (torch.empty + fill, minus the
+fill of a warm one: the page faults that S costs where the allocator hands out new pages). "rest" is the whole call minus its phases: Python, autograd and
 argument handling. Each B×B phase also as ns per element of S (wall time / B²).
 
 Appends to bench/results/<device>.breakdown.csv; `python -m bench.report` renders the latest run
@@ -61,6 +62,7 @@ def phases(B: int, D: int) -> dict:
                saved["hard_i2t_index"].data_ptr(), saved["hard_t2i_index"].data_ptr()]  # fmt: skip
     d_img, d_txt = torch.empty(B, D), torch.empty(B, D)
     tiny = torch.randn(2, 2)
+    buf2 = torch.empty(B, B)
     t2 = cpu_backend._outputs(2)
 
     def pass1():
@@ -104,6 +106,7 @@ def phases(B: int, D: int) -> dict:
         "gemm dS·T, dSᵀ·I": gemms,
         "OpenMP region start": (region(threads), region(1)),
         "output allocation": lambda: cpu_backend._outputs(B),
+        "fresh B×B buffer (page faults)": (lambda: torch.empty(B, B).fill_(0.0), lambda: buf2.fill_(0.0)),
         "whole call": whole,
     }  # fmt: skip
 
@@ -112,8 +115,8 @@ def measure(B: int, D: int, repeats: int) -> list[dict]:
     fns = phases(B, D)
     flat = {}
     for name, f in fns.items():
-        if isinstance(f, tuple):  # (with the call's threads, with one): the difference is timed
-            flat[name], flat[name + " (1 thread)"] = f
+        if isinstance(f, tuple):  # (the thing, its baseline): the difference is reported
+            flat[name], flat[name + " (baseline)"] = f
         else:
             flat[name] = f
     for f in flat.values():  # warm-up
@@ -128,14 +131,13 @@ def measure(B: int, D: int, repeats: int) -> list[dict]:
             samples[name].append(time_once(flat[name], cpu))
     load_after = os.getloadavg()[0]
     med = {k: summarise(v) for k, v in samples.items()}
-    region = med["OpenMP region start"].median_ms - med["OpenMP region start (1 thread)"].median_ms
     whole = med["whole call"].median_ms
     rows = []
-    for name in fns:
+    for name, f in fns.items():
         t = med[name]
         ms, p20, p80 = t.median_ms, t.p20_ms, t.p80_ms
-        if name == "OpenMP region start":
-            ms, p20, p80 = region, "", ""
+        if isinstance(f, tuple):
+            ms, p20, p80 = ms - med[name + " (baseline)"].median_ms, "", ""
         rows.append({"B": B, "D": D, "phase": name, "median_ms": f"{ms:.4g}", "p20_ms": f"{p20:.4g}" if p20 != "" else "",
                      "p80_ms": f"{p80:.4g}" if p80 != "" else "",
                      "ns_per_element": f"{1e6 * ms / B**2:.3g}" if name in ELEMENTWISE else "",
