@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
+import numpy as np
 import torch
 
 from srem_kernels import _alloc, _tau
@@ -86,6 +88,46 @@ def _sim_f32(sim):
     if sim.dtype == _F32 and sim.stride(1) == 1:
         return sim
     return torch.empty(sim.shape, dtype=_F32).copy_(sim)
+
+
+class _KeptMatrices:
+    """Large B×B fp32 buffers (S) kept from one call to the next. glibc maps allocations of 32 MiB
+    and more afresh each time, and the first touch of a fresh 64 MiB S (B=4096) costs ~35 ms of
+    page faults, a sixth of the three GEMMs' time. A buffer is a numpy array that torch.from_numpy
+    wraps: every tensor on it (the forward's saved S included) holds one reference to the array, so
+    it is handed out again once its reference count says no tensor is left on it. At most `keep`
+    buffers (the latest sizes) are held; `clear()` drops them."""
+
+    MIN_BYTES = 32 << 20  # below glibc's largest mmap threshold the heap keeps freed pages anyway
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._arrays: list[np.ndarray] = []
+
+    def matrix(self, n: int) -> torch.Tensor:
+        if 4 * n * n < self.MIN_BYTES:
+            return torch.empty(n, n, dtype=_F32)
+        for k in range(len(self._arrays)):
+            # references: the list's and getrefcount's argument; a tensor on the array adds one
+            if self._arrays[k].shape == (n, n) and sys.getrefcount(self._arrays[k]) == 2:
+                self._arrays.append(self._arrays.pop(k))  # most recently used last
+                return torch.from_numpy(self._arrays[-1])
+        a = self._aligned(n)
+        self._arrays = (self._arrays + [a])[-self.keep :]
+        return torch.from_numpy(a)
+
+    @staticmethod
+    def _aligned(n: int) -> np.ndarray:
+        """An n×n fp32 array at a 64-byte boundary (the GEMM's preference; numpy aligns to 16)."""
+        raw = np.empty(n * n + 16, dtype=np.float32)
+        start = (-raw.ctypes.data % 64) // 4
+        return raw[start : start + n * n].reshape(n, n)
+
+    def clear(self) -> None:
+        self._arrays = []
+
+
+KEPT = _KeptMatrices()
 
 
 def _available_memory() -> int:
@@ -201,7 +243,7 @@ class CPUKernels(PanelRows):
             self._forward_whole(_sim_f32(sim), o, tau, eps, bias)
         elif self.strategy_for(img.shape[0], img.shape[1], img.dtype, img.device) == "materialised":
             x, y = _as_f32(img), _as_f32(txt)
-            o["S"] = torch.mm(x, y.T)
+            o["S"] = torch.mm(x, y.T, out=KEPT.matrix(x.shape[0]))
             self._forward_whole(o["S"], o, tau, eps, bias)
         else:
             self._forward_streaming(_as_f32(img), _as_f32(txt), o, tau, eps, bias)
