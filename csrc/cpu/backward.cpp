@@ -46,8 +46,8 @@ __attribute__((noinline)) float plain(const float* p, float* d, int64_t lo, int6
 #pragma omp simd reduction(+ : t)
   for (int64_t j = lo; j < hi; ++j) {
     const float z = p[j] * inv_tau;
-    const Grad e = element(prob(mr, lr, z), prob(mc[j], lc[j], z), unb, eps, inv_tau, gi, gc[j], ari, ac[j], true,
-                           false, false);
+    const Grad e = element(prob_plain(mr, lr, z), prob_plain(mc[j], lc[j], z), unb, eps, inv_tau, gi, gc[j], ari,
+                           ac[j], true, false, false);
     d[j] = e.d;
     if constexpr (TAU) t += e.t;
   }

@@ -33,8 +33,8 @@ __attribute__((noinline)) void plain(const float* __restrict p, const float* __r
 #pragma omp simd reduction(+ : ent_r, ent_c, s, cb, ar, ac, ar_at, ac_at)
   for (int64_t b = lo; b < hi; ++b) {
     const float z = p[b] * inv_tau, zq = q[b] * inv_tau;
-    const Prob r = prob(mr, lr, z), c = prob(mc, lc, zq);                  // Pr_ij, Pc_ji
-    const Prob rj = prob(m_r[b], logl_r[b], zq), cj = prob(m_c[b], logl_c[b], z);  // Pr_ji, Pc_ij
+    const Prob r = prob_plain(mr, lr, z), c = prob_plain(mc, lc, zq);                  // Pr_ij, Pc_ji
+    const Prob rj = prob_plain(m_r[b], logl_r[b], zq), cj = prob_plain(m_c[b], logl_c[b], z);  // Pr_ji, Pc_ij
     SREM_ADD_TERMS(r, c, vmax(cj.q, unb), vmax(rj.q, unb), eps, true, false, false, ent_r, ent_c, s, cb, ar, ac, ar_at,
                    ac_at);
     if constexpr (kPaired)

@@ -190,17 +190,19 @@ extern "C" void srem_cpu_stats_panel(const float* P, int64_t ld, int64_t rows, i
                                      float* m_r, float* logl_r, int64_t* at_r, float* pos, float* hard_r,
                                      int64_t* hard_r_idx, float* m_c, float* rest_c, int64_t* at_c, float* hard_c,
                                      int64_t* hard_c_idx, int first, int threads) {
-  // one parallel region: tasks of kRowTask rows, then (unless rows only) the column blocks
+  // one parallel region: (unless rows only) the column blocks, then tasks of kRowTask rows (the big
+  // tasks first, the small ones to even out the threads' shares)
   constexpr int64_t kRowTask = 64;
   const int64_t row_tasks = (rows + kRowTask - 1) / kRowTask;
   const int64_t col_tasks = m_c == nullptr ? 0 : (B + kColumnBlock - 1) / kColumnBlock;
   parallel_tasks(row_tasks + col_tasks, threads, [=](int64_t t) {
-    if (t >= row_tasks) {
-      const int64_t c0 = (t - row_tasks) * kColumnBlock;
+    if (t < col_tasks) {
+      const int64_t c0 = t * kColumnBlock;
       column_stats(P, ld, rows, row0, c0, std::min(B, c0 + kColumnBlock), inv_tau, m_c, rest_c, at_c, hard_c,
                    hard_c_idx, first != 0);
       return;
     }
+    t -= col_tasks;
     for (int64_t a = t * kRowTask; a < std::min(rows, (t + 1) * kRowTask); ++a) {
       const float* p = P + a * ld;
       const int64_t i = row0 + a;

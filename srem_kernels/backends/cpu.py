@@ -69,9 +69,13 @@ def _ptr(t: torch.Tensor) -> int:
 
 
 def _outputs(B: int) -> dict[str, torch.Tensor]:
-    """The forward's output vectors (the one place they are allocated)."""
-    layout = {k: ((B,), _F32) for k in _FLOAT_KEYS} | {k: ((B,), torch.int64) for k in _INDEX_KEYS}
-    return _alloc.workspace(layout, device="cpu")  # one buffer per dtype
+    """The forward's output vectors (the one place they are allocated): rows of one buffer per dtype,
+    as _alloc.workspace lays them out, built directly (its general form cost 30 µs a call)."""
+    f = _alloc.empty((len(_FLOAT_KEYS), B), dtype=_F32, device="cpu")
+    i = _alloc.empty((len(_INDEX_KEYS), B), dtype=torch.int64, device="cpu")
+    out = dict(zip(_FLOAT_KEYS, f.unbind(0)))
+    out.update(zip(_INDEX_KEYS, i.unbind(0)))
+    return out
 
 
 def _host_tau(tau) -> float:
@@ -80,7 +84,11 @@ def _host_tau(tau) -> float:
 
 
 def _as_f32(t):
-    return None if t is None else t.to(_F32)
+    return t if t is None or t.dtype == _F32 else t.to(_F32)
+
+
+def _as(t, dtype):
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _sim_f32(sim):
@@ -303,7 +311,7 @@ class CPUKernels(PanelRows):
         # d_tau: every panel adds its share, in order, to one fp64 accumulator (0 = not asked)
         acc = torch.zeros(1, dtype=torch.float64) if tau_grad else None
         sink = _ptr(acc) if tau_grad else 0
-        up = [t.to(_F32).contiguous() for t in (g_cbcl, k_r, k_c)]  # held here until the kernels have run
+        up = [_as_f32(t).contiguous() for t in (g_cbcl, k_r, k_c)]  # held here until the kernels have run
         names = ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c", "A_r", "A_c", "A_r_rest", "A_c_rest")
         s = saved
         vectors = [*(_ptr(s[k]) for k in names), *map(_ptr, up), _ptr(s["hard_i2t_index"]), _ptr(s["hard_t2i_index"])]
@@ -316,13 +324,13 @@ class CPUKernels(PanelRows):
         return (grads, acc.view(())) if tau_grad else grads
 
     def _backward(self, img, txt, sim, S, B, rows, dS):
-        buf = torch.empty(rows * B, dtype=_F32)
+        buf = torch.empty(rows, B, dtype=_F32)
         if sim is not None:  # a panel at a time: no fp32 copy of the whole of sim beside d_sim
             d_sim = _alloc.empty((B, B), dtype=sim.dtype, device="cpu")
             in_place = sim.dtype == _F32 and sim.stride(1) == 1
             for r0 in range(0, B, rows):
                 r1 = min(B, r0 + rows)
-                p = sim[r0:r1] if in_place else buf[: (r1 - r0) * B].view(r1 - r0, B).copy_(sim[r0:r1])
+                p = sim[r0:r1] if in_place else buf[: r1 - r0].copy_(sim[r0:r1])
                 d = d_sim[r0:r1] if in_place else p  # dS may overwrite the panel it is formed from
                 dS(p, d, r0)
                 if not in_place:
@@ -331,9 +339,14 @@ class CPUKernels(PanelRows):
         x, y = _as_f32(img), _as_f32(txt)
         D = x.shape[1]
         d_img, d_txt = _alloc.empty((B, D), dtype=_F32, device="cpu"), _alloc.empty((B, D), dtype=_F32, device="cpu")
-        for r0 in range(0, B, rows):
+        if rows >= B:  # one panel (small B): no slices, each a tensor built for nothing
+            p = S if S is not None else torch.mm(x, y.T, out=buf)
+            dS(p, buf, 0)
+            torch.mm(buf, y, out=d_img)
+            torch.mm(buf.T, x, out=d_txt)
+        for r0 in range(0, B if rows < B else 0, rows):
             r1 = min(B, r0 + rows)
-            d = buf[: (r1 - r0) * B].view(r1 - r0, B)  # dS overwrites the panel it is formed from (streaming)
+            d = buf[: r1 - r0]  # dS overwrites the panel it is formed from (streaming)
             p = S[r0:r1] if S is not None else torch.mm(x[r0:r1], y.T, out=d)
             dS(p, d, r0)
             torch.mm(d, y, out=d_img[r0:r1])
@@ -341,7 +354,7 @@ class CPUKernels(PanelRows):
                 torch.mm(d.T, x[r0:r1], out=d_txt)
             else:
                 d_txt.addmm_(d.T, x[r0:r1])
-        return d_img.to(img.dtype), d_txt.to(txt.dtype)
+        return _as(d_img, img.dtype), _as(d_txt, txt.dtype)
 
 
 run = fused.FusedRun(CPUKernels())
