@@ -39,7 +39,7 @@ def _is_sweep(path: Path) -> bool:
 def _cell(r: dict) -> str:
     if r["status"] != "ok":
         return "OOM" if r["status"].startswith("OOM") else "—"
-    ratio = f" ({float(r['ratio_to_floor']):.2g}×)" if r["ratio_to_floor"] and not r["contender"].startswith("floor") else ""
+    ratio = f" ({float(r['ratio_to_floor']):.3g}×)" if r["ratio_to_floor"] and not r["contender"].startswith("floor") else ""
     return f"{float(r['median_ms']):.4g}{ratio}"
 
 
