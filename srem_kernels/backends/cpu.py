@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 
 import numpy as np
 import torch
@@ -111,10 +112,15 @@ class _KeptMatrices:
     def __init__(self, keep: int = 2):
         self.keep = keep
         self._arrays: list[np.ndarray] = []
+        self._lock = threading.Lock()  # a free buffer is found and wrapped by one caller at a time
 
     def matrix(self, n: int) -> torch.Tensor:
         if 4 * n * n < self.MIN_BYTES:
             return torch.empty(n, n, dtype=_F32)
+        with self._lock:
+            return self._matrix(n)
+
+    def _matrix(self, n: int) -> torch.Tensor:
         for k in range(len(self._arrays)):
             # references: the list's and getrefcount's argument; a tensor on the array adds one
             if self._arrays[k].shape == (n, n) and sys.getrefcount(self._arrays[k]) == 2:
@@ -132,7 +138,8 @@ class _KeptMatrices:
         return raw[start : start + n * n].reshape(n, n)
 
     def clear(self) -> None:
-        self._arrays = []
+        with self._lock:
+            self._arrays = []
 
 
 KEPT = _KeptMatrices()
