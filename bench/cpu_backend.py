@@ -1,15 +1,19 @@
-"""The `cpu` backend's bar: against the bare matmuls, torch.compile of the reference and the eager
-reference, at several batch sizes, each strategy named.
+"""The `cpu` backend's bar: against the bare matmuls, CLIP's symmetric InfoNCE (eager and
+torch.compile), torch.compile of the reference and the eager reference, at several batch sizes,
+each strategy named.
 
-    python bench/cpu_backend.py [--batch 256 1024 2048 4096] [--dim 256] [--threads 2] [--reps 9]
+    python bench/cpu_backend.py [--batch 128 256 1024 2048 4096] [--dim 256] [--threads 2] [--reps 9]
                                 [--no-compile] [--no-eager] [--big 32768] [--no-report]
 
 Forward + backward, fp32, per batch size all candidates interleaved rep by rep, in a new (seeded)
 order every round (a noisy neighbour, or what the previous call leaves in the caches and the
 allocator, hits every candidate alike), after one warm-up (and compile) call each: the
 three bare matmuls of the loss (S = I·Tᵀ, G·T, Gᵀ·I), srem_kernels.loss(backend="cpu") with the
-strategy `auto` picks and with each strategy forced (SREM_CPU_STRATEGY), torch.compile of
-python_ref.srem, and python_ref.srem eager. Median, 20th/80th percentile, min and max per candidate, the ratios to the
+strategy `auto` picks and with each strategy forced (SREM_CPU_STRATEGY), the InfoNCE a user would
+train with instead (open_clip's ClipLoss written plainly, bench/contenders.clip_loss: cross-entropy
+of I·Tᵀ / tau over rows and over columns, averaged) eager and under torch.compile (mode "default",
+dynamic=False: the static graph the defaults give a run at one batch size, compiled per B in the
+warm-up), torch.compile of python_ref.srem, and python_ref.srem eager. Median, 20th/80th percentile, min and max per candidate, the ratios to the
 matmuls and to torch.compile, the peak memory one call adds (bench/measure.py: peak-RSS growth),
 and the load average (os.getloadavg) before and after each size. The materialised strategy's
 peak is checked against its stated need (CPUKernels.materialised_bytes, within the budget); then
@@ -43,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 import python_ref  # noqa: E402
 import srem_kernels  # noqa: E402
 from bench import report  # noqa: E402
+from bench.contenders import clip_loss, fresh_compile  # noqa: E402
 from bench.measure import peak_memory_mb, summarise  # noqa: E402
 from bench.run import COLUMNS, device_log, environment, flops, inputs  # noqa: E402
 
@@ -74,7 +79,10 @@ def candidates(img, txt, compile_ok=True, eager_ok=True) -> dict:
 
     out = {"floor:matmuls": matmuls, "srem:cpu": _cpu(None, img, txt)}
     out |= {f"srem:cpu:{s}": _cpu(s, img, txt) for s in ("materialised", "streaming")}
+    out["infonce:clip-loss"] = lambda: clip_loss(img, txt).backward()
     if compile_ok:
+        clip = fresh_compile(clip_loss)  # a static graph for this B, compiled in the warm-up
+        out["infonce:clip-loss (torch.compile)"] = lambda: clip(img, txt).backward()
         compiled = torch.compile(lambda a, b: python_ref.srem(a, b)[0], dynamic=True)
         out["srem:compiled-reference"] = lambda: compiled(img, txt).backward()
     if eager_ok:
@@ -120,8 +128,9 @@ def race(B, D, threads, reps, compile_ok, eager_ok):
     rows = []
     for name, ts in samples.items():
         t = summarise(ts)
+        family = name.split(":")[0]
         rows.append({
-            "contender": f"{name} (auto: {strategy[name]})" if name == "srem:cpu" else name, "family": "floor" if name.startswith("floor") else "srem", "B": B, "D": D,
+            "contender": f"{name} (auto: {strategy[name]})" if name == "srem:cpu" else name, "family": family, "B": B, "D": D,
             "phase": "fwd+bwd", "dtype": "fp32", "median_ms": f"{t.median_ms:.4g}", "p20_ms": f"{t.p20_ms:.4g}",
             "p80_ms": f"{t.p80_ms:.4g}", "ratio_to_floor": f"{t.median_ms / floor:.3g}",
             "tflops": f"{flops('fwd+bwd', B, D) / t.median_ms / 1e9:.4g}", "peak_mb": f"{peak[name]:.1f}",
@@ -134,9 +143,33 @@ def race(B, D, threads, reps, compile_ok, eager_ok):
     return rows
 
 
+# issue 23's bar: the cpu backend (auto) against the bare matmuls, and against InfoNCE
+FLOOR_BAR = {128: 3.0}  # B -> at most this many times the matmuls; 1.2 from B = 1024 on
+
+
+def _verdict(B: int, rs: list[dict]) -> list[str]:
+    by = {r["contender"]: float(r["median_ms"]) for r in rs}
+    auto = next(r for r in rs if r["contender"].startswith("srem:cpu (auto"))
+    ms, out = float(auto["median_ms"]), []
+    bar = FLOOR_BAR.get(B, 1.2 if B >= 1024 else None)
+    if bar:
+        out.append(f"B={B}: {auto['ratio_to_floor']}x the matmuls (bar {bar}x): "
+                   f"{'met' if float(auto['ratio_to_floor']) <= bar else 'NOT met'}")  # fmt: skip
+    compiled = by.get("infonce:clip-loss (torch.compile)")
+    if compiled:
+        out.append(f"B={B}: {ms / compiled:.3g}x compiled InfoNCE's time: {'no slower' if ms <= compiled else 'SLOWER'}")
+    if B >= 1024 and "infonce:clip-loss" in by:
+        eager = by["infonce:clip-loss"]
+        out.append(f"B={B}: {ms / eager:.3g}x eager InfoNCE's time: {'faster' if ms < eager else 'NOT faster'}")
+    if auto["ratio_to_compile"]:
+        out.append(f"B={B}: {auto['ratio_to_compile']}x torch.compile of the reference: "
+                   f"{'faster' if float(auto['ratio_to_compile']) < 1 else 'NOT faster'}")  # fmt: skip
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, nargs="+", default=[256, 1024, 2048, 4096])
+    ap.add_argument("--batch", type=int, nargs="+", default=[128, 256, 1024, 2048, 4096])
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=9)
@@ -165,14 +198,7 @@ def main(argv=None):
         for r in rs:
             print(f"  {r['contender']:<30}{r['strategy']:>14}{r['median_ms']:>9}{r['p20_ms']:>9}{r['p80_ms']:>9}"
                   f"{r['ratio_to_floor']:>9}{r['ratio_to_compile']:>10}{r['peak_mb']:>9}")  # fmt: skip
-        auto = next(r for r in rs if r["contender"].startswith("srem:cpu (auto"))
-        bar = {4096: 1.6, 1024: 2.0}.get(B)
-        if bar:
-            verdict.append(f"B={B}: {auto['ratio_to_floor']}x the matmuls (bar {bar}x): "
-                           f"{'met' if float(auto['ratio_to_floor']) <= bar else 'NOT met'}")  # fmt: skip
-        if auto["ratio_to_compile"]:
-            verdict.append(f"B={B}: {auto['ratio_to_compile']}x torch.compile's time: "
-                           f"{'faster' if float(auto['ratio_to_compile']) < 1 else 'NOT faster'}")  # fmt: skip
+        verdict += _verdict(B, rs)
         for r in rs:
             if r["need_mb"]:
                 ok = float(r["peak_mb"]) <= float(r["need_mb"]) + 8 * B * args.dim * 4 / 2**20 + 16

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import re
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -51,7 +52,11 @@ def _status_mb(key: str) -> float:
 
 def _release_free_heap() -> None:
     """Hand the allocator's free pages back to the system (glibc malloc_trim), so that memory a
-    call reuses from earlier frees shows as RSS growth instead of hiding in the heap."""
+    call reuses from earlier frees shows as RSS growth instead of hiding in the heap; the cpu
+    backend's kept B×B buffers (srem_kernels/backends/cpu.py, KEPT) are dropped for the same reason."""
+    cpu = sys.modules.get("srem_kernels.backends.cpu")
+    if cpu is not None:
+        cpu.KEPT.clear()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

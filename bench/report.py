@@ -39,7 +39,7 @@ def _is_sweep(path: Path) -> bool:
 def _cell(r: dict) -> str:
     if r["status"] != "ok":
         return "OOM" if r["status"].startswith("OOM") else "—"
-    ratio = f" ({float(r['ratio_to_floor']):.2g}×)" if r["ratio_to_floor"] and not r["contender"].startswith("floor") else ""
+    ratio = f" ({float(r['ratio_to_floor']):.3g}×)" if r["ratio_to_floor"] and not r["contender"].startswith("floor") else ""
     return f"{float(r['median_ms']):.4g}{ratio}"
 
 
@@ -203,6 +203,36 @@ def open_clip_section(log: Path) -> list[str]:
     return lines + [""]
 
 
+def breakdown_section(log: Path) -> list[str]:
+    """bench/breakdown.py's latest run: each phase of one cpu call, per batch size."""
+    rows = _read(log)
+    if not rows:
+        return []
+    sizes = sorted({int(r["B"]) for r in rows})
+    by = {(r["phase"], int(r["B"])): r for r in rows}
+    lines = _heading("Where the time goes: the phases of one cpu call", rows[0]) + [
+        f"{rows[0]['threads']} threads, D={rows[0]['D']}, fp32, forward+backward.{_load(rows)} Each phase timed on its own,",
+        "interleaved, medians: ms (share of the whole call; ns per element of S for the B×B passes). The GMM",
+        "runs inside the glue forward and an OpenMP region's start inside every kernel (shown for scale);",
+        "\"rest\" is the whole call minus its phases: Python, autograd, argument handling.",
+        "",
+        "| phase | " + " | ".join(f"B={b}" for b in sizes) + " |",
+        "|---" * (len(sizes) + 1) + "|",
+    ]
+    for phase in dict.fromkeys(r["phase"] for r in rows):
+        cells = []
+        for b in sizes:
+            r = by.get((phase, b))
+            if r is None:
+                cells.append("")
+                continue
+            extra = [f"{100 * float(r['share']):.0f} %"] if r.get("share") and phase != "whole call" else []
+            extra += [f"{float(r['ns_per_element']):.3g} ns/el"] if r.get("ns_per_element") else []
+            cells.append(f"{float(r['median_ms']):.3g}" + (f" ({', '.join(extra)})" if extra else ""))
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=HERE / "results")
@@ -210,7 +240,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     # sweep logs of bench/run.py only (other scripts keep their own CSVs beside them)
     logs = sorted(p for p in args.results.glob("*.csv")
-                  if not p.name.endswith((".train-step.csv", ".fixed-cost.csv", ".tau-overhead.csv", ".open-clip.csv"))
+                  if not p.name.endswith((".train-step.csv", ".fixed-cost.csv", ".tau-overhead.csv", ".open-clip.csv",
+                                       ".breakdown.csv"))
                   and _is_sweep(p))  # fmt: skip
     lines = [
         "# Benchmark results",
@@ -238,6 +269,9 @@ def main(argv: list[str] | None = None) -> Path:
         clip = log.with_name(f"{log.stem}.open-clip.csv")
         if clip.exists():
             lines += open_clip_section(clip)
+        parts = log.with_name(f"{log.stem}.breakdown.csv")
+        if parts.exists():
+            lines += breakdown_section(parts)
     # sections measured by other scripts and written by hand from their output (the Triton
     # counts and compile table: bench/triton_tiles.py, scripts/triton_aot_check.py --markdown)
     for part in sorted(args.results.glob("*.section.md")):

@@ -52,7 +52,10 @@ def environment(device: torch.device) -> dict:
             return ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results", ":!bench/RESULTS.md"):  # its own output
+    # its own output does not count (pathspecs from the repository's top: git runs in bench/, where
+    # ":!bench/results" named bench/bench/results and every run after a first made the tree "dirty")
+    if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(top,exclude)bench/results",
+           ":(top,exclude)bench/RESULTS.md"):  # fmt: skip
         commit += "-dirty"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)

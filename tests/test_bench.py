@@ -97,3 +97,17 @@ def test_report_keeps_hand_kept_sections(tmp_path):
     (tmp_path / "triton.section.md").write_text("## Triton\n\nCounted, not timed.\n")
     md = report.main(["--results", str(tmp_path), "--output", str(tmp_path / "R.md")]).read_text()
     assert md.rstrip().endswith("## Triton\n\nCounted, not timed.")
+
+
+def test_breakdown_bench_times_every_phase_and_reports(tmp_path):
+    from bench import breakdown
+
+    log = breakdown.main(["--batch", "16", "--dim", "8", "--repeats", "2", "--threads", "1", "--out", str(tmp_path)])
+    rows = list(csv.DictReader(log.open()))
+    phases = {r["phase"] for r in rows}
+    assert set(breakdown.IN_CALL) | {"whole call", "rest (Python, autograd, arguments)"} <= phases
+    assert all(r["ns_per_element"] for r in rows if r["phase"] in breakdown.ELEMENTWISE)
+    run.main(["--quick", "--batch", "16", "--repeats", "1", "--only", "srem:reference", "--out", str(tmp_path),
+              "--no-report"])  # fmt: skip
+    md = report.main(["--results", str(tmp_path), "--output", str(tmp_path / "R.md")]).read_text()
+    assert "### Where the time goes" in md and "| pass 2 |" in md

@@ -24,6 +24,8 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 // By value (std::max returns a reference, which keeps `omp simd` loops from vectorising).
 // Same NaN behaviour as std::max: the first argument wins unless the comparison holds.
 SREM_INLINE float vmax(float a, float b) { return a < b ? b : a; }
+// The same for the minimum: the first argument wins unless b < a (vminps(b, a)).
+SREM_INLINE float vmin(float a, float b) { return b < a ? b : a; }
 
 SREM_INLINE float as_float(int32_t i) { return __builtin_bit_cast(float, i); }
 SREM_INLINE int32_t as_int(float f) { return __builtin_bit_cast(int32_t, f); }

@@ -9,20 +9,49 @@
 namespace srem {
 namespace {
 
-// First j in [from, n), j != skip, with p[j] == v (v NaN: p[j] NaN); n when there is none.
-// Chunks of 64 are tested with one vector OR before they are searched.
+// First j in [from, n), j != skip, with p[j] == v (v NaN: p[j] NaN); n when there is none. Chunks of
+// 64 are tested with one vector OR (no index test in it: `skip` is stepped over after a hit).
 int64_t first_equal(const float* p, int64_t from, int64_t n, float v, int64_t skip) {
-  const bool nan = v != v;
+  if (v != v) {  // NaN inputs only (check_finite=False)
+    for (int64_t j = from; j < n; ++j)
+      if (j != skip && p[j] != p[j]) return j;
+    return n;
+  }
   for (int64_t c = from; c < n; c += 64) {
     const int64_t e = std::min(n, c + 64);
     int hit = 0;
 #pragma omp simd reduction(| : hit)
-    for (int64_t j = c; j < e; ++j) hit |= (j != skip) & ((p[j] == v) | (nan & (p[j] != p[j])));
+    for (int64_t j = c; j < e; ++j) hit |= p[j] == v;
     if (!hit) continue;
     for (int64_t j = c; j < e; ++j)
-      if (j != skip && (p[j] == v || (nan && p[j] != p[j]))) return j;
+      if (p[j] == v && j != skip) return j;
   }
   return n;
+}
+
+// max over p[lo, hi) ignoring NaN (as std::max does), and whether a NaN is there
+struct MaxNaN {
+  float m;
+  int nan;
+};
+
+SREM_INLINE MaxNaN max_nan(const float* __restrict p, int64_t lo, int64_t hi) {
+  float m = -kInf;
+  int nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : nan)
+  for (int64_t j = lo; j < hi; ++j) {
+    m = vmax(m, p[j]);
+    nan |= p[j] != p[j];
+  }
+  return {m, nan};
+}
+
+// sum of exp(p[j] inv_tau - m) over [lo, hi)
+SREM_INLINE float exp_sum(const float* __restrict p, int64_t lo, int64_t hi, float inv_tau, float m) {
+  float rest = 0.0f;
+#pragma omp simd reduction(+ : rest)
+  for (int64_t j = lo; j < hi; ++j) rest += exp_neg(p[j] * inv_tau - m);
+  return rest;
 }
 
 struct RowStats {
@@ -32,15 +61,12 @@ struct RowStats {
 
 // Row p = S[i, :] (B entries). m = max Z ignoring NaN (as std::max does), at its first index;
 // hard = max_{j≠i} S_ij, NaN when the row holds a NaN off the diagonal, hard_at its first index
-// (ties: lowest; NaN: the first NaN). logl = log1p(sum_{j≠at} exp(Z_ij - m)).
+// (ties: lowest; NaN: the first NaN). logl = log1p(sum_{j≠at} exp(Z_ij - m)). The loops run on
+// either side of the element they leave out, with no index test inside.
 RowStats row_stats(const float* __restrict p, int64_t B, int64_t i, float inv_tau) {
-  float hm = -kInf, nans = 0.0f;
-#pragma omp simd reduction(max : hm) reduction(+ : nans)
-  for (int64_t j = 0; j < B; ++j) {
-    const float v = j == i ? -kInf : p[j];
-    hm = vmax(hm, v);
-    nans += v != v ? 1.0f : 0.0f;
-  }
+  const MaxNaN lo = max_nan(p, 0, i), hi = max_nan(p, i + 1, B);
+  const float hm = vmax(lo.m, hi.m);
+  const bool nans = lo.nan | hi.nan;
   RowStats r;
   const float mx = vmax(hm, p[i]);
   if (p[i] > hm) {
@@ -49,8 +75,8 @@ RowStats row_stats(const float* __restrict p, int64_t B, int64_t i, float inv_ta
     r.at = first_equal(p, 0, B, mx, -1);
     if (r.at == B) r.at = B - 1;  // every entry NaN
   }
-  r.hard = nans > 0 ? kNaN : hm;
-  if (nans > 0) {
+  r.hard = nans ? kNaN : hm;
+  if (nans) {
     r.hard_at = first_equal(p, 0, B, kNaN, i);
   } else if (r.at != i) {
     r.hard_at = r.at;  // the first entry equal to mx = hm, and not the diagonal
@@ -59,11 +85,7 @@ RowStats row_stats(const float* __restrict p, int64_t B, int64_t i, float inv_ta
   }
   if (r.hard_at == B) r.hard_at = -1;
   r.m = mx * inv_tau;
-  const int64_t at = r.at;
-  const float m = r.m;
-  float rest = 0.0f;
-#pragma omp simd reduction(+ : rest)
-  for (int64_t j = 0; j < B; ++j) rest += j == at ? 0.0f : exp_neg(p[j] * inv_tau - m);
+  const float rest = exp_sum(p, 0, r.at, inv_tau, r.m) + exp_sum(p, r.at + 1, B, inv_tau, r.m);
   r.logl = std::log1p(rest);
   return r;
 }
@@ -89,6 +111,27 @@ SREM_INLINE void fold(float& m, float& rest, int64_t& at, float& hard, int64_t& 
   }
 }
 
+// Row a's entries v = p[j], j in [lo, hi), folded into the columns' running max (pm, pat: row a) and
+// hardest off-diagonal (ph, phi: sample ii; NaN sticks, the first NaN wins); DIAG: the diagonal
+// column, whose entry joins the max only. Rows go in order, strict > keeps the lowest index.
+template <bool DIAG>
+SREM_INLINE void column_max(const float* __restrict p, int64_t lo, int64_t hi, int32_t ai, int32_t ii,
+                            float* __restrict pm, int32_t* __restrict pat, float* __restrict ph,
+                            int32_t* __restrict phi) {
+#pragma omp simd
+  for (int64_t j = lo; j < hi; ++j) {
+    const float v = p[j];
+    const bool gt = v > pm[j];
+    pm[j] = gt ? v : pm[j];
+    pat[j] = gt ? ai : pat[j];
+    if constexpr (!DIAG) {
+      const bool hit = (ph[j] == ph[j]) & ((v > ph[j]) | (v != v));
+      ph[j] = hit ? v : ph[j];
+      phi[j] = hit ? ii : phi[j];
+    }
+  }
+}
+
 // Rows [r0, r1) of the panel, columns [c0, c0 + n): their statistics into the arrays (Z units).
 void column_chunk(const float* P, int64_t ld, int64_t r0, int64_t r1, int64_t row0, int64_t c0, int64_t n,
                   float inv_tau, float* __restrict pm, float* __restrict prest, int32_t* __restrict pat,
@@ -98,15 +141,12 @@ void column_chunk(const float* P, int64_t ld, int64_t r0, int64_t r1, int64_t ro
     const float* __restrict p = P + a * ld + c0;
     const int64_t diag = row0 + a - c0;  // column (in this block) of the diagonal element, if any
     const int32_t ai = static_cast<int32_t>(a), ii = static_cast<int32_t>(row0 + a);
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const float v = p[j];
-      const bool gt = v > pm[j];
-      pm[j] = gt ? v : pm[j];
-      pat[j] = gt ? ai : pat[j];
-      const bool hit = (j != diag) & (ph[j] == ph[j]) & ((v > ph[j]) | (v != v));
-      ph[j] = hit ? v : ph[j];
-      phi[j] = hit ? ii : phi[j];
+    if (diag < 0 || diag >= n) {
+      column_max<false>(p, 0, n, ai, ii, pm, pat, ph, phi);
+    } else {  // either side of the diagonal, which the hardest negatives leave out
+      column_max<false>(p, 0, diag, ai, ii, pm, pat, ph, phi);
+      column_max<true>(p, diag, diag + 1, ai, ii, pm, pat, ph, phi);
+      column_max<false>(p, diag + 1, n, ai, ii, pm, pat, ph, phi);
     }
   }
   for (int64_t j = 0; j < n; ++j) pm[j] *= inv_tau;
@@ -114,7 +154,10 @@ void column_chunk(const float* P, int64_t ld, int64_t r0, int64_t r1, int64_t ro
     const float* __restrict p = P + a * ld + c0;
     const int32_t ai = static_cast<int32_t>(a);
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) prest[j] += pat[j] == ai ? 0.0f : exp_neg(p[j] * inv_tau - pm[j]);
+    for (int64_t j = 0; j < n; ++j) {  // evaluated unconditionally: a conditional exp becomes masked loads
+      const float e = exp_neg(p[j] * inv_tau - pm[j]);
+      prest[j] += pat[j] == ai ? 0.0f : e;
+    }
   }
 }
 
@@ -147,17 +190,19 @@ extern "C" void srem_cpu_stats_panel(const float* P, int64_t ld, int64_t rows, i
                                      float* m_r, float* logl_r, int64_t* at_r, float* pos, float* hard_r,
                                      int64_t* hard_r_idx, float* m_c, float* rest_c, int64_t* at_c, float* hard_c,
                                      int64_t* hard_c_idx, int first, int threads) {
-  // one parallel region: tasks of kRowTask rows, then (unless rows only) the column blocks
+  // one parallel region: (unless rows only) the column blocks, then tasks of kRowTask rows (the big
+  // tasks first, the small ones to even out the threads' shares)
   constexpr int64_t kRowTask = 64;
   const int64_t row_tasks = (rows + kRowTask - 1) / kRowTask;
   const int64_t col_tasks = m_c == nullptr ? 0 : (B + kColumnBlock - 1) / kColumnBlock;
   parallel_tasks(row_tasks + col_tasks, threads, [=](int64_t t) {
-    if (t >= row_tasks) {
-      const int64_t c0 = (t - row_tasks) * kColumnBlock;
+    if (t < col_tasks) {
+      const int64_t c0 = t * kColumnBlock;
       column_stats(P, ld, rows, row0, c0, std::min(B, c0 + kColumnBlock), inv_tau, m_c, rest_c, at_c, hard_c,
                    hard_c_idx, first != 0);
       return;
     }
+    t -= col_tasks;
     for (int64_t a = t * kRowTask; a < std::min(rows, (t + 1) * kRowTask); ++a) {
       const float* p = P + a * ld;
       const int64_t i = row0 + a;

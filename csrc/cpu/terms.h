@@ -11,16 +11,26 @@
 
 namespace srem {
 
-// P of one element under one softmax (a row's or a column's max m and log l): nl = -log P >= 0
-// (the clamp holds P <= 1 where Z comes from another GEMM call than m did), P, and q = 1 - P.
+// P of one element under one softmax (a row's or a column's max m and log l): nl = -log P >= 0, P,
+// and q = 1 - P. z is clamped to m (where Z comes from another GEMM call than m did, it can exceed
+// m by a rounding): nl >= log l >= 0, P <= 1. Clamping z rather than nl keeps the two clamps of an
+// element (this one and exp_split's) apart: GCC merges two chained selects into a compare-and-blend
+// ladder of ten instructions where each alone is one vminps / vmaxps.
 struct Prob {
   float nl, p, q;
 };
 
 SREM_INLINE Prob prob(float m, float logl, float z) {
-  const float nl = vmax((m - z) + logl, 0.0f);
+  const float nl = (m - vmin(z, m)) + logl;
   const PQ e = exp_pq(nl);
   return {nl, e.p, e.q};
+}
+
+// The same where P <= 1/2 (an element that is not its softmax's maximal one): q = 1 - P has no
+// cancellation there.
+SREM_INLINE Prob prob_plain(float m, float logl, float z) {
+  const float nl = (m - vmin(z, m)) + logl, p = exp_neg(-nl);
+  return {nl, p, 1.0f - p};
 }
 
 // E = b P / (1 - P + eps): the CBCL gradient's weight of one off-diagonal element.
@@ -48,15 +58,14 @@ SREM_INLINE float e_term(float b, float p, float q, float eps) { return b * p / 
     const float cr_ = (is_at_r) ? 0.0f : -((b_row) * log1p_neg((eps) - (row).p));                               \
     const float cc_ = (is_at_c) ? 0.0f : (b_col) * log1p_neg((eps) - (col).p);                                  \
     const float er_ = e_term(b_row, (row).p, (row).q, eps), ec_ = e_term(b_col, (col).p, (col).q, eps);          \
-    ent_r += (row).p * (row).nl;                                                                                 \
-    ent_c += (col).p * (col).nl;                                                                                 \
-    s += (row).p * (col).nl + (col).p * (row).nl;                                                                \
-    cb += (off) ? cr_ - cc_ : 0.0f;                                                                              \
-    const float e_r_ = (off) ? er_ : 0.0f, e_c_ = (off) ? ec_ : 0.0f;                                           \
-    ar += (is_at_r) ? 0.0f : e_r_;                                                                               \
-    ar_at += (is_at_r) ? e_r_ : 0.0f;                                                                            \
-    ac += (is_at_c) ? 0.0f : e_c_;                                                                               \
-    ac_at += (is_at_c) ? e_c_ : 0.0f;                                                                            \
+    ent_r = fma_((row).p, (row).nl, ent_r);                                                                      \
+    ent_c = fma_((col).p, (col).nl, ent_c);                                                                      \
+    s = fma_((col).p, (row).nl, fma_((row).p, (col).nl, s));                                                     \
+    if (off) { /* constant flags (the vector loops') leave no add of 0 behind */                                 \
+      cb += cr_ - cc_;                                                                                           \
+      if (is_at_r) ar_at += er_; else ar += er_;                                                                 \
+      if (is_at_c) ac_at += ec_; else ac += ec_;                                                                 \
+    }                                                                                                            \
   } while (0)
 
 // The L_cbcl term SREM_ADD_TERMS leaves out, of one side of one element: -b log(1 - P + eps) with

@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import threading
 
+import numpy as np
 import torch
 
 from srem_kernels import _alloc, _tau
@@ -67,9 +70,13 @@ def _ptr(t: torch.Tensor) -> int:
 
 
 def _outputs(B: int) -> dict[str, torch.Tensor]:
-    """The forward's output vectors (the one place they are allocated)."""
-    layout = {k: ((B,), _F32) for k in _FLOAT_KEYS} | {k: ((B,), torch.int64) for k in _INDEX_KEYS}
-    return _alloc.workspace(layout, device="cpu")  # one buffer per dtype
+    """The forward's output vectors (the one place they are allocated): rows of one buffer per dtype,
+    as _alloc.workspace lays them out, built directly (its general form cost 30 µs a call)."""
+    f = _alloc.empty((len(_FLOAT_KEYS), B), dtype=_F32, device="cpu")
+    i = _alloc.empty((len(_INDEX_KEYS), B), dtype=torch.int64, device="cpu")
+    out = dict(zip(_FLOAT_KEYS, f.unbind(0)))
+    out.update(zip(_INDEX_KEYS, i.unbind(0)))
+    return out
 
 
 def _host_tau(tau) -> float:
@@ -78,7 +85,11 @@ def _host_tau(tau) -> float:
 
 
 def _as_f32(t):
-    return None if t is None else t.to(_F32)
+    return t if t is None or t.dtype == _F32 else t.to(_F32)
+
+
+def _as(t, dtype):
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _sim_f32(sim):
@@ -86,6 +97,52 @@ def _sim_f32(sim):
     if sim.dtype == _F32 and sim.stride(1) == 1:
         return sim
     return torch.empty(sim.shape, dtype=_F32).copy_(sim)
+
+
+class _KeptMatrices:
+    """Large B×B fp32 buffers (S) kept from one call to the next. glibc maps allocations of 32 MiB
+    and more afresh each time, and the first touch of a fresh 64 MiB S (B=4096) costs ~35 ms of
+    page faults, a sixth of the three GEMMs' time. A buffer is a numpy array that torch.from_numpy
+    wraps: every tensor on it (the forward's saved S included) holds one reference to the array, so
+    it is handed out again once its reference count says no tensor is left on it. At most `keep`
+    buffers (the latest sizes) are held; `clear()` drops them."""
+
+    MIN_BYTES = 32 << 20  # below glibc's largest mmap threshold the heap keeps freed pages anyway
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._arrays: list[np.ndarray] = []
+        self._lock = threading.Lock()  # a free buffer is found and wrapped by one caller at a time
+
+    def matrix(self, n: int) -> torch.Tensor:
+        if 4 * n * n < self.MIN_BYTES:
+            return torch.empty(n, n, dtype=_F32)
+        with self._lock:
+            return self._matrix(n)
+
+    def _matrix(self, n: int) -> torch.Tensor:
+        for k in range(len(self._arrays)):
+            # references: the list's and getrefcount's argument; a tensor on the array adds one
+            if self._arrays[k].shape == (n, n) and sys.getrefcount(self._arrays[k]) == 2:
+                self._arrays.append(self._arrays.pop(k))  # most recently used last
+                return torch.from_numpy(self._arrays[-1])
+        a = self._aligned(n)
+        self._arrays = (self._arrays + [a])[-self.keep :]
+        return torch.from_numpy(a)
+
+    @staticmethod
+    def _aligned(n: int) -> np.ndarray:
+        """An n×n fp32 array at a 64-byte boundary (the GEMM's preference; numpy aligns to 16)."""
+        raw = np.empty(n * n + 16, dtype=np.float32)
+        start = (-raw.ctypes.data % 64) // 4
+        return raw[start : start + n * n].reshape(n, n)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._arrays = []
+
+
+KEPT = _KeptMatrices()
 
 
 def _available_memory() -> int:
@@ -211,7 +268,7 @@ class CPUKernels(PanelRows):
             self._forward_whole(_sim_f32(sim), o, tau, eps, bias)
         elif self.strategy_for(img.shape[0], img.shape[1], img.dtype, img.device) == "materialised":
             x, y = _as_f32(img), _as_f32(txt)
-            o["S"] = torch.mm(x, y.T)
+            o["S"] = torch.mm(x, y.T, out=KEPT.matrix(x.shape[0]))
             self._forward_whole(o["S"], o, tau, eps, bias)
         else:
             self._forward_streaming(_as_f32(img), _as_f32(txt), o, tau, eps, bias)
@@ -271,7 +328,7 @@ class CPUKernels(PanelRows):
         # d_tau: every panel adds its share, in order, to one fp64 accumulator (0 = not asked)
         acc = torch.zeros(1, dtype=torch.float64) if tau_grad else None
         sink = _ptr(acc) if tau_grad else 0
-        up = [t.to(_F32).contiguous() for t in (g_cbcl, k_r, k_c)]  # held here until the kernels have run
+        up = [_as_f32(t).contiguous() for t in (g_cbcl, k_r, k_c)]  # held here until the kernels have run
         names = ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c", "A_r", "A_c", "A_r_rest", "A_c_rest")
         s = saved
         vectors = [*(_ptr(s[k]) for k in names), *map(_ptr, up), _ptr(s["hard_i2t_index"]), _ptr(s["hard_t2i_index"])]
@@ -284,13 +341,13 @@ class CPUKernels(PanelRows):
         return (grads, acc.view(())) if tau_grad else grads
 
     def _backward(self, img, txt, sim, S, B, rows, dS):
-        buf = torch.empty(rows * B, dtype=_F32)
+        buf = torch.empty(rows, B, dtype=_F32)
         if sim is not None:  # a panel at a time: no fp32 copy of the whole of sim beside d_sim
             d_sim = _alloc.empty((B, B), dtype=sim.dtype, device="cpu")
             in_place = sim.dtype == _F32 and sim.stride(1) == 1
             for r0 in range(0, B, rows):
                 r1 = min(B, r0 + rows)
-                p = sim[r0:r1] if in_place else buf[: (r1 - r0) * B].view(r1 - r0, B).copy_(sim[r0:r1])
+                p = sim[r0:r1] if in_place else buf[: r1 - r0].copy_(sim[r0:r1])
                 d = d_sim[r0:r1] if in_place else p  # dS may overwrite the panel it is formed from
                 dS(p, d, r0)
                 if not in_place:
@@ -299,9 +356,14 @@ class CPUKernels(PanelRows):
         x, y = _as_f32(img), _as_f32(txt)
         D = x.shape[1]
         d_img, d_txt = _alloc.empty((B, D), dtype=_F32, device="cpu"), _alloc.empty((B, D), dtype=_F32, device="cpu")
-        for r0 in range(0, B, rows):
+        if rows >= B:  # one panel (small B): no slices, each a tensor built for nothing
+            p = S if S is not None else torch.mm(x, y.T, out=buf)
+            dS(p, buf, 0)
+            torch.mm(buf, y, out=d_img)
+            torch.mm(buf.T, x, out=d_txt)
+        for r0 in range(0, B if rows < B else 0, rows):
             r1 = min(B, r0 + rows)
-            d = buf[: (r1 - r0) * B].view(r1 - r0, B)  # dS overwrites the panel it is formed from (streaming)
+            d = buf[: r1 - r0]  # dS overwrites the panel it is formed from (streaming)
             p = S[r0:r1] if S is not None else torch.mm(x[r0:r1], y.T, out=d)
             dS(p, d, r0)
             torch.mm(d, y, out=d_img[r0:r1])
@@ -309,7 +371,7 @@ class CPUKernels(PanelRows):
                 torch.mm(d.T, x[r0:r1], out=d_txt)
             else:
                 d_txt.addmm_(d.T, x[r0:r1])
-        return d_img.to(img.dtype), d_txt.to(txt.dtype)
+        return _as(d_img, img.dtype), _as(d_txt, txt.dtype)
 
 
 run = fused.FusedRun(CPUKernels())
