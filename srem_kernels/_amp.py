@@ -13,7 +13,11 @@ import torch
 
 
 def off(device: torch.device):
-    """A context with autocast disabled for `device`'s type (nothing to do for other types)."""
-    if device.type in ("cpu", "cuda"):
+    """A context with autocast disabled for `device`'s type (nothing to do for other types, or
+    where autocast is off already: entering and leaving torch.autocast costs ~25 µs a call)."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
+    return _NOTHING
+
+
+_NOTHING = contextlib.nullcontext()  # reusable: it holds no state

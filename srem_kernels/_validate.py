@@ -7,6 +7,7 @@ range) are checked by one routine per call, backends/glue.check_values (at most 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass, fields
@@ -174,6 +175,21 @@ def check_tau(tau, device: torch.device | None = None):
 def check_options(*, tau, lambda_hard, lambda_cbcl, bias, sce_weight, select, eps, reduction,
                   sensitivity="weight") -> dict:
     """The scalar options, which do not depend on the batch (SREMLoss checks them at construction)."""
+    args = (tau, lambda_hard, lambda_cbcl, bias, sce_weight, select, eps, reduction, sensitivity)
+    if all(type(a) in _PLAIN for a in args):  # a training loop's repeated options: checked once
+        return dict(_checked_options(*args))
+    return _check_options(*args)
+
+
+_PLAIN = (float, int, bool, str)  # exact types: hashable, immutable, compared by value
+
+
+@functools.lru_cache(maxsize=256, typed=True)  # typed: True and 1 are not the same option
+def _checked_options(*args) -> tuple:
+    return tuple(_check_options(*args).items())  # an exception is raised again each call, not cached
+
+
+def _check_options(tau, lambda_hard, lambda_cbcl, bias, sce_weight, select, eps, reduction, sensitivity) -> dict:
     tau = check_tau(tau)
     sce_weight = _flag(sce_weight, "sce_weight")
     sensitivity = _choice(sensitivity, "sensitivity", SENSITIVITIES)

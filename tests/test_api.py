@@ -281,3 +281,24 @@ def test_module_checks_tensors_at_call(pair):
         crit(*pair)
     with pytest.raises(ValueError, match=r"clean must have shape"):
         srem_kernels.SREMLoss()(*pair, clean=torch.ones(2))
+
+
+def test_checked_options_are_remembered_by_type_and_value(pair, no_backend_runs):
+    """The scalar options are checked once per distinct set (_validate's cache): an accepted set
+    must not let a look-alike through (1 == True, 1.0 == 1 as dict keys), a rejected set raises
+    again each call, and each call gets its own dict."""
+    from srem_kernels._validate import check_options
+
+    good = dict(tau=0.05, lambda_hard=1.0, lambda_cbcl=1.0, bias=True, sce_weight=True, select="gmm", eps=1e-10,
+                reduction="mean")  # fmt: skip
+    first = check_options(**good)
+    first["reduction"] = "poisoned"  # a caller that edits its dict must not change the next call's
+    assert check_options(**good)["reduction"] == "mean"
+    for _ in range(2):
+        with pytest.raises(TypeError, match="bias must be True or False"):
+            check_options(**(good | dict(bias=1)))
+        with pytest.raises(TypeError, match="sce_weight must be True or False"):
+            srem_kernels.loss(*pair, sce_weight=1)
+        with pytest.raises(ValueError, match="tau must be > 0"):
+            check_options(**(good | dict(tau=-0.05)))
+    assert type(check_options(**(good | dict(lambda_hard=1)))["lambda_hard"]) is float

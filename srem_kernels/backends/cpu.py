@@ -65,8 +65,7 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
+_ptr = torch.Tensor.data_ptr  # _ptr(t): a tensor's address, without a Python frame per call
 
 
 def _outputs(B: int) -> dict[str, torch.Tensor]:

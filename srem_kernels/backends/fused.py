@@ -272,7 +272,8 @@ class _FusedSREM(torch.autograd.Function):
         ctx.kernels, ctx.key, ctx.params, ctx.names, ctx.impl = kernels, key, params, names, impl
         ctx.tau_like = None if tau is None else tau.detach()  # dtype, device and shape of its gradient
         ctx.save_for_backward(img, txt, sim, out["hinge_r"], out["hinge_c"], *(saved[n] for n in names))
-        stats = tuple((saved | out)[k] for k in _STAT_OUTPUTS)
+        both = saved | out
+        stats = tuple(both[k] for k in _STAT_OUTPUTS)
         per_sample = None if params.reduction == "none" else out["per_sample"]
         ctx.mark_non_differentiable(*stats, *(() if per_sample is None else (per_sample,)))
         return (out["loss"], per_sample, *stats)
@@ -300,7 +301,10 @@ def run(kernels: Kernels, img, txt, sim, params: SREMParams, *, stats_only: bool
     margin, clean, tau = params.margin, params.clean, params.tau
     tau = tau if isinstance(tau, torch.Tensor) else None  # an autograd input: its gradient comes back
     # tensors travel as arguments; the kernels and the glue read tau detached (a constant to them)
-    bare = dataclasses.replace(params, margin=0.0, clean=None, tau=params.tau if tau is None else tau.detach())
+    if tau is None and clean is None and not isinstance(margin, torch.Tensor):
+        bare = params  # no tensors to take out (dataclasses.replace costs ~15 µs a call)
+    else:
+        bare = dataclasses.replace(params, margin=0.0, clean=None, tau=params.tau if tau is None else tau.detach())
     if stats_only:
         with torch.no_grad():
             saved = _forward_saved(kernels, key, img, txt, sim, bare, stats_only=True)

