@@ -190,7 +190,8 @@ def open_clip_section(log: Path) -> list[str]:
     if not rows:
         return []
     lines = _heading("open_clip: SREMClipLoss beside ClipLoss", rows[0]) + [
-        f"{rows[0]['threads']} threads.{_load(rows)} fp32; interleaved in one run, medians (p20–p80). The loss alone:",
+        f"{rows[0]['threads']} threads, torch {rows[0]['torch']} (open_clip's venv).{_load(rows)} fp32; interleaved in one",
+        "run, medians (p20–p80). The loss alone:",
         "forward+backward from features and logit_scale as open_clip calls it; the step: a small open_clip CLIP",
         "model's forward, loss, backward and AdamW step.",
         "",
