@@ -234,6 +234,27 @@ def breakdown_section(log: Path) -> list[str]:
     return lines + [""]
 
 
+def sgraf_section(log: Path) -> list[str]:
+    """bench/sgraf.py's rows: one run per command (grid and paper dimensions, training steps and the
+    network's evaluation), so every run's rows are shown, each with its run and command."""
+    with log.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return []
+    lines = [f"### SGRAF's networks: training step and evaluation cost, {rows[0]['device']}", "",
+             f"`bench/sgraf.py`, {rows[0]['threads']} thread{'' if rows[0]['threads'] == '1' else 's'}, torch {rows[0]['torch']}; each row from the run",
+             "named beside it (median, p20–p80 ms; `grid`: the SGR grid's scaled-down dimensions, `paper`: the",
+             "literature's). docs/training.md reads them: a B=128 step of `vse` and `sgr`, and the 1K evaluation's",
+             "cost extrapolated from the 10 × 1000 slices.", "",
+             "| what | model | dims | shape | ms (p20–p80) | peak MB | run (commit): command |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['what']} | `{r['model']}` | {r['dims']} | {r['shape']} | {r['median_ms']} "
+                     f"({r['p20_ms']}–{r['p80_ms']}) | {r['peak_mb'] or '–'} | {r['run']} (`{r['commit']}`): "
+                     f"`{r['command']}` |")  # fmt: skip
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=HERE / "results")
@@ -242,7 +263,7 @@ def main(argv: list[str] | None = None) -> Path:
     # sweep logs of bench/run.py only (other scripts keep their own CSVs beside them)
     logs = sorted(p for p in args.results.glob("*.csv")
                   if not p.name.endswith((".train-step.csv", ".fixed-cost.csv", ".tau-overhead.csv", ".open-clip.csv",
-                                       ".breakdown.csv"))
+                                       ".breakdown.csv", ".sgraf.csv"))
                   and _is_sweep(p))  # fmt: skip
     lines = [
         "# Benchmark results",
@@ -273,6 +294,9 @@ def main(argv: list[str] | None = None) -> Path:
         parts = log.with_name(f"{log.stem}.breakdown.csv")
         if parts.exists():
             lines += breakdown_section(parts)
+        sgraf = log.with_name(f"{log.stem}.sgraf.csv")
+        if sgraf.exists():
+            lines += sgraf_section(sgraf)
     # sections measured by other scripts and written by hand from their output (the Triton
     # counts and compile table: bench/triton_tiles.py, scripts/triton_aot_check.py --markdown)
     for part in sorted(args.results.glob("*.section.md")):

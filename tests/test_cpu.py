@@ -276,25 +276,27 @@ def test_cpu_registry_run_is_cpu_kernels():
 
 
 def test_cpu_kept_matrices_are_reused_only_when_free(monkeypatch):
-    """The materialised S of a call is handed to the next call once no tensor holds it (after the
-    first call's backward), never while a forward's S is still saved; results are those of fresh
-    buffers."""
+    """The materialised S and the backward's dS panel of a call are handed to the next call once
+    no tensor holds them (after the first call's backward), never while a forward's S is still
+    saved; results are those of fresh buffers."""
     from srem_kernels.backends import cpu as cpu_backend
 
-    kept = cpu_backend._KeptMatrices(keep=2)
+    kept = cpu_backend._KeptMatrices(keep=4)
     monkeypatch.setattr(kept, "MIN_BYTES", 0)
     monkeypatch.setattr(cpu_backend, "KEPT", kept)
     monkeypatch.setenv("SREM_CPU_STRATEGY", "materialised")
     img, txt = _inputs(40, 8, torch.float32, seed=6)
     first = _one_call(img, txt)
     ptrs = {a.ctypes.data for a in kept._arrays}
-    assert len(ptrs) == 1
-    assert all(torch.equal(x, y) for x, y in zip(first, _one_call(img, txt)))  # the same buffer, the same results
+    assert len(ptrs) == 2  # S (saved while the backward ran) and the dS panel
+    assert all(torch.equal(x, y) for x, y in zip(first, _one_call(img, txt)))  # the same buffers, the same results
     assert {a.ctypes.data for a in kept._arrays} == ptrs
     a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
     one, two = srem_kernels.loss(a, b, backend="cpu"), srem_kernels.loss(a, b, backend="cpu")  # both S saved
-    assert len({x.ctypes.data for x in kept._arrays}) == 2
+    # at B=40 S and the panel have one shape: the two saved S took both buffers, not one twice
+    assert {x.ctypes.data for x in kept._arrays} == ptrs
     (one.loss + two.loss).backward()
+    assert len({x.ctypes.data for x in kept._arrays}) == 3  # a backward's panel could take neither
     assert torch.equal(a.grad, 2 * first[-2]) and torch.equal(b.grad, 2 * first[-1])
     kept.clear()
     assert not kept._arrays

@@ -99,42 +99,48 @@ def _sim_f32(sim):
 
 
 class _KeptMatrices:
-    """Large B×B fp32 buffers (S) kept from one call to the next. glibc maps allocations of 32 MiB
-    and more afresh each time, and the first touch of a fresh 64 MiB S (B=4096) costs ~35 ms of
-    page faults, a sixth of the three GEMMs' time. A buffer is a numpy array that torch.from_numpy
-    wraps: every tensor on it (the forward's saved S included) holds one reference to the array, so
-    it is handed out again once its reference count says no tensor is left on it. At most `keep`
-    buffers (the latest sizes) are held; `clear()` drops them."""
+    """Large fp32 buffers (S, the backward's dS panel, the streaming panels) kept from one call to
+    the next. Freed between calls, such buffers go back to the OS and the next call's first touch
+    faults every page in again: glibc maps allocations of 32 MiB and more afresh each time (a fresh
+    64 MiB S costs ~35 ms of page faults at B=4096, a sixth of the three GEMMs), and smaller ones
+    come and go with the heap's top as it is trimmed — measured on this project's machine, 140-2000
+    minor faults a call (0.5-8 MiB) at B=512-3000 with S and the dS panel from torch.empty. A buffer
+    is a numpy array that torch.from_numpy wraps: every tensor on it (the forward's saved S
+    included) holds one reference to the array, so it is handed out again once its reference count
+    says no tensor is left on it. At most `keep` buffers (the latest used) are held; `clear()`
+    drops them."""
 
-    MIN_BYTES = 32 << 20  # below glibc's largest mmap threshold the heap keeps freed pages anyway
+    MIN_BYTES = 1 << 20  # below, torch.empty is cheaper (lock, refcount, from_numpy ~5 µs)
 
-    def __init__(self, keep: int = 2):
+    def __init__(self, keep: int = 4):  # two S (two forwards before their backwards) and two panels
         self.keep = keep
         self._arrays: list[np.ndarray] = []
         self._lock = threading.Lock()  # a free buffer is found and wrapped by one caller at a time
 
-    def matrix(self, n: int) -> torch.Tensor:
-        if 4 * n * n < self.MIN_BYTES:
-            return torch.empty(n, n, dtype=_F32)
+    def matrix(self, rows: int, cols: int | None = None) -> torch.Tensor:
+        """A rows × cols (default rows × rows) fp32 tensor: a kept buffer when no tensor holds it."""
+        cols = rows if cols is None else cols
+        if 4 * rows * cols < self.MIN_BYTES:
+            return torch.empty(rows, cols, dtype=_F32)
         with self._lock:
-            return self._matrix(n)
+            return self._matrix(rows, cols)
 
-    def _matrix(self, n: int) -> torch.Tensor:
+    def _matrix(self, rows: int, cols: int) -> torch.Tensor:
         for k in range(len(self._arrays)):
             # references: the list's and getrefcount's argument; a tensor on the array adds one
-            if self._arrays[k].shape == (n, n) and sys.getrefcount(self._arrays[k]) == 2:
+            if self._arrays[k].shape == (rows, cols) and sys.getrefcount(self._arrays[k]) == 2:
                 self._arrays.append(self._arrays.pop(k))  # most recently used last
                 return torch.from_numpy(self._arrays[-1])
-        a = self._aligned(n)
+        a = self._aligned(rows, cols)
         self._arrays = (self._arrays + [a])[-self.keep :]
         return torch.from_numpy(a)
 
     @staticmethod
-    def _aligned(n: int) -> np.ndarray:
-        """An n×n fp32 array at a 64-byte boundary (the GEMM's preference; numpy aligns to 16)."""
-        raw = np.empty(n * n + 16, dtype=np.float32)
+    def _aligned(rows: int, cols: int) -> np.ndarray:
+        """A rows × cols fp32 array at a 64-byte boundary (the GEMM's preference; numpy aligns to 16)."""
+        raw = np.empty(rows * cols + 16, dtype=np.float32)
         start = (-raw.ctypes.data % 64) // 4
-        return raw[start : start + n * n].reshape(n, n)
+        return raw[start : start + rows * cols].reshape(rows, cols)
 
     def clear(self) -> None:
         with self._lock:
@@ -300,7 +306,7 @@ class CPUKernels(PanelRows):
     def _forward_streaming(self, x, y, o, tau, eps, bias):
         B, threads, inv_tau = x.shape[0], _threads(), 1.0 / tau
         rows = _panel_rows(B)
-        pbuf, qbuf = torch.empty(rows * B, dtype=_F32), torch.empty(rows * B, dtype=_F32)
+        pbuf, qbuf = KEPT.matrix(rows, B).view(-1), KEPT.matrix(rows, B).view(-1)
         for r0 in range(0, B, rows):  # o["rest_c"]: pass 1's running state, started by its first panel
             r1 = min(B, r0 + rows)
             p = torch.mm(x[r0:r1], y.T, out=pbuf[: (r1 - r0) * B].view(r1 - r0, B))
@@ -340,7 +346,7 @@ class CPUKernels(PanelRows):
         return (grads, acc.view(())) if tau_grad else grads
 
     def _backward(self, img, txt, sim, S, B, rows, dS):
-        buf = torch.empty(rows, B, dtype=_F32)
+        buf = KEPT.matrix(rows, B)
         if sim is not None:  # a panel at a time: no fp32 copy of the whole of sim beside d_sim
             d_sim = _alloc.empty((B, B), dtype=sim.dtype, device="cpu")
             in_place = sim.dtype == _F32 and sim.stride(1) == 1
