@@ -76,10 +76,9 @@ def _load_triton():
         raise BackendUnavailable(f"triton is not installed ({err})") from None
     if not torch.cuda.is_available() and not _interpreting():
         raise BackendUnavailable("no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors, for tests)")
-    from srem_kernels.backends.fused import FusedRun
-    from srem_kernels.backends.triton import TritonKernels
+    from srem_kernels.backends.triton import default
 
-    return FusedRun(TritonKernels())
+    return default.run
 
 
 def _load_cpu():
@@ -139,6 +138,11 @@ def _load(name: str) -> Callable | BackendUnavailable:
 
 
 _load.cache_clear = _LOADED.clear  # forget the loads (tests)
+
+
+def loaded() -> dict[str, Callable]:
+    """The backends loaded so far that are available: name -> implementation."""
+    return {name: impl for name, impl in _LOADED.items() if not isinstance(impl, BackendUnavailable)}
 
 
 def backends() -> dict[str, BackendStatus]:

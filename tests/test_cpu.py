@@ -300,3 +300,12 @@ def test_cpu_kept_matrices_are_reused_only_when_free(monkeypatch):
     assert torch.equal(a.grad, 2 * first[-2]) and torch.equal(b.grad, 2 * first[-1])
     kept.clear()
     assert not kept._arrays
+
+
+def test_pass2_workspace_in_python_is_the_kernels():
+    """materialised_bytes sizes pass 2's per-panel sums in Python (torch.compile traces the strategy
+    choice); the C++ pass allocates by its own srem_cpu_pass2_workspace: the two must agree."""
+    from srem_kernels.backends import cpu as cpu_backend
+
+    sizes = [*range(1, 600), 1023, 1024, 1025, 2047, 2048, 2897, 4095, 4096, 4097, 8191, 16384, 32768, 65537]
+    assert [cpu_backend._pass2_workspace(B) for B in sizes] == [cpu_backend._C.pass2_workspace(B) for B in sizes]

@@ -504,3 +504,37 @@ def test_the_command_exits_2_when_nothing_was_checked_and_1_on_a_failure(capsys,
         assert main(["--device", "cpu", "--backend", "cpu", "--dtype", "fp32"]) == 1
         out = capsys.readouterr().out
         assert "FAIL cpu fp32 img/txt, materialised (registered) (B=112, D=48): d img: relative error" in out, out
+
+
+@needs_cpu
+@pytest.mark.parametrize("fault", [None, "backward"])
+def test_a_compiled_only_run_is_checked_when_its_graph_first_runs(fault, parts, monkeypatch):
+    """A step that only ever calls the loss through torch.compile(fullgraph=True): the trace holds
+    no check, and the graph's first run of the kernels (the custom op) runs the first-use part —
+    it passes a correct backend and refuses a wrong one — once, not on later runs."""
+    monkeypatch.setattr(_alloc, "POISON", False)
+    if fault is not None:
+        (method, wrap) = _backward_scaled(1e-3)
+        cls = _kernels_class("cpu")
+        monkeypatch.setattr(cls, method, wrap(getattr(cls, method)))
+    auto.set_auto(True)
+    img, txt = _pair()
+    a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
+
+    def step(a, b):
+        return srem_kernels.loss(a, b, backend="cpu", check_finite=False).loss
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    if fault is not None:
+        with pytest.raises(srem_kernels.SelfCheckError, match="backend 'cpu'.*d img: relative error"):
+            compiled(a, b)
+        assert len(parts) == 1
+        return
+    loss = compiled(a, b)
+    assert len(parts) == 1 and all(r.passed for r in parts[0][4])
+    loss.backward()
+    compiled(a, b).backward()
+    assert len(parts) == 1  # the verdict stands
+    eager = srem_kernels.loss(img, txt, backend="cpu").loss
+    assert torch.allclose(loss.detach(), eager, rtol=1e-6, atol=0)

@@ -348,3 +348,45 @@ def test_torch_compile_fullgraph_with_a_tensor_tau():
         for a, b in zip(*got):
             assert_rel_close(a, b, 1e-6, backend)
         assert got[0][2].item() != 0
+
+
+_COMPILED_FROM_THE_START = r"""
+import sys, torch, srem_kernels
+backend = sys.argv[1]
+scale = torch.nn.Parameter(torch.tensor(3.0))
+
+def step(a, b):
+    return srem_kernels.loss(a, b, tau=1 / scale.exp(), backend=backend, check_finite=False).loss
+
+compiled = torch.compile(step, fullgraph=True, backend="aot_eager")  # before any eager call: nothing loaded
+for B in (16, 12, 16):
+    g = torch.Generator().manual_seed(B)
+    img = torch.nn.functional.normalize(torch.randn(B, 8, generator=g), dim=1)
+    txt = torch.nn.functional.normalize(img + 0.5 * torch.randn(B, 8, generator=g), dim=1)
+    got = []
+    for fn in (compiled, step):
+        a, b = img.clone().requires_grad_(), txt.clone().requires_grad_()
+        scale.grad = None
+        loss = fn(a, b)
+        loss.backward()
+        got.append((loss.detach(), a.grad, b.grad, scale.grad.clone()))
+    for x, y in zip(*got):
+        assert torch.allclose(x, y, rtol=1e-6, atol=0), (backend, B, x, y)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("backend", [*(["cpu"] if CPU else []), *(["triton"] if TRITON else [])])
+def test_torch_compile_from_the_first_call_and_across_batch_sizes(backend):
+    """A run that compiles its step before any eager call (the backend is loaded while dynamo
+    traces) and meets a second batch size (a last, smaller batch): the strategy is chosen per batch
+    size without a cache read or write inside the trace, so each graph traces whole and matches
+    eager. In a fresh process, where nothing is loaded yet."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1") if backend == "triton" else dict(os.environ)
+    out = subprocess.run([sys.executable, "-c", _COMPILED_FROM_THE_START, backend], capture_output=True, text=True,
+                         env=env, timeout=600)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

@@ -150,6 +150,7 @@ class _KeptMatrices:
 KEPT = _KeptMatrices()
 
 
+@torch._dynamo.assume_constant_result  # torch.compile reads it when it traces a call (no file I/O in a graph)
 def _available_memory() -> int:
     """Bytes of memory available to new allocations (Linux: MemAvailable)."""
     try:
@@ -160,6 +161,22 @@ def _available_memory() -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _pass2_workspace(B: int) -> int:
+    """Bytes of pass 2's per-panel sums in srem_cpu_pass2_full (coupled.cpp's Panel sizes, its
+    srem_cpu_pass2_workspace; tests/test_cpu.py holds the two equal). In Python so that torch.compile
+    can trace a strategy choice without calling into the C++ module."""
+    R = max(32, min(256, B // 32 // 16 * 16))  # srem_cpu_pass2_rows
+    floats = 0
+    for row0 in range(0, B, R):
+        rows, n = min(R, B - row0), B - row0
+        npair = (n - rows + _PAIR_COLUMNS - 1) // _PAIR_COLUMNS
+        floats += ((1 + npair) * rows + (n - rows)) * _C.PASS2_SUMS
+    return 4 * floats
+
+
+_PAIR_COLUMNS = 256  # coupled.cpp's kPairColumns
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -214,7 +231,7 @@ class CPUKernels(PanelRows):
     def materialised_bytes(B: int) -> int:
         """Extra memory of the materialised strategy: S (fp32, kept for the backward), one dS panel,
         and pass 2's sums per panel and sample (about B²·16/R bytes, R = 32..256 rows a panel)."""
-        return 4 * B * (B + _panel_rows(B)) + _C.pass2_workspace(B)
+        return 4 * B * (B + _panel_rows(B)) + _pass2_workspace(B)
 
     def memory_budget(self) -> int:
         if self.memory is not None:
@@ -232,12 +249,20 @@ class CPUKernels(PanelRows):
             if forced not in STRATEGIES:
                 raise ValueError(f"SREM_CPU_STRATEGY must be 'auto' or one of {STRATEGIES}; got {forced!r}")
             return forced
+        B = fused.concrete_size(B)
+        if torch.compiler.is_compiling():
+            # dynamo's trace reads and writes no cache (a guard on it would fail once the compiled
+            # code wrote it); the custom op's fake and real runs take the cached path below, so the
+            # graph's layout and the kernels' run agree (fused.fused_forward checks that they do)
+            return self._choose(B)
         explicit = self.memory if self.memory is not None else os.environ.get("SREM_CPU_MEMORY")
         key = (B, explicit)  # materialised_bytes depends on B alone
         if key not in self._chosen:
-            fits = self.materialised_bytes(B) <= self.memory_budget()
-            self._chosen[key] = "materialised" if fits else "streaming"
+            self._chosen[key] = self._choose(B)
         return self._chosen[key]
+
+    def _choose(self, B: int) -> str:
+        return "materialised" if self.materialised_bytes(B) <= self.memory_budget() else "streaming"
 
     # ------------------------------------------------------------------ row ranges (panels.py)
 

@@ -85,6 +85,7 @@ import weakref
 from typing import Optional, Protocol
 
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_int
 
 from python_ref.srem import STATISTICS
 from srem_kernels import _amp
@@ -113,6 +114,13 @@ _STAT_OUTPUTS = KERNEL_STATISTICS + GLUE_STATISTICS
 # What a side of the problem is called in the i2t (rows) and t2i (columns) direction.
 _SIDES = (("m_r", "m_c"), ("logl_r", "logl_c"), ("at_r", "at_c"), ("A_r", "A_c"), ("A_r_rest", "A_c_rest"),
           ("k_r", "k_c"), ("hard_i2t_index", "hard_t2i_index"), ("hard_i2t", "hard_t2i"), ("lse_r", "lse_c"))  # fmt: skip
+
+
+def concrete_size(n):
+    """A size as an int. Under torch.compile a batch size may be symbolic; the fused backends choose
+    a strategy per batch size, so the trace specialises to this one (a guard) instead of hashing a
+    symbol."""
+    return guard_int(n) if isinstance(n, torch.SymInt) else n
 
 
 def swap_sides(vectors: dict) -> dict:
@@ -174,11 +182,20 @@ def fused_forward(
     """Kernels.forward of the kernels registered as `kernels`, as the list saved_layout orders
     (tau_t: a tensor tau, else the float tau)."""
     k = _KERNELS[kernels]
+    if COMPILED_FIRST_USE[0] is not None:
+        COMPILED_FIRST_USE[0](k, img, sim)
     layout = k.saved_layout(img, txt, sim, stats_only=stats_only)
     saved = _kernel_forward(k, img, txt, sim, tau if tau_t is None else tau_t, eps, bias, stats_only)
     if set(saved) != set(layout):
         raise RuntimeError(f"{kernels}.forward returned {sorted(saved)}, its saved_layout says {sorted(layout)}")
     return _unaliased([saved[name] for name in layout])
+
+
+# Called where a compiled graph runs the kernels (fused_forward below) with (kernels, img, sim):
+# srem_kernels/selfcheck/auto.py sets it (a layer above this one) to run the first-use self-check
+# there, since functional.py's own hook is skipped while dynamo traces and a compiled graph never
+# runs functional.py again.
+COMPILED_FIRST_USE: list = [None]
 
 
 def _unaliased(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

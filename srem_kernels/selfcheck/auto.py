@@ -8,7 +8,8 @@ On by default for CUDA tensors (kernels no test suite has run on this GPU), off 
 skipped (nothing cached, so the next eligible call runs it) while torch.compile traces, while a
 CUDA graph is being captured (with a warning) and under a tracing or counting dispatch mode
 (make_fx, FakeTensorMode, bench/opcount.py): its own work would land in the graph or the count.
-It runs no collective: every rank of a distributed loss checks its own device.
+A compiled run meets it at run time instead, where its graph calls the kernels' custom op
+(backends/fused.py, fused_forward). It runs no collective: every rank of a distributed loss checks its own device.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import warnings
 import torch
 
 from srem_kernels import _alloc, registry
+from srem_kernels.backends import fused
 from srem_kernels.errors import SelfCheckError
 from srem_kernels.selfcheck import cases
 from srem_kernels.selfcheck.report import ENV, CaseResult, failure_message
@@ -111,6 +113,18 @@ def checking():
                 yield
         finally:
             _alloc.POISON, _LOCAL.active = poison, active
+
+
+def _compiled_first_use(kernels, img, sim) -> None:
+    """on_first_use where a compiled graph runs the kernels' custom op: the registry's backend that
+    owns `kernels` (none: kernels a caller made itself, not checked here)."""
+    for name, run in registry.loaded().items():
+        if getattr(run, "kernels", None) is kernels:
+            on_first_use(name, run, sim if sim is not None else img, None if sim is not None else img.shape[1])
+            return
+
+
+fused.COMPILED_FIRST_USE[0] = _compiled_first_use
 
 
 def verdict(results: list[CaseResult], device: torch.device, dtype: torch.dtype) -> str | None:

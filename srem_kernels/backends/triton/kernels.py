@@ -100,11 +100,21 @@ def _grad_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.bfloat16, torch.float32, torch.float64) else torch.float32
 
 
+@torch._dynamo.assume_constant_result  # torch.compile: the setting when it traces (no str op in a graph)
+def _float32_matmul_precision() -> str:
+    return torch.get_float32_matmul_precision()
+
+
+@torch._dynamo.assume_constant_result  # torch.compile: what is free when it traces
+def _free_memory(index: int) -> int:
+    return torch.cuda.mem_get_info(index)[0]
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float64:
         return "ieee"
     if dtype == torch.float32:
-        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+        return "ieee" if _float32_matmul_precision() == "highest" else "tf32"
     return "tf32"  # 16-bit operands: the tensor-core default; precision is not a choice there
 
 
@@ -213,13 +223,23 @@ class TritonKernels:
             if forced not in STRATEGIES:
                 raise ValueError(f"SREM_TRITON_STRATEGY must be 'auto' or one of {STRATEGIES}; got {forced!r}")
             return forced
+        B = fused.concrete_size(B)
+        if torch.compiler.is_compiling():
+            # dynamo's trace reads and writes no cache (a guard on it would fail once the compiled
+            # code wrote it); the custom op's fake and real runs take the cached path below, so the
+            # graph's layout and the kernels' run agree (fused.fused_forward checks that they do)
+            return self._choose(B, dtype, device)
         key = (B, D, dtype, device)
         if key not in self._chosen:
-            need = B * B * (_acc_dtype(dtype).itemsize + _grad_dtype(dtype).itemsize)
-            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _CPU_MEMORY
-            fits = B <= _MATERIALISE_MAX_B and need <= free // 2
-            self._chosen[key] = "materialised" if fits else "streaming"
+            self._chosen[key] = self._choose(B, dtype, device)
         return self._chosen[key]
+
+    @staticmethod
+    def _choose(B: int, dtype: torch.dtype, device: torch.device) -> str:
+        need = B * B * (_acc_dtype(dtype).itemsize + _grad_dtype(dtype).itemsize)
+        free = _free_memory(device.index if device.index is not None else torch.cuda.current_device()) \
+            if device.type == "cuda" else _CPU_MEMORY
+        return "materialised" if B <= _MATERIALISE_MAX_B and need <= free // 2 else "streaming"
 
     def tiles(self, dtype: torch.dtype, from_sim: bool) -> dict:
         """The pass kernels' tile constexprs and warps for tiles of S in `dtype` formed from
