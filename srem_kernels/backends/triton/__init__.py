@@ -5,6 +5,7 @@
     merge.py    the fixed-order merge of the per-block partials
     kernels.py  TritonKernels: strategies, launches, row ranges
     glue.py     the glue's Triton routines (srem_kernels/backends/glue.py) for CUDA tensors
+    default.py  the registry's instance (made at import)
 """
 
 from srem_kernels.backends.triton.kernels import STRATEGIES, TritonKernels
