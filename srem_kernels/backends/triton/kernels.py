@@ -106,8 +106,8 @@ def _float32_matmul_precision() -> str:
 
 
 @torch._dynamo.assume_constant_result  # torch.compile: what is free when it traces
-def _free_memory(index: int) -> int:
-    return torch.cuda.mem_get_info(index)[0]
+def _free_memory(index: int | None) -> int:
+    return torch.cuda.mem_get_info(index)[0]  # None: the current device
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -237,8 +237,7 @@ class TritonKernels:
     @staticmethod
     def _choose(B: int, dtype: torch.dtype, device: torch.device) -> str:
         need = B * B * (_acc_dtype(dtype).itemsize + _grad_dtype(dtype).itemsize)
-        free = _free_memory(device.index if device.index is not None else torch.cuda.current_device()) \
-            if device.type == "cuda" else _CPU_MEMORY
+        free = _free_memory(device.index) if device.type == "cuda" else _CPU_MEMORY
         return "materialised" if B <= _MATERIALISE_MAX_B and need <= free // 2 else "streaming"
 
     def tiles(self, dtype: torch.dtype, from_sim: bool) -> dict:
