@@ -174,6 +174,13 @@ def _op_tau(tau) -> tuple[float, torch.Tensor | None]:
     return (0.0, tau) if isinstance(tau, torch.Tensor) else (float(tau), None)
 
 
+# Called where a compiled graph runs the kernels (fused_forward below) with (kernels, img, sim):
+# srem_kernels/selfcheck/auto.py sets it (a layer above this one) to run the first-use self-check
+# there, since functional.py's own hook is skipped while dynamo traces and a compiled graph never
+# runs functional.py again.
+COMPILED_FIRST_USE: list = [None]
+
+
 @torch.library.custom_op("srem_kernels::fused_forward", mutates_args=())
 def fused_forward(
     img: Optional[torch.Tensor], txt: Optional[torch.Tensor], sim: Optional[torch.Tensor],
@@ -189,13 +196,6 @@ def fused_forward(
     if set(saved) != set(layout):
         raise RuntimeError(f"{kernels}.forward returned {sorted(saved)}, its saved_layout says {sorted(layout)}")
     return _unaliased([saved[name] for name in layout])
-
-
-# Called where a compiled graph runs the kernels (fused_forward below) with (kernels, img, sim):
-# srem_kernels/selfcheck/auto.py sets it (a layer above this one) to run the first-use self-check
-# there, since functional.py's own hook is skipped while dynamo traces and a compiled graph never
-# runs functional.py again.
-COMPILED_FIRST_USE: list = [None]
 
 
 def _unaliased(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -9,7 +9,8 @@ skipped (nothing cached, so the next eligible call runs it) while torch.compile 
 CUDA graph is being captured (with a warning) and under a tracing or counting dispatch mode
 (make_fx, FakeTensorMode, bench/opcount.py): its own work would land in the graph or the count.
 A compiled run meets it at run time instead, where its graph calls the kernels' custom op
-(backends/fused.py, fused_forward). It runs no collective: every rank of a distributed loss checks its own device.
+(backends/fused.py, fused_forward). It runs no collective: every rank of a distributed loss
+checks its own device.
 """
 
 from __future__ import annotations
