@@ -87,3 +87,23 @@ def test_vecmath_special_values():
     assert call(4, [0.0, -1e-30]) == [0.0, pytest.approx(-1e-30, rel=1e-7)]
     with pytest.raises(ValueError, match="unknown function"):
         call(9, [1.0])
+
+
+def test_exp_neg_d_ulp_error():
+    """The GMM's fp64 exp (exp_neg_d, vecmath.h: the E-step's posteriors) against numpy's exp in
+    long double, over its range [-708, 0] on every binade: within the 2 ulp it states."""
+    np = pytest.importorskip("numpy")
+    x = torch.cat([_uniform(-708.0, 0.0, seed=2), -_log_uniform(1e-30, 708.0, seed=3),
+                   torch.tensor([0.0, -708.0, -1e-320])])  # fmt: skip
+    out = torch.empty_like(x)
+    _srem_cpu.vecmath_d(0, x.data_ptr(), out.data_ptr(), x.numel())
+    exact = np.exp(x.numpy().astype(np.longdouble))
+    err = np.abs(out.numpy().astype(np.longdouble) - exact) / np.spacing(exact.astype(np.float64))
+    worst = int(err.argmax())
+    assert float(err.max()) <= 2.0, f"{float(err.max()):.3f} ulp at x={x[worst].item()!r}"
+    special = torch.tensor([-800.0, float("-inf"), float("nan")], dtype=torch.float64)
+    got = torch.empty_like(special)
+    _srem_cpu.vecmath_d(0, special.data_ptr(), got.data_ptr(), 3)
+    assert got[0] == got[1] == out[-2] and torch.isnan(got[2])  # below -708: exp(-708); NaN propagates
+    with pytest.raises(ValueError, match="unknown function"):
+        _srem_cpu.vecmath_d(1, x.data_ptr(), out.data_ptr(), 1)

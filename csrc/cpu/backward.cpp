@@ -71,10 +71,7 @@ struct Specials {
   // row a's special columns into out, sorted and distinct: i, at_r[i] and its at_c columns
   void of_row(int64_t a, int64_t i, int64_t atr, std::vector<int64_t>& out) const {
     out.assign(cols.begin() + start[a], cols.begin() + start[a + 1]);
-    for (const int64_t s : {i, atr}) {
-      const auto at = std::lower_bound(out.begin(), out.end(), s);
-      if (at == out.end() || *at != s) out.insert(at, s);
-    }
+    for (const int64_t s : {i, atr}) add_special(out, s);
   }
 };
 

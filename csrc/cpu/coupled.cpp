@@ -103,11 +103,8 @@ void sums(const float* p, const float* q, int64_t n, const Sample& x, const std:
 // Sample i's own special columns in [0, n) into out, sorted and distinct, after `extra` (sorted).
 void own_specials(const Sample& x, int64_t n, const int64_t* extra, int64_t n_extra, std::vector<int64_t>& out) {
   out.assign(extra, extra + n_extra);
-  for (const int64_t s : {x.diag, x.atr, x.atc}) {
-    if (s < 0 || s >= n) continue;
-    const auto at = std::lower_bound(out.begin(), out.end(), s);
-    if (at == out.end() || *at != s) out.insert(at, s);
-  }
+  for (const int64_t s : {x.diag, x.atr, x.atc})
+    if (s >= 0 && s < n) add_special(out, s);
 }
 
 // Sample i's statistics from its sums (sums' order) and S_ii = sii.

@@ -21,6 +21,8 @@
 #include <utility>
 #include <vector>
 
+#include "vecmath.h"  // exp_neg_d
+
 namespace py = pybind11;
 
 namespace {
@@ -89,37 +91,6 @@ bool outside_unit(const T* x, int64_t n, int64_t stride) {
 
 // ------------------------------------------------------------------ GMM filtration
 
-// exp(x) in double for x <= 0, without libm, so that the E-step's loop vectorises (4 lanes on AVX2;
-// a call to exp per energy and round made the GMM 5 % of the three GEMMs' time at B=1024): n =
-// round(x / log 2) by the 1.5·2^52 shifter, whose low bits are n as an integer; r = x - n log 2
-// (Cody–Waite, log 2's high part exact in 32 bits); exp(r) by its Taylor series to r^13 (|r| <=
-// log(2)/2: remainder below 5e-18), times 2^n. Below -708 it returns exp(-708) ≈ 3e-308 (normal);
-// NaN propagates. Within 2 ulp of the correctly rounded result.
-inline __attribute__((always_inline)) double exp_neg_d(double x) {
-  const double xc = x < -708.0 ? -708.0 : x;
-  const double shifter = 6755399441055744.0;  // 1.5·2^52
-  const double t = __builtin_fma(xc, 1.4426950408889634, shifter);
-  const double n = t - shifter;
-  double r = __builtin_fma(n, -0.6931471803691238, xc);  // log 2's 32 high bits
-  r = __builtin_fma(n, -1.9082149292705877e-10, r);       // and the rest
-  double p = 1.0 / 6227020800.0;                          // 1/13!, then Horner down to 1 (written out: a
-  p = __builtin_fma(p, r, 1.0 / 479001600.0);             // loop over the coefficients stays a loop, and
-  p = __builtin_fma(p, r, 1.0 / 39916800.0);              // the E-step's with it scalar)
-  p = __builtin_fma(p, r, 1.0 / 3628800.0);
-  p = __builtin_fma(p, r, 1.0 / 362880.0);
-  p = __builtin_fma(p, r, 1.0 / 40320.0);
-  p = __builtin_fma(p, r, 1.0 / 5040.0);
-  p = __builtin_fma(p, r, 1.0 / 720.0);
-  p = __builtin_fma(p, r, 1.0 / 120.0);
-  p = __builtin_fma(p, r, 1.0 / 24.0);
-  p = __builtin_fma(p, r, 1.0 / 6.0);
-  p = __builtin_fma(p, r, 0.5);
-  p = __builtin_fma(p, r, 1.0);
-  p = __builtin_fma(p, r, 1.0);
-  const int64_t bits = (__builtin_bit_cast(int64_t, t) - __builtin_bit_cast(int64_t, shifter) + 1023) << 52;
-  return p * __builtin_bit_cast(double, bits);
-}
-
 // Two 1-D Gaussians' parameters, as python_ref/filtration.py holds them, in fp64 whatever the
 // energies' dtype: a flag then differs from the fp64 reference's only where that posterior is
 // within rounding (~1e-12) of 1/2, not within fp32's ~1e-6.
@@ -143,7 +114,7 @@ inline __attribute__((always_inline)) Resp posterior(double x, double m0, double
                                                      double l0, double l1) {
   const double d0 = x - m0, d1 = x - m1;  // h_k = 2 v_k, l_k = lognorm_k
   const double diff = (l1 - d1 * d1 / h1) - (l0 - d0 * d0 / h0);
-  const double e = exp_neg_d(-std::fabs(diff));  // exp(lower - higher) ∈ [0, 1]
+  const double e = srem::exp_neg_d(-std::fabs(diff));  // exp(lower - higher) ∈ [0, 1]
   const double big = 1 / (1 + e), small = e / (1 + e);
   return {diff > 0 ? small : big, diff > 0 ? big : small};
 }

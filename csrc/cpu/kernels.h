@@ -87,5 +87,7 @@ void srem_cpu_backward_panel(const float* P, int64_t ldp, float* D, int64_t ldd,
 // The vector functions of vecmath.h over n floats (for tests/test_cpu_vecmath.py): fn 0 exp_neg(x),
 // 1 p of exp_pq(x), 2 q of exp_pq(x), 3 log_pos(x), 4 log1p_neg(x); 1 on an unknown fn.
 int srem_cpu_vecmath(int fn, const float* x, float* out, int64_t n);
+// The same for vecmath.h's double functions: fn 0 exp_neg_d(x).
+int srem_cpu_vecmath_d(int fn, const double* x, double* out, int64_t n);
 
 }  // extern "C"

@@ -77,4 +77,8 @@ PYBIND11_MODULE(_srem_cpu, m) {
   m.def("vecmath", [](int fn, u x, u out, int64_t n) {
     if (srem_cpu_vecmath(fn, cf(x), f(out), n) != 0) throw std::invalid_argument("vecmath: unknown function code");
   });
+  m.def("vecmath_d", [](int fn, u x, u out, int64_t n) {
+    if (srem_cpu_vecmath_d(fn, ptr<const double>(x), ptr<double>(out), n) != 0)
+      throw std::invalid_argument("vecmath_d: unknown function code");
+  });
 }

@@ -9,7 +9,16 @@
 
 #include "vecmath.h"
 
+#include <algorithm>
+#include <vector>
+
 namespace srem {
+
+// s into the sorted, distinct list of a row's special columns (pass 2's and the backward's).
+inline void add_special(std::vector<int64_t>& out, int64_t s) {
+  const auto at = std::lower_bound(out.begin(), out.end(), s);
+  if (at == out.end() || *at != s) out.insert(at, s);
+}
 
 // P of one element under one softmax (a row's or a column's max m and log l): nl = -log P >= 0, P,
 // and q = 1 - P. z is clamped to m (where Z comes from another GEMM call than m did, it can exceed

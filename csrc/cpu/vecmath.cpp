@@ -20,6 +20,13 @@ void apply(const float* __restrict x, float* __restrict out, int64_t n, F f) {
 
 using namespace srem;
 
+extern "C" int srem_cpu_vecmath_d(int fn, const double* x, double* out, int64_t n) {
+  if (fn != 0) return 1;
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) out[j] = exp_neg_d(x[j]);
+  return 0;
+}
+
 extern "C" int srem_cpu_vecmath(int fn, const float* x, float* out, int64_t n) {
   switch (fn) {
     case 0: apply(x, out, n, [](float v) { return exp_neg(v); }); return 0;
