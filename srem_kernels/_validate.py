@@ -17,7 +17,7 @@ import torch
 from srem_kernels import _tau
 from srem_kernels.sensitivity import MODES as SENSITIVITIES
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+FLOAT_DTYPES = _tau.FLOAT_DTYPES
 REDUCTIONS = ("mean", "sum", "none")
 SELECTS = ("gmm", "none")
 

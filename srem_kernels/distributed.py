@@ -281,10 +281,7 @@ def loss(img, txt, *, group, backend, check_finite, stats_only, kernels=None, **
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         x = torch.empty(0, 0)
     layout = agree(group, error, n, _fields(x, params, bool(stats_only) if error is None else 0, needs_grad))
-    margin, clean = params.margin, params.clean
-    tau = params.tau if _tau.is_tensor(params.tau) else None
-    # tensors travel as arguments; the kernels and the glue read tau detached
-    bare = dataclasses.replace(params, margin=0.0, clean=None, tau=params.tau if tau is None else tau.detach())
+    bare, margin, clean, tau = fused.split_tensors(params)
     if stats_only or not needs_grad:  # no backward: skip A and its exchange (stats do not need them)
         with torch.no_grad(), _amp.off(img.device):
             total, per_sample, stats, _ = _forward(kernels, img, txt, margin, clean, bare, layout, group, True)

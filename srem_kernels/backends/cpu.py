@@ -83,12 +83,12 @@ def _host_tau(tau) -> float:
     return _tau.host_value(tau) if isinstance(tau, torch.Tensor) else tau
 
 
-def _as_f32(t):
-    return t if t is None or t.dtype == _F32 else t.to(_F32)
-
-
 def _as(t, dtype):
     return t if t.dtype == dtype else t.to(dtype)
+
+
+def _as_f32(t):
+    return t if t is None else _as(t, _F32)
 
 
 def _sim_f32(sim):
@@ -276,7 +276,8 @@ class CPUKernels(PanelRows):
         return (1.0 / t,)
 
     def _tau_sink(self, ranges, B, ref):
-        """One fp64 accumulator that every panel adds its share to, in order."""
+        """One fp64 accumulator that every panel adds its share to, in order (the backward's and
+        the row ranges')."""
         acc = torch.zeros(1, dtype=torch.float64)
         return acc, [_ptr(acc)] * len(ranges), lambda a: a.view(())
 
@@ -355,9 +356,7 @@ class CPUKernels(PanelRows):
         threads = _threads()
         rows = _panel_rows(B)
         inv_tau = 1.0 / _host_tau(tau)
-        # d_tau: every panel adds its share, in order, to one fp64 accumulator (0 = not asked)
-        acc = torch.zeros(1, dtype=torch.float64) if tau_grad else None
-        sink = _ptr(acc) if tau_grad else 0
+        acc, (sink,), total = self._tau_sink([(0, B)], B, None) if tau_grad else (None, (0,), None)  # 0: not asked
         up = [_as_f32(t).contiguous() for t in (g_cbcl, k_r, k_c)]  # held here until the kernels have run
         names = ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c", "A_r", "A_c", "A_r_rest", "A_c_rest")
         s = saved
@@ -368,7 +367,7 @@ class CPUKernels(PanelRows):
                               *vectors, threads, sink)  # fmt: skip
 
         grads = self._backward(img, txt, sim, s.get("S"), B, rows, dS)
-        return (grads, acc.view(())) if tau_grad else grads
+        return (grads, total(acc)) if tau_grad else grads
 
     def _backward(self, img, txt, sim, S, B, rows, dS):
         buf = KEPT.matrix(rows, B)
@@ -391,16 +390,17 @@ class CPUKernels(PanelRows):
             dS(p, buf, 0)
             torch.mm(buf, y, out=d_img)
             torch.mm(buf.T, x, out=d_txt)
-        for r0 in range(0, B if rows < B else 0, rows):
-            r1 = min(B, r0 + rows)
-            d = buf[: r1 - r0]  # dS overwrites the panel it is formed from (streaming)
-            p = S[r0:r1] if S is not None else torch.mm(x[r0:r1], y.T, out=d)
-            dS(p, d, r0)
-            torch.mm(d, y, out=d_img[r0:r1])
-            if r0 == 0:
-                torch.mm(d.T, x[r0:r1], out=d_txt)
-            else:
-                d_txt.addmm_(d.T, x[r0:r1])
+        else:
+            for r0 in range(0, B, rows):
+                r1 = min(B, r0 + rows)
+                d = buf[: r1 - r0]  # dS overwrites the panel it is formed from (streaming)
+                p = S[r0:r1] if S is not None else torch.mm(x[r0:r1], y.T, out=d)
+                dS(p, d, r0)
+                torch.mm(d, y, out=d_img[r0:r1])
+                if r0 == 0:
+                    torch.mm(d.T, x[r0:r1], out=d_txt)
+                else:
+                    d_txt.addmm_(d.T, x[r0:r1])
         return _as(d_img, img.dtype), _as(d_txt, txt.dtype)
 
 

@@ -311,17 +311,23 @@ class _FusedSREM(torch.autograd.Function):
         return grads[0], grads[1], None, None, None, g_tau, None, None, None
 
 
+def split_tensors(params: SREMParams):
+    """(bare, margin, clean, tau): the call's tensors travel as autograd arguments, so params keep
+    none of them — bare holds tau detached (a constant to the kernels and the glue); tau is the
+    tensor tau whose gradient comes back, or None for a float."""
+    margin, clean, tau = params.margin, params.clean, params.tau
+    tau = tau if isinstance(tau, torch.Tensor) else None
+    if tau is None and clean is None and not isinstance(margin, torch.Tensor):
+        return params, margin, clean, None  # nothing to take out (dataclasses.replace costs ~15 µs)
+    return dataclasses.replace(params, margin=0.0, clean=None, tau=params.tau if tau is None else tau.detach()), \
+        margin, clean, tau  # fmt: skip
+
+
 def run(kernels: Kernels, img, txt, sim, params: SREMParams, *, stats_only: bool = False):
     """A backend's `run` (see registry.py) on top of its kernels. stats_only: forward only, no
     gradient work (nothing saved; A_r, A_c skipped where the kernels support it)."""
     key = _op_key(kernels)
-    margin, clean, tau = params.margin, params.clean, params.tau
-    tau = tau if isinstance(tau, torch.Tensor) else None  # an autograd input: its gradient comes back
-    # tensors travel as arguments; the kernels and the glue read tau detached (a constant to them)
-    if tau is None and clean is None and not isinstance(margin, torch.Tensor):
-        bare = params  # no tensors to take out (dataclasses.replace costs ~15 µs a call)
-    else:
-        bare = dataclasses.replace(params, margin=0.0, clean=None, tau=params.tau if tau is None else tau.detach())
+    bare, margin, clean, tau = split_tensors(params)
     if stats_only:
         with torch.no_grad():
             saved = _forward_saved(kernels, key, img, txt, sim, bare, stats_only=True)

@@ -197,11 +197,10 @@ class SREMClipLoss(nn.Module):
         if img.dtype != txt.dtype:  # two towers of different precision: both as the wider
             common = torch.promote_types(img.dtype, txt.dtype)
             img, txt = img.to(common), txt.to(common)
-        training = self.training and torch.is_grad_enabled()
-        if training:
+        warm = self.warming_up()  # this call's step, before the clock counts it
+        if self.training and torch.is_grad_enabled():
             self.calls += 1
         opts = dict(self.options)
-        warm = (self.calls - 1 if training else self.calls) // self.accum_freq < self.warmup_steps
         if warm:
             opts.update(lambda_hard=0.0, select="none")
         group = self._group()
