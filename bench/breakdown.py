@@ -19,17 +19,14 @@ in RESULTS.md ("Where the time goes"), with the 1-minute load average before and
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import random
-import sys
 from pathlib import Path
 
 import torch
 
 import srem_kernels
-from bench.measure import summarise, time_once
-from bench.run import RESULTS, device_log, environment, inputs
+from bench.measure import interleaved
+from bench.run import RESULTS, command, csv_log, environment, inputs
 from srem_kernels._validate import SREMParams
 from srem_kernels.backends import cpu as cpu_backend, glue
 
@@ -119,18 +116,7 @@ def measure(B: int, D: int, repeats: int) -> list[dict]:
             flat[name], flat[name + " (baseline)"] = f
         else:
             flat[name] = f
-    for f in flat.values():  # warm-up
-        f()
-    samples = {k: [] for k in flat}
-    cpu = torch.device("cpu")
-    load_before = os.getloadavg()[0]
-    for rep in range(repeats):  # a new order each round (seeded)
-        order = list(flat)
-        random.Random(rep).shuffle(order)
-        for name in order:
-            samples[name].append(time_once(flat[name], cpu))
-    load_after = os.getloadavg()[0]
-    med = {k: summarise(v) for k, v in samples.items()}
+    med, load = interleaved(flat, torch.device("cpu"), repeats, shuffle=True)
     whole = med["whole call"].median_ms
     rows = []
     for name, f in fns.items():
@@ -145,7 +131,6 @@ def measure(B: int, D: int, repeats: int) -> list[dict]:
     rest = whole - sum(med[k].median_ms for k in IN_CALL)
     rows.insert(-1, {"B": B, "D": D, "phase": "rest (Python, autograd, arguments)", "median_ms": f"{rest:.4g}",
                      "share": f"{rest / whole:.3f}"})  # fmt: skip
-    load = {"load_before": f"{load_before:.2f}", "load_after": f"{load_after:.2f}"}
     return [dict(r, **load) for r in rows]
 
 
@@ -159,13 +144,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     env = environment(torch.device("cpu"))
-    env["command"] = " ".join(["python -m bench.breakdown", *(sys.argv[1:] if argv is None else argv)])
-    log = device_log(args.out, env, ".breakdown.csv")
-    new = not log.exists()
-    with log.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
-        if new:
-            w.writeheader()
+    env["command"] = command("python -m bench.breakdown", argv)
+    with csv_log(args.out, env, ".breakdown.csv", COLUMNS) as (log, w):
         for B in args.batch:
             rows = measure(B, args.dim, args.repeats)
             print(f"B={B} (load {rows[0]['load_before']} -> {rows[0]['load_after']})")
@@ -174,7 +154,6 @@ def main(argv: list[str] | None = None) -> Path:
                 ns = f"{r['ns_per_element']:>7} ns/el" if r.get("ns_per_element") else ""
                 share = f"{100 * float(r['share']):5.1f} %" if r.get("share") else ""
                 print(f"  {r['phase']:<36}{r['median_ms']:>10} ms  {share:>8}  {ns}")
-            f.flush()
     print(f"log: {os.path.relpath(log)}")
     return log
 

@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 from pathlib import Path
 
 import torch
 
 from bench import opcount
 from bench.contenders import matmul_floor
-from bench.measure import summarise, time_once
+from bench.measure import interleaved
 from bench.opcount import CONFIGS
-from bench.run import RESULTS, device_log, environment, inputs
+from bench.run import RESULTS, command, csv_log, device_log, environment, inputs
 
 COLUMNS = ["run", "date", "commit", "device", "threads", "torch", "triton", "command", "backend", "B", "D", "config",
            "aten_ops", "host_reads", "h2d_copies", "triton_launches", "median_ms", "floor_ms", "ratio_to_floor",
@@ -55,17 +54,10 @@ def measure(B: int, D: int, device: torch.device, repeats: int) -> list[dict]:
             if timing and config == "defaults":
                 timed[backend] = (step, rows[-1])
     floor = matmul_floor(*inputs(B, D, torch.float32, device))["fwd+bwd"]()
-    floor()
-    samples = {name: [] for name in ["floor", *timed]}
-    load_before = os.getloadavg()[0]
-    for _ in range(repeats):  # interleaved: every contender once per round
-        samples["floor"].append(time_once(floor, device))
-        for name, (step, _) in timed.items():
-            samples[name].append(time_once(step, device))
-    load = dict(load_before=f"{load_before:.2f}", load_after=f"{os.getloadavg()[0]:.2f}")  # 1-minute load average
-    f_ms = summarise(samples["floor"]).median_ms
+    t, load = interleaved({"floor": floor, **{name: step for name, (step, _) in timed.items()}}, device, repeats)
+    f_ms = t["floor"].median_ms
     for name, (_, row) in timed.items():
-        ms = summarise(samples[name]).median_ms
+        ms = t[name].median_ms
         row.update(median_ms=f"{ms:.4g}", floor_ms=f"{f_ms:.4g}", ratio_to_floor=f"{ms / f_ms:.3g}")
     return [dict(row, **load) for row in rows]
 
@@ -95,14 +87,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     env = environment(device)
-    env["command"] = " ".join(["python -m bench.fixed_cost", *(sys.argv[1:] if argv is None else argv)])
-    log = device_log(args.out, env, ".fixed-cost.csv")
-    _log_in_columns(log)
-    new = not log.exists()
-    with log.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
+    env["command"] = command("python -m bench.fixed_cost", argv)
+    _log_in_columns(device_log(args.out, env, ".fixed-cost.csv"))
+    with csv_log(args.out, env, ".fixed-cost.csv", COLUMNS) as (log, w):
         for B in args.batch:
             for row in measure(B, args.dim, device, args.repeats):
                 w.writerow(dict(env, **row))

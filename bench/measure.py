@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import os
+import random
 import re
 import statistics
 import sys
@@ -40,6 +42,26 @@ def time_once(fn: Callable[[], object], device: torch.device) -> float:
     t0 = time.perf_counter()
     fn()
     return (time.perf_counter() - t0) * 1e3
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, *,
+                shuffle: bool = False) -> tuple[dict[str, Timing], dict[str, str]]:
+    """Each callable once as warm-up, then `repeats` rounds that time every one once (a new seeded
+    order each round with shuffle: what the previous call leaves in the caches hits all alike).
+    Their timings, and the 1-minute load average before and after the rounds (load_before,
+    load_after, as the logs' columns hold it)."""
+    for fn in fns.values():
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    load_before = os.getloadavg()[0]
+    for rnd in range(repeats):
+        order = list(fns)
+        if shuffle:
+            random.Random(rnd).shuffle(order)
+        for k in order:
+            samples[k].append(time_once(fns[k], device))
+    load = {"load_before": f"{load_before:.2f}", "load_after": f"{os.getloadavg()[0]:.2f}"}
+    return {k: summarise(v) for k, v in samples.items()}, load
 
 
 # ---------------------------------------------------------------- peak memory above the inputs

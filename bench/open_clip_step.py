@@ -13,16 +13,14 @@ latest run ("open_clip").
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import sys
 from pathlib import Path
 
 import torch
 
 from bench.contenders import clip_loss
-from bench.measure import summarise, time_once
-from bench.run import RESULTS, device_log, environment, inputs
+from bench.measure import interleaved
+from bench.run import RESULTS, command, csv_log, environment, inputs
 from srem_kernels.integrations.open_clip import SREMClipLoss
 
 COLUMNS = ["run", "date", "commit", "device", "threads", "torch", "triton", "command", "what", "B", "D", "loss",
@@ -40,25 +38,13 @@ def _clip_loss():
             image_features, text_features, tau=1 / logit_scale)  # fmt: skip
 
 
-def _race(fns: dict, device, repeats: int) -> tuple[dict, dict]:
-    for fn in fns.values():  # warm-up
-        fn()
-    samples = {k: [] for k in fns}
-    load_before = os.getloadavg()[0]
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            samples[k].append(time_once(fn, device))
-    load = dict(load_before=f"{load_before:.2f}", load_after=f"{os.getloadavg()[0]:.2f}")
-    return {k: summarise(v) for k, v in samples.items()}, load
-
-
 def loss_alone(B: int, D: int, device, repeats: int) -> list[dict]:
     img, txt = inputs(B, D, torch.float32, device)
     scale = torch.nn.Parameter(torch.tensor(1 / 0.07, device=device).log())
     name, clip = _clip_loss()
     fns = {name: lambda: clip(img, txt, scale.exp()).backward(),
            "SREMClipLoss": lambda: SREMClipLoss()(img, txt, scale.exp()).backward()}  # fmt: skip
-    return _rows("loss fwd+bwd", B, D, *_race(fns, device, repeats), name)
+    return _rows("loss fwd+bwd", B, D, *interleaved(fns, device, repeats), name)
 
 
 def training_step(B: int, device, repeats: int) -> list[dict]:
@@ -85,7 +71,7 @@ def training_step(B: int, device, repeats: int) -> list[dict]:
         return run
 
     fns = {"ClipLoss": step(ClipLoss()), "SREMClipLoss": step(SREMClipLoss())}
-    return _rows("CLIP step (ViT 4×256, 64 px, text 4×256)", B, 256, *_race(fns, device, repeats), "ClipLoss")
+    return _rows("CLIP step (ViT 4×256, 64 px, text 4×256)", B, 256, *interleaved(fns, device, repeats), "ClipLoss")
 
 
 def _rows(what, B, D, t: dict, load: dict, base: str) -> list[dict]:
@@ -105,15 +91,10 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     env = environment(device)
-    env["command"] = " ".join(["python -m bench.open_clip_step", *(sys.argv[1:] if argv is None else argv)])
+    env["command"] = command("python -m bench.open_clip_step", argv)
     rows = [r for B in args.batch for r in loss_alone(B, args.dim, device, args.repeats)]
     rows += training_step(args.step_batch, device, max(5, args.repeats // 4))
-    log = device_log(args.out, env, ".open-clip.csv")
-    new = not log.exists()
-    with log.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
+    with csv_log(args.out, env, ".open-clip.csv", COLUMNS) as (log, w):
         for row in rows:
             w.writerow(dict(env, **row))
             print(f"{row['what']:<42} B={row['B']:<5} {row['loss']:<22} {row['median_ms']:>9} ms "

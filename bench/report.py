@@ -128,80 +128,65 @@ def _heading(title: str, r0: dict) -> list[str]:
             f"Run {r0['run']} ({r0['date']}), commit `{r0['commit']}`. Command: `{r0['command']}`."]  # fmt: skip
 
 
-def train_step_section(log: Path) -> list[str]:
+def _log_section(log: Path, title: str, intro, header: str, row) -> list[str]:
+    """A section of the latest run in `log`: its heading, intro(rows) lines, a table under
+    `header` (its cells, "|"-separated) with one row(r) line per logged row."""
     rows = _read(log)
     if not rows:
         return []
-    lines = _heading("End to end: one training step", rows[0]) + [
-        "",
-        "| loss | B | D | step ms (median) | peak MB above the model |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        ms = f"{float(r['median_ms']):.4g}" if r["status"] == "ok" else r["status"]
-        mb = f"{float(r['peak_mb']):.0f}" if r["status"] == "ok" else ""
-        lines.append(f"| `{r['contender']}` | {r['B']} | {r['D']} | {ms} | {mb} |")
-    return lines + [""]
+    cells = header.split(" | ")
+    return (_heading(title, rows[0]) + [*intro(rows), "", f"| {header} |", "|" + "---|" * len(cells)]
+            + [f"| {row(r)} |" for r in rows] + [""])  # fmt: skip
+
+
+def train_step_section(log: Path) -> list[str]:
+    def row(r):
+        ok = r["status"] == "ok"
+        ms = f"{float(r['median_ms']):.4g}" if ok else r["status"]
+        mb = f"{float(r['peak_mb']):.0f}" if ok else ""
+        return f"`{r['contender']}` | {r['B']} | {r['D']} | {ms} | {mb}"
+
+    return _log_section(log, "End to end: one training step", lambda rows: [],
+                  "loss | B | D | step ms (median) | peak MB above the model", row)
 
 
 def fixed_cost_section(log: Path) -> list[str]:
     """bench/fixed_cost.py's latest run: what a call launches and reads, and its time at small B."""
-    rows = _read(log)
-    if not rows:
-        return []
-    lines = _heading("Fixed cost per call: launches, host reads and time at small B", rows[0]) + [
+
+    def row(r):
+        t = f"{r['median_ms']} ({float(r['ratio_to_floor']):.3g}×)" if r.get("median_ms") else "—"
+        return (f"`{r['backend']}` | {r['B']} | {r['D']} | {r['config']} | {r['aten_ops']} | {r['host_reads']} "
+                f"| {r['h2d_copies']} | {r['triton_launches']} | {t}")  # fmt: skip
+
+    return _log_section(log, "Fixed cost per call: launches, host reads and time at small B", lambda rows: [
         f"{rows[0]['threads']} threads.{_load(rows)} Per forward+backward of `srem_kernels.loss` (fp32): ATen operators that launch work (views and bare",
         "allocations not counted), host reads (`_local_scalar_dense`), host-to-device copies (tensors built from",
         "Python data count), Triton launches (interpreted ones counted, not timed); time against the three bare",
         "matmuls of the same size in the same run (interleaved, medians).",
-        "",
-        "| backend | B | D | options | ATen ops | host reads | H2D | Triton launches | ms (× matmuls) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        t = f"{r['median_ms']} ({float(r['ratio_to_floor']):.3g}×)" if r.get("median_ms") else "—"
-        lines.append(f"| `{r['backend']}` | {r['B']} | {r['D']} | {r['config']} | {r['aten_ops']} | {r['host_reads']} "
-                     f"| {r['h2d_copies']} | {r['triton_launches']} | {t} |")  # fmt: skip
-    return lines + [""]
+    ], "backend | B | D | options | ATen ops | host reads | H2D | Triton launches | ms (× matmuls)", row)  # fmt: skip
 
 
 def tau_overhead_section(log: Path) -> list[str]:
     """bench/tau_overhead.py's latest run: a tensor tau against a float tau."""
-    rows = _read(log)
-    if not rows:
-        return []
-    lines = _heading("Tensor tau: a learnable temperature against a float tau", rows[0]) + [
+    return _log_section(log, "Tensor tau: a learnable temperature against a float tau", lambda rows: [
         f"{rows[0]['threads']} threads.{_load(rows)} One forward+backward of `srem_kernels.loss` (fp32), tau given",
         "as a float, as a 0-d tensor, and as a 0-d tensor that requires grad (dL/dtau reduced in the dS pass);",
         "interleaved in one run, medians (p20–p80).",
-        "",
-        "| backend | B | D | tau | ms (p20–p80) | × float tau | bare matmuls ms |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| `{r['backend']}` | {r['B']} | {r['D']} | {r['tau']} | {r['median_ms']} ({r['p20_ms']}–{r['p80_ms']}) "
-                     f"| {float(r['ratio_to_float']):.3f} | {r['floor_ms']} |")  # fmt: skip
-    return lines + [""]
+    ], "backend | B | D | tau | ms (p20–p80) | × float tau | bare matmuls ms", lambda r: (
+        f"`{r['backend']}` | {r['B']} | {r['D']} | {r['tau']} | {r['median_ms']} ({r['p20_ms']}–{r['p80_ms']}) "
+        f"| {float(r['ratio_to_float']):.3f} | {r['floor_ms']}"))  # fmt: skip
 
 
 def open_clip_section(log: Path) -> list[str]:
     """bench/open_clip_step.py's latest run: SREMClipLoss beside open_clip's ClipLoss."""
-    rows = _read(log)
-    if not rows:
-        return []
-    lines = _heading("open_clip: SREMClipLoss beside ClipLoss", rows[0]) + [
+    return _log_section(log, "open_clip: SREMClipLoss beside ClipLoss", lambda rows: [
         f"{rows[0]['threads']} threads, torch {rows[0]['torch']} (open_clip's venv).{_load(rows)} fp32; interleaved in one",
         "run, medians (p20–p80). The loss alone:",
         "forward+backward from features and logit_scale as open_clip calls it; the step: a small open_clip CLIP",
         "model's forward, loss, backward and AdamW step.",
-        "",
-        "| what | B | D | loss | ms (p20–p80) | × ClipLoss |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['what']} | {r['B']} | {r['D']} | `{r['loss']}` | {r['median_ms']} ({r['p20_ms']}–{r['p80_ms']}) "
-                     f"| {float(r['ratio_to_clip']):.2f} |")  # fmt: skip
-    return lines + [""]
+    ], "what | B | D | loss | ms (p20–p80) | × ClipLoss", lambda r: (
+        f"{r['what']} | {r['B']} | {r['D']} | `{r['loss']}` | {r['median_ms']} ({r['p20_ms']}–{r['p80_ms']}) "
+        f"| {float(r['ratio_to_clip']):.2f}"))  # fmt: skip
 
 
 def breakdown_section(log: Path) -> list[str]:

@@ -12,6 +12,7 @@ Contenders run interleaved, round by round, so that drift hits all alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import os
@@ -85,6 +86,25 @@ def device_log(out: Path, env: dict, suffix: str = ".csv") -> Path:
     """The CSV log of this device under `out` (bench/results/<device>.csv, or <device><suffix>)."""
     out.mkdir(parents=True, exist_ok=True)
     return out / f"{re.sub(r'[^A-Za-z0-9]+', '-', env['device']).strip('-').lower()}{suffix}"
+
+
+def command(prog: str, argv: list[str] | None) -> str:
+    """The command line a log row names: `prog` and its arguments."""
+    return " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
+
+
+@contextlib.contextmanager
+def csv_log(out: Path, env: dict, suffix: str, columns):
+    """(path, csv.DictWriter) appending to this device's log `suffix` under `out`, the header
+    written when the file is new; missing columns are left empty. Line-buffered: every row is on
+    disk as soon as it is written (a long sweep that is cut off keeps what it measured)."""
+    log = device_log(out, env, suffix)
+    new = not log.exists()
+    with log.open("a", newline="", buffering=1) as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        if new:
+            writer.writeheader()
+        yield log, writer
 
 
 def flops(phase: str, B: int, D: int) -> float:
@@ -174,7 +194,7 @@ def main(argv: list[str] | None = None) -> Path:
     batches, dims, dtypes = args.batch or batches, args.dim or dims, args.dtype or dtypes
     repeats = args.repeats or repeats
     env = environment(device)
-    env["command"] = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
+    env["command"] = command("python -m bench", argv)
     cs, skipped = contenders(device)
     if args.only:
         cs = [c for c in cs if c.name in args.only or c.name == FLOOR]
@@ -182,12 +202,7 @@ def main(argv: list[str] | None = None) -> Path:
     for line in skipped:
         print(f"  not racing {line}")
 
-    log = device_log(args.out, env)
-    new = not log.exists()
-    with log.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
+    with csv_log(args.out, env, ".csv", COLUMNS) as (log, writer):
         for dname in dtypes:
             for D in dims:
                 dead: set[str] = set()
@@ -199,7 +214,6 @@ def main(argv: list[str] | None = None) -> Path:
                             ok = row["status"] == "ok"
                             cell = f"{row['median_ms']} ms ({row['ratio_to_floor']}× floor, {row['peak_mb']} MB)" if ok else row["status"]
                             print(f"  {dname} D={D} B={B:<7} {row['contender']:<26} {cell}")
-                    f.flush()
     print(f"log: {os.path.relpath(log)}")
     if not args.no_report:
         md = report.RESULTS_MD if args.out.resolve() == RESULTS else args.out / "RESULTS.md"

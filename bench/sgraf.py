@@ -17,15 +17,13 @@ Appends to bench/results/<device>.sgraf.csv.
 from __future__ import annotations
 
 import argparse
-import csv
-import sys
 from types import SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.measure import peak_memory_mb, summarise, time_once
-from bench.run import RESULTS, device_log, environment
+from bench.run import RESULTS, command, csv_log, environment
 from srem_kernels.train import trainer
 from srem_kernels.train.experiment import SGR_SETTINGS
 from srem_kernels.train.methods import METHODS, batch_loss, loss_inputs
@@ -148,13 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     env = environment(torch.device("cpu"))
-    env["command"] = " ".join(["python -m bench.sgraf", *(sys.argv[1:] if argv is None else argv)])
-    log = device_log(RESULTS, env, ".sgraf.csv")
-    new = not log.exists()
-    with log.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
+    env["command"] = command("python -m bench.sgraf", argv)
+    with csv_log(RESULTS, env, ".sgraf.csv", COLUMNS) as (log, writer):
         (bench_step if args.what == "step" else bench_eval)(args, env, writer)
     print(f"appended to {log}")
 

@@ -12,17 +12,15 @@ run in RESULTS.md ("Tensor tau").
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import sys
 from pathlib import Path
 
 import torch
 
 import srem_kernels
 from bench.contenders import matmul_floor
-from bench.measure import summarise, time_once
-from bench.run import RESULTS, device_log, environment, inputs
+from bench.measure import interleaved
+from bench.run import RESULTS, command, csv_log, environment, inputs
 
 COLUMNS = ["run", "date", "commit", "device", "threads", "torch", "triton", "command", "backend", "B", "D", "tau",
            "median_ms", "p20_ms", "p80_ms", "ratio_to_float", "floor_ms", "load_before", "load_after"]  # fmt: skip
@@ -43,25 +41,14 @@ def _step(backend: str, img, txt, which: str):
 
 def measure(backend: str, B: int, D: int, device: torch.device, repeats: int) -> list[dict]:
     img, txt = inputs(B, D, torch.float32, device)
-    steps = {which: _step(backend, img, txt, which) for which in TAUS}
-    floor = matmul_floor(img, txt)["fwd+bwd"]()
-    samples = {name: [] for name in ["floor", *steps]}
-    for fn in (floor, *steps.values()):  # warm-up
-        fn()
-    load_before = os.getloadavg()[0]
-    for _ in range(repeats):  # interleaved: every variant once per round
-        samples["floor"].append(time_once(floor, device))
-        for name, fn in steps.items():
-            samples[name].append(time_once(fn, device))
-    load = dict(load_before=f"{load_before:.2f}", load_after=f"{os.getloadavg()[0]:.2f}")
-    f_ms = summarise(samples["floor"]).median_ms
-    base = summarise(samples["float"]).median_ms
+    fns = {"floor": matmul_floor(img, txt)["fwd+bwd"](), **{which: _step(backend, img, txt, which) for which in TAUS}}
+    t, load = interleaved(fns, device, repeats)
+    f_ms, base = t["floor"].median_ms, t["float"].median_ms
     rows = []
     for name in TAUS:
-        t = summarise(samples[name])
-        rows.append(dict(backend=backend, B=B, D=D, tau=name, median_ms=f"{t.median_ms:.4g}", p20_ms=f"{t.p20_ms:.4g}",
-                         p80_ms=f"{t.p80_ms:.4g}", ratio_to_float=f"{t.median_ms / base:.4f}", floor_ms=f"{f_ms:.4g}",
-                         **load))  # fmt: skip
+        rows.append(dict(backend=backend, B=B, D=D, tau=name, median_ms=f"{t[name].median_ms:.4g}",
+                         p20_ms=f"{t[name].p20_ms:.4g}", p80_ms=f"{t[name].p80_ms:.4g}",
+                         ratio_to_float=f"{t[name].median_ms / base:.4f}", floor_ms=f"{f_ms:.4g}", **load))  # fmt: skip
     return rows
 
 
@@ -76,13 +63,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     env = environment(device)
-    env["command"] = " ".join(["python -m bench.tau_overhead", *(sys.argv[1:] if argv is None else argv)])
-    log = device_log(args.out, env, ".tau-overhead.csv")
-    new = not log.exists()
-    with log.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
+    env["command"] = command("python -m bench.tau_overhead", argv)
+    with csv_log(args.out, env, ".tau-overhead.csv", COLUMNS) as (log, w):
         for B in args.batch:
             for row in measure(args.backend, B, args.dim, device, args.repeats):
                 w.writerow(dict(env, **row))
