@@ -9,8 +9,12 @@ pass 2 (everything that needs both softmaxes); the glue forward (energies, the G
 L_i; the GMM also alone); the glue's upstream vectors; the backward's dS; its GEMMs dS·T and
 dSᵀ·I; an OpenMP region's start (a kernel on a 2×2 matrix on the call's threads minus on one);
 the output allocations; the first touch of a fresh B×B fp32 buffer (torch.empty + fill, minus the
-fill of a warm one: the page faults that S costs where the allocator hands out new pages). "rest" is the whole call minus its phases: Python, autograd and
-argument handling. Each B×B phase also as ns per element of S (wall time / B²).
+fill of a warm one: the page faults that S costs where the allocator hands out new pages); the
+value check of check_finite=True. "rest" is the whole call (check_finite=False) minus its phases:
+Python, autograd and argument handling, split by two more timings of the same work with layers
+taken away: the kernels and glue called in turn from Python (no autograd), and the call through
+fused.run's autograd Function (no functional.py). Each B×B phase also as ns per element of S
+(wall time / B²).
 
 Appends to bench/results/<device>.breakdown.csv; `python -m bench.report` renders the latest run
 in RESULTS.md ("Where the time goes"), with the 1-minute load average before and after.
@@ -28,7 +32,7 @@ import srem_kernels
 from bench.measure import interleaved
 from bench.run import RESULTS, command, csv_log, environment, inputs
 from srem_kernels._validate import SREMParams
-from srem_kernels.backends import cpu as cpu_backend, glue
+from srem_kernels.backends import cpu as cpu_backend, fused, glue
 
 COLUMNS = ["run", "date", "commit", "device", "threads", "torch", "triton", "command", "B", "D", "phase", "median_ms",
            "p20_ms", "p80_ms", "ns_per_element", "share", "load_before", "load_after"]  # fmt: skip
@@ -36,6 +40,9 @@ COLUMNS = ["run", "date", "commit", "device", "threads", "torch", "triton", "com
 # shown for scale (the GMM is inside the glue forward, a region's start inside every kernel)
 IN_CALL = ("gemm S", "pass 1", "pass 2", "glue forward", "glue upstream", "dS", "gemm dS·T, dSᵀ·I")
 ELEMENTWISE = ("pass 1", "pass 2", "dS")
+# the whole call with layers taken away (for scale): what is left is the kernels and glue called
+# in turn from Python, then that through fused.run's autograd Function (no functional.py)
+LAYERS = ("kernels and glue called in turn (no autograd)", "through fused.run (no functional.py)")
 
 
 def phases(B: int, D: int) -> dict:
@@ -43,6 +50,7 @@ def phases(B: int, D: int) -> dict:
     img, txt = inputs(B, D, torch.float32, torch.device("cpu"))
     x, y = img.detach(), txt.detach()
     K = cpu_backend.CPUKernels("materialised")
+    K_run = cpu_backend.run.kernels  # the public call's kernels (auto strategy: materialised here)
     C = cpu_backend._C
     threads = torch.get_num_threads()
     saved = K.forward(x, y, None, tau=0.05, eps=1e-10, bias=True)
@@ -92,6 +100,15 @@ def phases(B: int, D: int) -> dict:
     def whole():
         srem_kernels.loss(img, txt, backend="cpu", check_finite=False).loss.backward()
 
+    def through_fused():  # the call without functional.py's layer: fused.run's autograd Function and backward
+        fused.run(K_run, img, txt, None, params)[0].backward()
+
+    def direct():  # the same kernels and glue called in turn: no autograd, no argument handling
+        v = K_run.forward(x, y, None, tau=0.05, eps=1e-10, bias=True)
+        o2 = glue.forward(v, params, 0.2, None, impl="cpu")
+        u = glue.upstream(g, o2["hinge_r"], o2["hinge_c"], reduction="mean", lambda_cbcl=1.0, impl="cpu")
+        K_run.backward(x, y, None, v, tau=0.05, eps=1e-10, bias=True, **u)
+
     return {
         "gemm S": lambda: torch.mm(x, y.T, out=S),
         "pass 1": pass1,
@@ -104,6 +121,9 @@ def phases(B: int, D: int) -> dict:
         "OpenMP region start": (region(threads), region(1)),
         "output allocation": lambda: cpu_backend._outputs(B),
         "fresh B×B buffer (page faults)": (lambda: torch.empty(B, B).fill_(0.0), lambda: buf2.fill_(0.0)),
+        "value check (check_finite=True)": lambda: glue.check_values(img=x, txt=y, impl="cpu"),
+        LAYERS[0]: direct,
+        LAYERS[1]: through_fused,
         "whole call": whole,
     }  # fmt: skip
 

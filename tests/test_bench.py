@@ -105,7 +105,7 @@ def test_breakdown_bench_times_every_phase_and_reports(tmp_path):
     log = breakdown.main(["--batch", "16", "--dim", "8", "--repeats", "2", "--threads", "1", "--out", str(tmp_path)])
     rows = list(csv.DictReader(log.open()))
     phases = {r["phase"] for r in rows}
-    assert set(breakdown.IN_CALL) | {"whole call", "rest (Python, autograd, arguments)"} <= phases
+    assert set(breakdown.IN_CALL) | set(breakdown.LAYERS) | {"whole call", "rest (Python, autograd, arguments)"} <= phases
     assert all(r["ns_per_element"] for r in rows if r["phase"] in breakdown.ELEMENTWISE)
     run.main(["--quick", "--batch", "16", "--repeats", "1", "--only", "srem:reference", "--out", str(tmp_path),
               "--no-report"])  # fmt: skip
