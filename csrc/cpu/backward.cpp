@@ -35,7 +35,8 @@ SREM_INLINE Grad element(Prob r, Prob c, float unb, float eps, float inv_tau, fl
 }
 
 // The plain form over columns [lo, hi) of row i (d may alias p: each element is read before it is
-// written). TAU: returns the sum of the elements' d_tau terms; a template, so that the float-tau
+// written; a masked lane of SREM_SIMD_RANGE's last step neither stores nor sums, as its p may hold
+// dS already). TAU: returns the sum of the elements' d_tau terms; a template, so that the float-tau
 // path compiles to a loop without that reduction.
 template <bool TAU>
 __attribute__((noinline)) float plain(const float* p, float* d, int64_t lo, int64_t hi, float inv_tau, float eps,
@@ -43,14 +44,14 @@ __attribute__((noinline)) float plain(const float* p, float* d, int64_t lo, int6
                                       const float* __restrict lc, const float* __restrict gc,
                                       const float* __restrict ac) {
   float t = 0.0f;
-#pragma omp simd reduction(+ : t)
-  for (int64_t j = lo; j < hi; ++j) {
+  SREM_SIMD_RANGE(j, lo, hi, reduction(+ : t),
     const float z = p[j] * inv_tau;
     const Grad e = element(prob_plain(mr, lr, z), prob_plain(mc[j], lc[j], z), unb, eps, inv_tau, gi, gc[j], ari,
                            ac[j], true, false, false);
-    d[j] = e.d;
-    if constexpr (TAU) t += e.t;
-  }
+    if (live) {
+      d[j] = e.d;
+      if constexpr (TAU) t += e.t;
+    });
   return t;
 }
 

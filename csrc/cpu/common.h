@@ -30,6 +30,37 @@ SREM_INLINE float vmin(float a, float b) { return b < a ? b : a; }
 SREM_INLINE float as_float(int32_t i) { return __builtin_bit_cast(float, i); }
 SREM_INLINE int32_t as_int(float f) { return __builtin_bit_cast(int32_t, f); }
 
+// Runs the statements `...` for j in [lo, hi) in SIMD: the first (hi - lo) / 8 * 8 of them as one
+// `omp simd` loop (live = true), the rest as one masked 8-lane step over [hi - 8, hi) with live =
+// (j not yet done) — not as a scalar loop: the runs between a row's special columns are short at
+// small B, and their scalar ends cost more than their vector bodies (perf, B=128: two thirds of
+// pass 2's plain loop). The step reads [hi - 8, hi), in range when hi >= 8 (else the rest runs
+// in scalar); the statements keep a lane's work only where `live` (a masked lane's inputs may be
+// anything, inf and NaN included). REDUCTION: the loops' reduction clauses, or nothing.
+#define SREM_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#define SREM_SIMD_RANGE(j, lo, hi, REDUCTION, ...)                                    \
+  do {                                                                                 \
+    const int64_t lo_ = (lo), hi_ = (hi), end8_ = lo_ + (hi_ - lo_) / 8 * 8;           \
+    SREM_PRAGMA(omp simd REDUCTION)                                                    \
+    for (int64_t j = lo_; j < end8_; ++j) {                                            \
+      constexpr bool live = true;                                                      \
+      __VA_ARGS__                                                                      \
+    }                                                                                  \
+    if (end8_ < hi_ && hi_ >= 8) {                                                     \
+      SREM_PRAGMA(omp simd REDUCTION)                                                  \
+      for (int64_t k_ = 0; k_ < 8; ++k_) {                                             \
+        const int64_t j = hi_ - 8 + k_;                                                \
+        const bool live = j >= end8_;                                                  \
+        __VA_ARGS__                                                                    \
+      }                                                                                \
+    } else {                                                                           \
+      for (int64_t j = end8_; j < hi_; ++j) {                                          \
+        constexpr bool live = true;                                                    \
+        __VA_ARGS__                                                                    \
+      }                                                                                \
+    }                                                                                  \
+  } while (0)
+
 // Subnormal fp32 results (probabilities below 1e-38 times small factors) cost ~100 cycles each on
 // x86; flushing them to zero changes nothing above 1e-38 and keeps the loops at SIMD speed.
 template <class F>

@@ -20,6 +20,7 @@ namespace {
 // plain terms, added to out[kSums]. p[b] = S_ij, q[b] = S_ji; the vectors are offset by j0. kPaired:
 // each pair's terms also go to sample j, added to col[k][b]. No per-element index test: the
 // 64-bit compares and blends those cost the loop a third of its instructions.
+
 template <bool kPaired>
 __attribute__((noinline)) void plain(const float* __restrict p, const float* __restrict q, int64_t lo, int64_t hi,
                                      float inv_tau, float eps, float unb, float mr, float lr, float mc, float lc,
@@ -30,17 +31,17 @@ __attribute__((noinline)) void plain(const float* __restrict p, const float* __r
   float *__restrict c0 = nullptr, *__restrict c1 = nullptr, *__restrict c2 = nullptr, *__restrict c3 = nullptr;
   float *__restrict c4 = nullptr, *__restrict c5 = nullptr, *__restrict c6 = nullptr, *__restrict c7 = nullptr;
   if constexpr (kPaired) c0 = col[0], c1 = col[1], c2 = col[2], c3 = col[3], c4 = col[4], c5 = col[5], c6 = col[6], c7 = col[7];
-#pragma omp simd reduction(+ : ent_r, ent_c, s, cb, ar, ac, ar_at, ac_at)
-  for (int64_t b = lo; b < hi; ++b) {
+  SREM_SIMD_RANGE(b, lo, hi, reduction(+ : ent_r, ent_c, s, cb, ar, ac, ar_at, ac_at),
     const float z = p[b] * inv_tau, zq = q[b] * inv_tau;
     const Prob r = prob_plain(mr, lr, z), c = prob_plain(mc, lc, zq);                  // Pr_ij, Pc_ji
     const Prob rj = prob_plain(m_r[b], logl_r[b], zq), cj = prob_plain(m_c[b], logl_c[b], z);  // Pr_ji, Pc_ij
-    SREM_ADD_TERMS(r, c, vmax(cj.q, unb), vmax(rj.q, unb), eps, true, false, false, ent_r, ent_c, s, cb, ar, ac, ar_at,
-                   ac_at);
-    if constexpr (kPaired)
-      SREM_ADD_TERMS(rj, cj, vmax(c.q, unb), vmax(r.q, unb), eps, true, false, false, c0[b], c1[b], c2[b], c3[b], c4[b],
-                     c5[b], c6[b], c7[b]);
-  }
+    if (live) {
+      SREM_ADD_TERMS(r, c, vmax(cj.q, unb), vmax(rj.q, unb), eps, true, false, false, ent_r, ent_c, s, cb, ar, ac,
+                     ar_at, ac_at);
+      if constexpr (kPaired)
+        SREM_ADD_TERMS(rj, cj, vmax(c.q, unb), vmax(r.q, unb), eps, true, false, false, c0[b], c1[b], c2[b], c3[b],
+                       c4[b], c5[b], c6[b], c7[b]);
+    });
   out[0] += ent_r, out[1] += ent_c, out[2] += s, out[3] += cb, out[4] += ar, out[5] += ac, out[6] += ar_at,
       out[7] += ac_at;
 }
