@@ -19,8 +19,8 @@ namespace {
 // Sample i over columns b in [lo, hi) (samples j = j0 + b) with none of them special (below): the
 // plain terms, added to out[kSums]. p[b] = S_ij, q[b] = S_ji; the vectors are offset by j0. kPaired:
 // each pair's terms also go to sample j, added to col[k][b]. No per-element index test: the
-// 64-bit compares and blends those cost the loop a third of its instructions.
-
+// 64-bit compares and blends those cost the loop a third of its instructions. The run's end: one
+// masked 8-lane step (SREM_SIMD_RANGE).
 template <bool kPaired>
 __attribute__((noinline)) void plain(const float* __restrict p, const float* __restrict q, int64_t lo, int64_t hi,
                                      float inv_tau, float eps, float unb, float mr, float lr, float mc, float lc,

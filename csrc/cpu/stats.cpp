@@ -38,17 +38,19 @@ struct MaxNaN {
 SREM_INLINE MaxNaN max_nan(const float* __restrict p, int64_t lo, int64_t hi) {
   float m = -kInf;
   int nan = 0;
-  SREM_SIMD_RANGE(j, lo, hi, reduction(max : m) reduction(| : nan), if (live) {
+#pragma omp simd reduction(max : m) reduction(| : nan)
+  for (int64_t j = lo; j < hi; ++j) {
     m = vmax(m, p[j]);
     nan |= p[j] != p[j];
-  });
+  }
   return {m, nan};
 }
 
 // sum of exp(p[j] inv_tau - m) over [lo, hi)
 SREM_INLINE float exp_sum(const float* __restrict p, int64_t lo, int64_t hi, float inv_tau, float m) {
   float rest = 0.0f;
-  SREM_SIMD_RANGE(j, lo, hi, reduction(+ : rest), const float e = exp_neg(p[j] * inv_tau - m); if (live) rest += e;);
+#pragma omp simd reduction(+ : rest)
+  for (int64_t j = lo; j < hi; ++j) rest += exp_neg(p[j] * inv_tau - m);
   return rest;
 }
 
@@ -116,7 +118,8 @@ template <bool DIAG>
 SREM_INLINE void column_max(const float* __restrict p, int64_t lo, int64_t hi, int32_t ai, int32_t ii,
                             float* __restrict pm, int32_t* __restrict pat, float* __restrict ph,
                             int32_t* __restrict phi) {
-  SREM_SIMD_RANGE(j, lo, hi, , if (live) {
+#pragma omp simd
+  for (int64_t j = lo; j < hi; ++j) {
     const float v = p[j];
     const bool gt = v > pm[j];
     pm[j] = gt ? v : pm[j];
@@ -126,7 +129,7 @@ SREM_INLINE void column_max(const float* __restrict p, int64_t lo, int64_t hi, i
       ph[j] = hit ? v : ph[j];
       phi[j] = hit ? ii : phi[j];
     }
-  });
+  }
 }
 
 // Rows [r0, r1) of the panel, columns [c0, c0 + n): their statistics into the arrays (Z units).
