@@ -13,7 +13,8 @@ fill of a warm one: the page faults that S costs where the allocator hands out n
 value check of check_finite=True. "rest" is the whole call (check_finite=False) minus its phases:
 Python, autograd and argument handling, split by two more timings of the same work with layers
 taken away: the kernels and glue called in turn from Python (no autograd), and the call through
-fused.run's autograd Function (no functional.py). Each B×B phase also as ns per element of S
+the backend's run and its autograd Function (no functional.py; the cpu backend's short eager
+path, backends/cpu_eager.py, where it applies). Each B×B phase also as ns per element of S
 (wall time / B²).
 
 Appends to bench/results/<device>.breakdown.csv; `python -m bench.report` renders the latest run
@@ -41,8 +42,9 @@ COLUMNS = ["run", "date", "commit", "device", "threads", "torch", "triton", "com
 IN_CALL = ("gemm S", "pass 1", "pass 2", "glue forward", "glue upstream", "dS", "gemm dS·T, dSᵀ·I")
 ELEMENTWISE = ("pass 1", "pass 2", "dS")
 # the whole call with layers taken away (for scale): what is left is the kernels and glue called
-# in turn from Python, then that through fused.run's autograd Function (no functional.py)
-LAYERS = ("kernels and glue called in turn (no autograd)", "through fused.run (no functional.py)")
+# in turn from Python, then that through the backend's run and its autograd Function (no
+# functional.py: cpu_eager's short path where it applies, as here)
+LAYERS = ("kernels and glue called in turn (no autograd)", "through the backend's run (no functional.py)")
 
 
 def phases(B: int, D: int) -> dict:
@@ -71,12 +73,12 @@ def phases(B: int, D: int) -> dict:
     t2 = cpu_backend._outputs(2)
 
     def pass1():
-        K._pass1(S, 0, o, o["rest_c"], 20.0, True, threads)
+        K._pass1(S, 0, o, 20.0, True, threads)
         K._finish_pass1(o)
 
     def pass2():
-        C.pass2_full(S.data_ptr(), S.stride(0), B, 20.0, 1e-10, True, *K._split(o), o["pos"].data_ptr(),
-                     *(o[k].data_ptr() for k in cpu_backend._PASS2_KEYS), threads)  # fmt: skip
+        C.pass2_full(S.data_ptr(), S.stride(0), B, 20.0, 1e-10, True, *K._split(o),
+                     *o.ptrs(("pos",) + cpu_backend._PASS2_KEYS), threads)  # fmt: skip
 
     def dS():
         for r0 in range(0, B, rows):
@@ -95,12 +97,12 @@ def phases(B: int, D: int) -> dict:
                 d_txt.addmm_(d.T, x[r0:r1])
 
     def region(t):
-        return lambda: K._pass1(tiny, 0, t2, t2["rest_c"], 20.0, True, t)
+        return lambda: K._pass1(tiny, 0, t2, 20.0, True, t)
 
     def whole():
         srem_kernels.loss(img, txt, backend="cpu", check_finite=False).loss.backward()
 
-    def through_fused():  # the call without functional.py's layer: fused.run's autograd Function and backward
+    def through_fused():  # the call without functional.py's layer: the backend's run (cpu_eager here) and backward
         cpu_backend.run(img, txt, None, params)[0].backward()
 
     def direct():  # the same kernels and glue called in turn: no autograd, no argument handling

@@ -228,8 +228,17 @@ def check_clean(clean, B: int, device: torch.device) -> torch.Tensor | None:
 
 def check_params(B: int, device: torch.device, *, margin, clean, tau, **options) -> SREMParams:
     """Everything but the input tensors, checked against the batch size B and the inputs' device."""
+    values = (margin, tau, *options.values())
+    if clean is None and all(type(v) in _PLAIN for v in values):  # a training loop's repeated call: checked once
+        return _checked_params(tuple(options), *values)
     return SREMParams(
         margin=check_margin(margin, B, device),
         clean=check_clean(clean, B, device),
         **check_options(tau=check_tau(tau, device), **options),
     )
+
+
+@functools.lru_cache(maxsize=256, typed=True)  # typed: 1 and True differ; SREMParams is frozen: one serves all
+def _checked_params(names: tuple, margin, tau, *values) -> SREMParams:
+    return SREMParams(margin=check_margin(margin), clean=None,
+                      **check_options(tau=check_tau(tau), **dict(zip(names, values))))  # fmt: skip

@@ -33,7 +33,7 @@ import torch
 
 from srem_kernels import _alloc, _tau
 
-from srem_kernels.backends import fused
+from srem_kernels.backends import cpu_eager, fused
 from srem_kernels.backends.panels import PanelRows
 from srem_kernels.errors import BackendUnavailable
 
@@ -50,6 +50,10 @@ MEMORY_FRACTION = 0.25  # default budget of the materialised strategy: this shar
 _FLOAT_KEYS = ("m_r", "logl_r", "m_c", "logl_c", "lse_r", "lse_c", "pos", "hard_i2t", "hard_t2i", "ce_i2t", "ce_t2i",
                "entropy_i2t", "entropy_t2i", "sce", "loss_cbcl", "A_r", "A_c", "A_r_rest", "A_c_rest", "rest_c")  # fmt: skip
 _INDEX_KEYS = ("hard_i2t_index", "hard_t2i_index", "at_r", "at_c")
+_PASS1_KEYS = ("m_r", "logl_r", "at_r", "pos", "hard_i2t", "hard_i2t_index", "m_c", "at_c", "hard_t2i", "hard_t2i_index")
+_SPLIT_KEYS = ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c")  # the split forms pass 2 and dS read
+# what dS reads of the forward's vectors, in srem_cpu_backward_panel's order (g, k_r, k_c go after A_c_rest)
+_BACKWARD_KEYS = _SPLIT_KEYS + ("A_r", "A_c", "A_r_rest", "A_c_rest", "hard_i2t_index", "hard_t2i_index")
 _PASS2_KEYS = ("ce_i2t", "ce_t2i", "entropy_i2t", "entropy_t2i", "sce", "loss_cbcl", "A_r", "A_c", "A_r_rest", "A_c_rest")
 
 
@@ -68,14 +72,30 @@ def _threads() -> int:
 _ptr = torch.Tensor.data_ptr  # _ptr(t): a tensor's address, without a Python frame per call
 
 
-def _outputs(B: int) -> dict[str, torch.Tensor]:
-    """The forward's output vectors (the one place they are allocated): rows of one buffer per dtype,
-    as _alloc.workspace lays them out, built directly (its general form cost 30 µs a call)."""
+# Where each output sits: rows of one fp32 and one int64 buffer (rest_c, pass 1's running state,
+# is a row of the fp32 buffer but no output), and a materialised S as a third buffer.
+_ROW = {k: r for r, k in enumerate(_FLOAT_KEYS)}
+_WHERE = {k: (0, r) for k, r in _ROW.items() if k != "rest_c"} | {k: (1, r) for r, k in enumerate(_INDEX_KEYS)}
+_WHERE_S = _WHERE | {"S": (2, None)}
+
+
+def _outputs(B: int, S: torch.Tensor | None = None) -> _alloc.Rows:
+    """The forward's output vectors (the one place they are allocated): rows of one buffer per
+    dtype, read by the kernels through pointers (no tensor per name: _alloc.Rows), then S."""
     f = _alloc.empty((len(_FLOAT_KEYS), B), dtype=_F32, device="cpu")
     i = _alloc.empty((len(_INDEX_KEYS), B), dtype=torch.int64, device="cpu")
-    out = dict(zip(_FLOAT_KEYS, f.unbind(0)))
-    out.update(zip(_INDEX_KEYS, i.unbind(0)))
-    return out
+    return _alloc.Rows(_WHERE, (f, i)) if S is None else _alloc.Rows(_WHERE_S, (f, i, S))
+
+
+def _rest_c(o: _alloc.Rows) -> int:
+    """The address of rest_c, pass 1's running column sums (a row of the outputs' fp32 buffer)."""
+    return o.buffers[0].data_ptr() + 4 * o.buffers[0].shape[1] * _ROW["rest_c"]
+
+
+def _vector_ptrs(saved, names) -> list[int]:
+    """The addresses of saved vectors: from _alloc.Rows without a tensor each, or from a plain
+    dict's tensors (the custom op's path under torch.compile)."""
+    return saved.ptrs(names) if isinstance(saved, _alloc.Rows) else [saved[k].data_ptr() for k in names]
 
 
 def _host_tau(tau) -> float:
@@ -204,6 +224,7 @@ class CPUKernels(PanelRows):
     SREM_CPU_MEMORY, else MEMORY_FRACTION of the memory available when a shape is first seen.
     """
 
+    eager = cpu_eager  # the common eager call in few steps (fused.FusedRun takes it where it applies)
     # the row ranges of the distributed loss (panels.py)
     _C = _C
     _panel_rows = staticmethod(_panel_rows)
@@ -294,49 +315,49 @@ class CPUKernels(PanelRows):
 
     def forward(self, img, txt, sim, *, tau, eps, bias):
         tau = _host_tau(tau)
-        o = _outputs((sim if sim is not None else img).shape[0])
+        B = (sim if sim is not None else img).shape[0]
         if sim is not None:
+            o = _outputs(B)
             self._forward_whole(_sim_f32(sim), o, tau, eps, bias)
-        elif self.strategy_for(img.shape[0], img.shape[1], img.dtype, img.device) == "materialised":
+        elif self.strategy_for(B, img.shape[1], img.dtype, img.device) == "materialised":
             x, y = _as_f32(img), _as_f32(txt)
-            o["S"] = torch.mm(x, y.T, out=KEPT.matrix(x.shape[0]))
-            self._forward_whole(o["S"], o, tau, eps, bias)
+            S = torch.mm(x, y.T, out=KEPT.matrix(B))
+            o = _outputs(B, S)
+            self._forward_whole(S, o, tau, eps, bias)
         else:
+            o = _outputs(B)
             self._forward_streaming(_as_f32(img), _as_f32(txt), o, tau, eps, bias)
-        del o["rest_c"]  # pass 1's running state
         return o
 
-    def _pass1(self, p, r0, o, rest_c, inv_tau, first, threads):
+    def _pass1(self, p, r0, o, inv_tau, first, threads):
         """Pass 1 over the panel p = S[r0 : r0 + len(p), :]."""
-        _C.stats_panel(
-            _ptr(p), p.stride(0), p.shape[0], p.shape[1], r0, inv_tau, *(_ptr(o[k]) for k in ("m_r", "logl_r", "at_r", "pos")),
-            _ptr(o["hard_i2t"]), _ptr(o["hard_i2t_index"]), _ptr(o["m_c"]), _ptr(rest_c), _ptr(o["at_c"]),
-            _ptr(o["hard_t2i"]), _ptr(o["hard_t2i_index"]), first, threads,
-        )  # fmt: skip
+        m_r, logl_r, at_r, pos, hard_r, hard_r_idx, m_c, at_c, hard_c, hard_c_idx = o.ptrs(_PASS1_KEYS)
+        _C.stats_panel(_ptr(p), p.stride(0), p.shape[0], p.shape[1], r0, inv_tau, m_r, logl_r, at_r, pos, hard_r,
+                       hard_r_idx, m_c, _rest_c(o), at_c, hard_c, hard_c_idx, first, threads)  # fmt: skip
 
     def _finish_pass1(self, o):
         """logl_c from the column sums, and both log-sum-exps (one call)."""
-        _C.finish_pass1(o["m_r"].shape[0], *(_ptr(o[k]) for k in ("m_r", "logl_r", "m_c", "rest_c", "logl_c", "lse_r",
-                                                                  "lse_c")))  # fmt: skip
+        m_r, logl_r, m_c, logl_c, lse_r, lse_c = o.ptrs(("m_r", "logl_r", "m_c", "logl_c", "lse_r", "lse_c"))
+        _C.finish_pass1(o.buffers[0].shape[1], m_r, logl_r, m_c, _rest_c(o), logl_c, lse_r, lse_c)
 
     def _split(self, o):
-        return [_ptr(o[k]) for k in ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c")]
+        return o.ptrs(_SPLIT_KEYS)
 
     def _forward_whole(self, S, o, tau, eps, bias):
         B, threads, inv_tau = S.shape[0], _threads(), 1.0 / tau
-        self._pass1(S, 0, o, o["rest_c"], inv_tau, True, threads)
+        self._pass1(S, 0, o, inv_tau, True, threads)
         self._finish_pass1(o)
-        _C.pass2_full(_ptr(S), S.stride(0), B, inv_tau, eps, bias, *self._split(o), _ptr(o["pos"]),
-                      *(_ptr(o[k]) for k in _PASS2_KEYS), threads)  # fmt: skip
+        _C.pass2_full(_ptr(S), S.stride(0), B, inv_tau, eps, bias, *o.ptrs(_SPLIT_KEYS + ("pos",) + _PASS2_KEYS),
+                      threads)  # fmt: skip
 
     def _forward_streaming(self, x, y, o, tau, eps, bias):
         B, threads, inv_tau = x.shape[0], _threads(), 1.0 / tau
         rows = _panel_rows(B)
         pbuf, qbuf = KEPT.matrix(rows, B).view(-1), KEPT.matrix(rows, B).view(-1)
-        for r0 in range(0, B, rows):  # o["rest_c"]: pass 1's running state, started by its first panel
+        for r0 in range(0, B, rows):  # rest_c: pass 1's running state, started by its first panel
             r1 = min(B, r0 + rows)
             p = torch.mm(x[r0:r1], y.T, out=pbuf[: (r1 - r0) * B].view(r1 - r0, B))
-            self._pass1(p, r0, o, o["rest_c"], inv_tau, r0 == 0, threads)
+            self._pass1(p, r0, o, inv_tau, r0 == 0, threads)
         self._finish_pass1(o)
         acc = torch.zeros(B, _C.PASS2_SUMS, dtype=_F32)  # every sample's pass-2 sums, panel after panel
         split = self._split(o)
@@ -347,7 +368,7 @@ class CPUKernels(PanelRows):
             q = torch.mm(y[r0:r1], x[r0:].T, out=qbuf[: shape[0] * shape[1]].view(shape))  # S[r0:, I]ᵀ
             _C.pass2_panel(_ptr(p), p.stride(0), _ptr(q), q.stride(0), r1 - r0, B, r0, inv_tau, eps, bias, *split,
                            _ptr(acc), threads)  # fmt: skip
-        _C.pass2_finish(_ptr(acc), B, inv_tau, *split[:4], _ptr(o["pos"]), *(_ptr(o[k]) for k in _PASS2_KEYS))
+        _C.pass2_finish(_ptr(acc), B, inv_tau, *split[:4], *o.ptrs(("pos",) + _PASS2_KEYS))
 
     # ------------------------------------------------------------------ backward
 
@@ -358,15 +379,14 @@ class CPUKernels(PanelRows):
         inv_tau = 1.0 / _host_tau(tau)
         acc, (sink,), total = self._tau_sink([(0, B)], B, None) if tau_grad else (None, (0,), None)  # 0: not asked
         up = [_as_f32(t).contiguous() for t in (g_cbcl, k_r, k_c)]  # held here until the kernels have run
-        names = ("m_r", "logl_r", "m_c", "logl_c", "at_r", "at_c", "A_r", "A_c", "A_r_rest", "A_c_rest")
-        s = saved
-        vectors = [*(_ptr(s[k]) for k in names), *map(_ptr, up), _ptr(s["hard_i2t_index"]), _ptr(s["hard_t2i_index"])]
+        vectors = _vector_ptrs(saved, _BACKWARD_KEYS)
+        vectors[10:10] = map(_ptr, up)  # g, k_r, k_c after A_c_rest
 
         def dS(p, d, r0):  # dS[r0 : r0 + len(p), :] from p = S[r0 : ..., :] into d (may be p)
             _C.backward_panel(_ptr(p), p.stride(0), _ptr(d), d.stride(0), p.shape[0], B, r0, inv_tau, eps, bias,
                               *vectors, threads, sink)  # fmt: skip
 
-        grads = self._backward(img, txt, sim, s.get("S"), B, rows, dS)
+        grads = self._backward(img, txt, sim, saved.get("S"), B, rows, dS)
         return (grads, total(acc)) if tau_grad else grads
 
     def _backward(self, img, txt, sim, S, B, rows, dS):

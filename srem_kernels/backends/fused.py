@@ -88,7 +88,7 @@ import torch
 from torch.fx.experimental.symbolic_shapes import guard_int
 
 from python_ref.srem import STATISTICS
-from srem_kernels import _amp
+from srem_kernels import _alloc, _amp
 from srem_kernels.backends import glue
 from srem_kernels._validate import SREMParams
 
@@ -137,6 +137,9 @@ class FusedRun:
         self.kernels = kernels
 
     def __call__(self, img, txt, sim, params, *, stats_only: bool = False):
+        eager = getattr(self.kernels, "eager", None)  # a backend's own short path for its common call
+        if eager is not None and not stats_only and eager.takes(self.kernels, img, sim, params):
+            return eager.run(self.kernels, img, txt, params)
         return run(self.kernels, img, txt, sim, params, stats_only=stats_only)
 
 
@@ -255,17 +258,37 @@ def _forward_saved(kernels, key, img, txt, sim, params, stats_only):
     return dict(zip(layout, out))
 
 
+def _packed(ctx, saved) -> list[torch.Tensor]:
+    """What the Function saves of the kernels' forward: the buffers of an _alloc.Rows (its rows
+    are views of them, made again only where backward reads them), else every entry."""
+    if isinstance(saved, _alloc.Rows):
+        ctx.rows_where = saved.where
+        return list(saved.buffers)
+    ctx.rows_where = None
+    return [saved[n] for n in ctx.names]
+
+
+def _unpacked(ctx, packed: list[torch.Tensor]):
+    """The kernels' forward output again (a mapping name -> tensor) from what _packed saved."""
+    return _alloc.Rows(ctx.rows_where, packed) if ctx.rows_where is not None else dict(zip(ctx.names, packed))
+
+
+def _stat_tensors(saved, out: dict) -> tuple:
+    """The statistics in _STAT_OUTPUTS' order: the kernels' from `saved`, the glue's from `out`."""
+    return tuple(saved[k] for k in KERNEL_STATISTICS) + tuple(out[k] for k in GLUE_STATISTICS)
+
+
 def _kernel_backward(ctx, img, txt, sim, vectors, up, tau_grad: bool):
-    """(grads as a list, d_tau or None) from the kernels, directly or through the custom op."""
+    """(grads as a list, d_tau or None) from the kernels, directly or through the custom op;
+    `vectors` the forward's saved mapping."""
     p = ctx.params
     if ctx.key is None or not torch.compiler.is_compiling():
         extra = {"tau_grad": True} if tau_grad else {}
-        out = ctx.kernels.backward(img, txt, sim, dict(zip(ctx.names, vectors)), tau=p.tau, eps=p.eps, bias=p.bias,
-                                   **up, **extra)  # fmt: skip
+        out = ctx.kernels.backward(img, txt, sim, vectors, tau=p.tau, eps=p.eps, bias=p.bias, **up, **extra)
         grads, d_tau = out if tau_grad else (out, None)
         return ([grads] if sim is not None else list(grads)), d_tau
-    out = fused_backward(img, txt, sim, vectors, ctx.key, *_op_tau(p.tau), p.eps, p.bias, up["g_cbcl"], up["k_r"],
-                         up["k_c"], tau_grad)  # fmt: skip
+    out = fused_backward(img, txt, sim, [vectors[n] for n in ctx.names], ctx.key, *_op_tau(p.tau), p.eps, p.bias,
+                         up["g_cbcl"], up["k_r"], up["k_c"], tau_grad)  # fmt: skip
     return (out[:-1], out[-1]) if tau_grad else (out, None)
 
 
@@ -277,29 +300,39 @@ def tau_gradient(d_tau: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 class _FusedSREM(torch.autograd.Function):
     """The loss (reduced as asked, differentiable), per_sample L_i (None for reduction "none":
     the loss is it) and the statistics it came from (constants). `tau` is the call's tensor tau
-    (None for a float tau, which params holds); params.tau is what the kernels read."""
+    (None for a float tau, which params holds); params.tau is what the kernels read.
+
+    `sink`: a list (eager) that forward appends (per_sample, statistics) to, and then it returns
+    the loss alone; None (under torch.compile, whose trace needs them as outputs) returns them as
+    outputs marked non-differentiable. Outputs are costly in eager mode: autograd wraps each, and
+    at B=128 on this project's CPU 17 more cost ~0.1 ms of a ~1 ms call. Tensors made in forward
+    are constants either way (forward runs without grad); the statistics are rows of buffers the
+    Function saves, so one changed in place before backward still fails its version check."""
 
     @staticmethod
-    def forward(ctx, img, txt, sim, margin, clean, tau, kernels, key, params: SREMParams):
+    def forward(ctx, img, txt, sim, margin, clean, tau, kernels, key, params: SREMParams, sink):
         ctx.set_materialize_grads(False)  # the statistics get no gradient: no zero-filled ones
         saved = _forward_saved(kernels, key, img, txt, sim, params, stats_only=False)
         impl = glue_impl(kernels, _device(img, sim))
         out = glue.forward(saved, params, margin, clean, impl=impl)
-        names = list(saved)
-        ctx.kernels, ctx.key, ctx.params, ctx.names, ctx.impl = kernels, key, params, names, impl
+        ctx.kernels, ctx.key, ctx.params, ctx.impl = kernels, key, params, impl
+        ctx.names = list(saved)
         ctx.tau_like = None if tau is None else tau.detach()  # dtype, device and shape of its gradient
-        ctx.save_for_backward(img, txt, sim, out["hinge_r"], out["hinge_c"], *(saved[n] for n in names))
-        both = saved | out
-        stats = tuple(both[k] for k in _STAT_OUTPUTS)
+        ctx.save_for_backward(img, txt, sim, out["hinge_r"], out["hinge_c"], *_packed(ctx, saved))
+        stats = _stat_tensors(saved, out)
         per_sample = None if params.reduction == "none" else out["per_sample"]
+        if sink is not None:
+            sink.append((per_sample, stats))
+            return out["loss"]
         ctx.mark_non_differentiable(*stats, *(() if per_sample is None else (per_sample,)))
         return (out["loss"], per_sample, *stats)
 
     @staticmethod
     def backward(ctx, g, *_):
         if g is None:
-            return (None,) * 9
-        img, txt, sim, hinge_r, hinge_c, *vectors = ctx.saved_tensors
+            return (None,) * 10
+        img, txt, sim, hinge_r, hinge_c, *packed = ctx.saved_tensors
+        vectors = _unpacked(ctx, packed)
         p = ctx.params
         tau_grad = ctx.tau_like is not None and ctx.needs_input_grad[5]
         with _amp.off(g.device):  # a backward called inside an autocast region: SPEC's precision still
@@ -307,8 +340,8 @@ class _FusedSREM(torch.autograd.Function):
             grads, d_tau = _kernel_backward(ctx, img, txt, sim, vectors, up, tau_grad)
         g_tau = tau_gradient(d_tau, ctx.tau_like) if tau_grad else None
         if sim is not None:
-            return None, None, grads[0], None, None, g_tau, None, None, None
-        return grads[0], grads[1], None, None, None, g_tau, None, None, None
+            return None, None, grads[0], None, None, g_tau, None, None, None, None
+        return grads[0], grads[1], None, None, None, g_tau, None, None, None, None
 
 
 def split_tensors(params: SREMParams):
@@ -332,9 +365,15 @@ def run(kernels: Kernels, img, txt, sim, params: SREMParams, *, stats_only: bool
         with torch.no_grad():
             saved = _forward_saved(kernels, key, img, txt, sim, bare, stats_only=True)
             out = glue.forward(saved, bare, margin, clean, impl=glue_impl(kernels, _device(img, sim)))
-            loss, per_sample, stats = out["loss"], out["per_sample"], saved | out
+            loss, per_sample = out["loss"], out["per_sample"]
+            stats = dict(zip(_STAT_OUTPUTS, _stat_tensors(saved, out)))
     else:
-        loss, per_sample, *outs = _FusedSREM.apply(img, txt, sim, margin, clean, tau, kernels, key, bare)
+        if torch.compiler.is_compiling():
+            loss, per_sample, *outs = _FusedSREM.apply(img, txt, sim, margin, clean, tau, kernels, key, bare, None)
+        else:
+            sink: list = []
+            loss = _FusedSREM.apply(img, txt, sim, margin, clean, tau, kernels, key, bare, sink)
+            (per_sample, outs), = sink
         stats = dict(zip(_STAT_OUTPUTS, outs))
         if per_sample is None:
             per_sample = loss.detach()

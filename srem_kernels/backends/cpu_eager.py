@@ -1,0 +1,93 @@
+"""The `cpu` backend's common eager call in few Python steps: the same C++ kernels and glue as
+fused.run drives, called in one autograd Function with the buffers' addresses.
+
+At B=128 a call is ~1 ms on this project's 2-core CPU, and fused.run's general orchestration
+(a dict of named vectors per step, the glue's handling of every option, each view made, saved
+and unpacked) was ~0.6 ms of it, measured against the bare kernel sequence: more than the three
+GEMMs. A call this path takes runs the kernels in the same order on the same buffers, so its
+results are bitwise those of fused.run (tests/test_cpu_eager.py holds the two equal).
+
+It takes a call that is eager (not traced by torch.compile), needs the gradient machinery (not
+stats_only) and has (img, txt) held whole (the materialised strategy), a float tau and margin, no
+given `clean` weights, and SPEC's sensitivity term (or none); every other call returns None here
+and goes to fused.run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from srem_kernels import _alloc, _amp
+from srem_kernels.backends import glue
+from srem_kernels.backends.fused import GLUE_STATISTICS, KERNEL_STATISTICS, statistics
+
+# the glue's workspace rows (glue.ROWS), named for the statistics and the backward
+_GLUE_WHERE = {k: (0, r) for r, k in enumerate(glue.ROWS)}
+_F32 = torch.float32
+
+
+def takes(kernels, img, sim, params) -> bool:
+    """Whether this path runs the call (else fused.run does)."""
+    return (
+        sim is None and not isinstance(params.tau, torch.Tensor) and not isinstance(params.margin, torch.Tensor)
+        and params.clean is None and params.sce_mode in (None, "weight") and not torch.compiler.is_compiling()
+        and kernels.strategy_for(img.shape[0], img.shape[1], img.dtype, img.device) == "materialised"
+    )  # fmt: skip
+
+
+def run(kernels, img, txt, params):
+    """(loss, per_sample, statistics) as fused.run returns them, for a call that `takes` says."""
+    sink: list = []
+    loss = _EagerCall.apply(img, txt, kernels, params, sink)
+    per_sample, vectors, glued = sink[0]
+    both = {k: vectors[k] for k in KERNEL_STATISTICS} | {k: glued[k] for k in GLUE_STATISTICS}
+    return loss, loss.detach() if per_sample is None else per_sample, statistics(both)
+
+
+class _EagerCall(torch.autograd.Function):
+    """fused._FusedSREM's work for the calls `takes` accepts: forward the GEMM, pass 1, pass 2
+    and the glue; backward the glue's upstream vectors, dS and two GEMMs. (per_sample, the
+    kernels' vectors, the glue's rows) go to `sink`: autograd wraps no output but the loss."""
+
+    @staticmethod
+    def forward(ctx, img, txt, kernels, params, sink):
+        ctx.set_materialize_grads(False)
+        tau = float(params.tau)
+        # _alloc.Rows with S in it (Rows.of: a forward that returns a dict, as a wrapped one may)
+        vectors = _alloc.Rows.of(kernels.forward(img, txt, None, tau=tau, eps=params.eps, bias=params.bias))
+        B = img.shape[0]
+        ws = _alloc.empty((len(glue.ROWS), B), dtype=_F32, device="cpu")
+        loss = _alloc.empty((), dtype=_F32, device="cpu")
+        select = glue.SELECT.index(params.select)
+        glue._cpu_module().glue_forward(
+            B, *map(vectors.ptr, glue._VECTORS), 0, 0, float(params.margin), 0, 0, 0, 0, select,
+            params.sce_mode == "weight", glue.REDUCTION.index(params.reduction), tau, float(params.lambda_hard),
+            float(params.lambda_cbcl), ws.data_ptr(), loss.data_ptr(), False,
+        )  # fmt: skip
+        glued = _alloc.Rows(_GLUE_WHERE, (ws,))
+        ctx.kernels, ctx.params, ctx.where = kernels, params, vectors.where
+        ctx.save_for_backward(img, txt, ws, *vectors.buffers)
+        if params.reduction == "none":
+            sink.append((None, vectors, glued))
+            return glued["per_sample"]
+        sink.append((glued["per_sample"], vectors, glued))
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        if g is None:
+            return None, None, None, None, None
+        img, txt, ws, *buffers = ctx.saved_tensors
+        p, B = ctx.params, img.shape[0]
+        with _amp.off(g.device):  # a backward inside an autocast region: SPEC's precision still
+            g = g.to(_F32)
+            up = _alloc.empty((3, B), dtype=_F32, device="cpu")  # g_cbcl, k_r, k_c
+            row = ws.stride(0) * 4
+            glue._cpu_module().glue_upstream(
+                B, g.data_ptr(), g.stride(0) if g.dim() else 0, 1.0 / B if p.reduction == "mean" else 1.0,
+                float(p.lambda_cbcl), ws.data_ptr() + row * glue.ROWS.index("hinge_r"),
+                ws.data_ptr() + row * glue.ROWS.index("hinge_c"), up.data_ptr(), False,
+            )  # fmt: skip
+            d_img, d_txt = ctx.kernels.backward(img, txt, None, _alloc.Rows(ctx.where, buffers), tau=float(p.tau),
+                                                eps=p.eps, bias=p.bias, g_cbcl=up[0], k_r=up[1], k_c=up[2])  # fmt: skip
+        return d_img, d_txt, None, None, None

@@ -1,0 +1,136 @@
+"""The `cpu` backend's short eager path (srem_kernels/backends/cpu_eager.py): which calls take it,
+and that they come out bitwise as fused.run's general path computes them on the same kernels —
+the loss, L_i, every statistic and both gradients, for every option it takes, odd batch sizes,
+each input dtype and an upstream gradient that is not all ones (test_cpu.py holds both against
+the fp64 reference). Outputs are poisoned before each call (conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import srem_kernels
+from srem_kernels._validate import check_params
+from srem_kernels.backends import fused
+from tests.helpers import embeddings
+
+status = srem_kernels.backends()["cpu"]
+pytestmark = pytest.mark.skipif(not status.available, reason=f"cpu backend unavailable: {status.reason}")
+
+if status.available:
+    from srem_kernels.backends import cpu_eager
+    from srem_kernels.backends.cpu import CPUKernels
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# the options the short path takes: float tau and margin, no clean, SPEC's sensitivity term or none
+TAKEN = {
+    "default": {},
+    "no-bias": {"bias": False, "eps": 0.0},
+    "no-sce, sum": {"sce_weight": False, "reduction": "sum"},
+    "select-none, none": {"select": "none", "reduction": "none", "lambda_hard": 0.5, "lambda_cbcl": 2.0},
+    "tau, margin": {"tau": 0.11, "margin": 0.35},
+}
+# calls it leaves to fused.run (each with the reason)
+LEFT = {
+    "tensor tau": {"tau": "tensor"},
+    "margin vector": {"margin": "vector"},
+    "clean given": {"clean": "random"},
+    "sensitivity margin": {"sensitivity": "margin"},
+    "sensitivity rank": {"sensitivity": "rank"},
+}
+
+
+def _kwargs(B, options, seed):
+    kw = dict(tau=0.05, margin=0.2, lambda_hard=1.0, lambda_cbcl=1.0, bias=True, sce_weight=True, sensitivity="weight",
+              clean=None, select="gmm", eps=1e-10, reduction="mean") | options  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    if kw["tau"] == "tensor":
+        kw["tau"] = torch.tensor(0.07)
+    if kw["margin"] == "vector":
+        kw["margin"] = 0.1 + 0.2 * torch.rand(B, generator=g)
+    if kw["clean"] == "random":
+        kw["clean"] = torch.rand(B, generator=g)
+    return kw
+
+
+def _call(run, img, txt, kw, upstream):
+    """(loss, per_sample, statistics, d_img, d_txt) of one call with a weighted upstream gradient."""
+    (x, y), B = [t.detach().clone().requires_grad_(True) for t in (img, txt)], img.shape[0]
+    loss, per_sample, stats = run(x, y, None, check_params(B, img.device, **kw))
+    (loss * (upstream if loss.dim() else upstream[0])).sum().backward()
+    return loss.detach(), per_sample, stats, x.grad, y.grad
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """How many calls the short path ran."""
+    runs = []
+    real = cpu_eager.run
+    monkeypatch.setattr(cpu_eager, "run", lambda *a: runs.append(1) or real(*a))
+    return runs
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", TAKEN)
+@pytest.mark.parametrize("B,D", [(2, 3), (37, 33), (130, 7)])
+def test_short_path_is_bitwise_the_general_path(spy, B, D, case, dtype):
+    img, txt = embeddings(B, D, seed=B * 7 + D, noise=0.7)
+    img, txt = img.to(dtype), txt.to(dtype)
+    kw = _kwargs(B, TAKEN[case], seed=B)
+    upstream = torch.rand(B, generator=torch.Generator().manual_seed(D)) + 0.5
+    kernels = CPUKernels("materialised")
+    short = _call(fused.FusedRun(kernels), img, txt, kw, upstream)
+    assert spy == [1], "the call did not take the short path"
+    general = _call(lambda *a: fused.run(kernels, *a), img, txt, kw, upstream)
+    names = ("loss", "per_sample", "statistics", "d_img", "d_txt")
+    for name, a, b in zip(names, short, general):
+        pairs = [(f"{name}.{k}", a[k], b[k]) for k in a] if isinstance(a, dict) else [(name, a, b)]
+        assert not isinstance(a, dict) or sorted(a) == sorted(b)
+        for what, u, v in pairs:
+            assert u.dtype == v.dtype and u.shape == v.shape, what
+            assert torch.equal(u, v), f"{what} differs between the short and the general path"
+            assert not u.is_floating_point() or torch.isfinite(u).all(), what
+
+
+@pytest.mark.parametrize("case", LEFT)
+def test_other_calls_take_the_general_path(spy, case):
+    img, txt = [t.requires_grad_(True) for t in embeddings(16, 5, seed=1, noise=0.7, dtype=torch.float32)]
+    kw = _kwargs(16, LEFT[case], seed=2)
+    srem_kernels.loss(img, txt, backend="cpu", **kw).loss.backward()
+    assert spy == [], f"{case}: the short path took a call it does not handle"
+
+
+def test_streaming_stats_only_and_similarity_take_the_general_path(spy, monkeypatch):
+    img, txt = [t.requires_grad_(True) for t in embeddings(16, 5, seed=1, noise=0.7, dtype=torch.float32)]
+    srem_kernels.loss(img, txt, backend="cpu", stats_only=True)
+    srem_kernels.loss_from_similarity(img @ txt.T, backend="cpu").loss.backward()
+    monkeypatch.setenv("SREM_CPU_STRATEGY", "streaming")
+    srem_kernels.loss(img, txt, backend="cpu").loss.backward()
+    assert spy == []
+    monkeypatch.setenv("SREM_CPU_STRATEGY", "materialised")
+    out = srem_kernels.loss(img, txt, backend="cpu")
+    out.loss.backward()
+    assert spy == [1] and out.strategy == "materialised"
+
+
+@pytest.mark.parametrize("stat", ["pos", "hard_i2t_index", "sce", "energy", "clean", "loss_hard"])
+@pytest.mark.parametrize("short", [True, False], ids=["short", "general"])
+def test_a_statistic_changed_in_place_fails_backward(stat, short):
+    """The statistics are rows of buffers the backward reads: changing one in place before
+    backward is caught by autograd's version check, on both paths."""
+    img, txt = [t.requires_grad_(True) for t in embeddings(12, 4, seed=3, noise=0.7, dtype=torch.float32)]
+    margin = 0.2 if short else torch.full((12,), 0.2)  # a margin vector: the general path
+    out = srem_kernels.loss(img, txt, backend="cpu", margin=margin)
+    getattr(out.stats, stat).add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.loss.backward()
+
+
+def test_short_path_backward_ignores_autocast():
+    img, txt = [t.requires_grad_(True) for t in embeddings(24, 8, seed=4, noise=0.7, dtype=torch.float32)]
+    out = srem_kernels.loss(img, txt, backend="cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out.loss.backward()
+    ref = [t.detach().clone().requires_grad_(True) for t in (img, txt)]
+    srem_kernels.loss(*ref, backend="cpu").loss.backward()
+    assert torch.equal(img.grad, ref[0].grad) and torch.equal(txt.grad, ref[1].grad)
