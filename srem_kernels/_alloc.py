@@ -76,6 +76,19 @@ class Rows(Mapping):
         names = list(entries)
         return cls({k: (n, None) for n, k in enumerate(names)}, [entries[k].contiguous() for k in names])
 
+    def only(self, names: tuple) -> "Rows":
+        """These entries alone, holding only the buffers they are in (what a result keeps need not
+        keep a saved S alive)."""
+        key = (id(self.where), names)
+        plan = _ONLY.get(key)
+        if plan is None or plan[0] is not self.where:
+            used = sorted({self.where[k][0] for k in names})
+            new = {k: (used.index(self.where[k][0]), self.where[k][1]) for k in names}
+            if len(_ONLY) > 64:  # layouts made per call (Rows.of) must not pile up
+                _ONLY.clear()
+            plan = _ONLY[key] = (self.where, new, used)
+        return Rows(plan[1], [self.buffers[b] for b in plan[2]])
+
     def __or__(self, other) -> dict:
         return dict(self) | dict(other)
 
@@ -87,3 +100,6 @@ class Rows(Mapping):
 
     def __contains__(self, name) -> bool:
         return name in self.where
+
+
+_ONLY: dict = {}  # Rows.only's plans: (id of a layout, names) -> (that layout, the new one, buffers used)

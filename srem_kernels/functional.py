@@ -33,7 +33,13 @@ def _compute(img, txt, sim, B: int, *, backend, check_finite, stats_only, **opti
             loss, per_sample, stats = run(img, txt, sim, params)
     strategy_for = getattr(getattr(run, "kernels", None), "strategy_for", None)
     strategy = strategy_for(B, img.shape[1], img.dtype, img.device) if strategy_for and sim is None else None
-    return SREMResult(loss=loss, per_sample=per_sample.detach(), stats=SREMStats(**stats), backend=name, strategy=strategy)
+    return SREMResult(loss=loss, per_sample=per_sample.detach(), stats=_stats(stats), backend=name, strategy=strategy)
+
+
+def _stats(stats) -> SREMStats:
+    """The result's statistics: each left to the backend's mapping until read (SREMStats.of), or
+    made at once in a traced call (torch.compile)."""
+    return SREMStats(**stats) if torch.compiler.is_compiling() else SREMStats.of(stats)
 
 
 def loss(
@@ -84,7 +90,7 @@ def loss(
             bias=bias, sce_weight=sce_weight, sensitivity=sensitivity, clean=clean, select=select, eps=eps,
             reduction=reduction, backend=backend, check_finite=check_finite, stats_only=stats_only,
         )  # fmt: skip
-        return SREMResult(loss=total, per_sample=per_sample.detach(), stats=SREMStats(**stats), backend=name)
+        return SREMResult(loss=total, per_sample=per_sample.detach(), stats=_stats(stats), backend=name)
     B, _ = check_embeddings(img, txt)  # their values: _compute, in one routine
     return _compute(
         img, txt, None, B, tau=tau, margin=margin, lambda_hard=lambda_hard, lambda_cbcl=lambda_cbcl, bias=bias,

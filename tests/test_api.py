@@ -302,3 +302,52 @@ def test_checked_options_are_remembered_by_type_and_value(pair, no_backend_runs)
         with pytest.raises(ValueError, match="tau must be > 0"):
             check_options(**(good | dict(tau=-0.05)))
     assert type(check_options(**(good | dict(lambda_hard=1)))["lambda_hard"]) is float
+
+
+def test_checked_params_are_remembered_by_type_and_value(pair):
+    """check_params' cache for plain arguments: the same frozen SREMParams for the same call, a
+    look-alike (1 for True, 1 for 1.0) checked on its own, a rejected call raising every time."""
+    from srem_kernels._validate import check_params
+
+    kw = dict(tau=0.05, margin=0.2, clean=None, lambda_hard=1.0, lambda_cbcl=1.0, bias=True, sce_weight=True,
+              sensitivity="weight", select="gmm", eps=1e-10, reduction="mean")  # fmt: skip
+    first = check_params(B, torch.device("cpu"), **kw)
+    assert check_params(B, torch.device("cpu"), **kw) is first
+    assert type(check_params(B, torch.device("cpu"), **(kw | dict(margin=1))).margin) is float
+    for _ in range(2):
+        with pytest.raises(TypeError, match="bias must be True or False"):
+            check_params(B, torch.device("cpu"), **(kw | dict(bias=1)))
+        with pytest.raises(TypeError, match="margin must be a real number"):
+            check_params(B, torch.device("cpu"), **(kw | dict(margin="0.2")))
+    margin = torch.full((B,), 0.2)  # tensors are checked every call, never cached
+    assert check_params(B, torch.device("cpu"), **(kw | dict(margin=margin))).margin is margin
+    with pytest.raises(ValueError, match=r"margin must have shape"):
+        check_params(B + 1, torch.device("cpu"), **(kw | dict(margin=margin)))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_statistics_are_made_when_read_and_equal_the_whole_set(pair, backend):
+    """SREMStats.of leaves each field to the backend's mapping until it is read; to a reader it is
+    SREMStats(**mapping): fields, as_dict, repr, replace, copy and pickle."""
+    import copy
+    import dataclasses
+    import pickle
+
+    if not srem_kernels.backends()[backend].available:
+        pytest.skip(f"{backend} unavailable")
+    out = srem_kernels.loss(*pair, backend=backend)
+    whole = srem_kernels.SREMStats(**{k: getattr(out.stats, k) for k in srem_kernels.SREMStats.names()})
+    fresh = srem_kernels.loss(*pair, backend=backend).stats
+    assert [k for k in srem_kernels.SREMStats.names() if k in fresh.__dict__] == []  # nothing made yet
+    assert torch.equal(fresh.clean, whole.clean) and list(k for k in fresh.__dict__ if k != "_source") == ["clean"]
+    for other in (fresh, copy.copy(fresh), copy.deepcopy(fresh), pickle.loads(pickle.dumps(fresh))):
+        assert sorted(other.as_dict()) == sorted(whole.as_dict())
+        for k in srem_kernels.SREMStats.names():
+            assert torch.equal(getattr(other, k), getattr(whole, k)), k
+    assert "_source" not in pickle.loads(pickle.dumps(fresh)).__dict__
+    assert torch.equal(dataclasses.replace(fresh, pos=torch.zeros(B)).sce, whole.sce)
+    assert repr(fresh).startswith("SREMStats(pos=tensor(")
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        fresh.nope
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fresh.pos = torch.zeros(B)

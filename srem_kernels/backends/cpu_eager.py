@@ -9,8 +9,7 @@ results are bitwise those of fused.run (tests/test_cpu_eager.py holds the two eq
 
 It takes a call that is eager (not traced by torch.compile), needs the gradient machinery (not
 stats_only) and has (img, txt) held whole (the materialised strategy), a float tau and margin, no
-given `clean` weights, and SPEC's sensitivity term (or none); every other call returns None here
-and goes to fused.run.
+given `clean` weights, and SPEC's sensitivity term (or none); every other call goes to fused.run.
 """
 
 from __future__ import annotations
@@ -19,10 +18,11 @@ import torch
 
 from srem_kernels import _alloc, _amp
 from srem_kernels.backends import glue
-from srem_kernels.backends.fused import GLUE_STATISTICS, KERNEL_STATISTICS, statistics
+from srem_kernels.backends.fused import Statistics
 
 # the glue's workspace rows (glue.ROWS), named for the statistics and the backward
 _GLUE_WHERE = {k: (0, r) for r, k in enumerate(glue.ROWS)}
+_HINGE_R, _HINGE_C = glue.ROWS.index("hinge_r"), glue.ROWS.index("hinge_c")
 _F32 = torch.float32
 
 
@@ -40,8 +40,7 @@ def run(kernels, img, txt, params):
     sink: list = []
     loss = _EagerCall.apply(img, txt, kernels, params, sink)
     per_sample, vectors, glued = sink[0]
-    both = {k: vectors[k] for k in KERNEL_STATISTICS} | {k: glued[k] for k in GLUE_STATISTICS}
-    return loss, loss.detach() if per_sample is None else per_sample, statistics(both)
+    return loss, loss.detach() if per_sample is None else per_sample, Statistics(vectors, glued)
 
 
 class _EagerCall(torch.autograd.Function):
@@ -59,8 +58,8 @@ class _EagerCall(torch.autograd.Function):
         ws = _alloc.empty((len(glue.ROWS), B), dtype=_F32, device="cpu")
         loss = _alloc.empty((), dtype=_F32, device="cpu")
         select = glue.SELECT.index(params.select)
-        glue._cpu_module().glue_forward(
-            B, *map(vectors.ptr, glue._VECTORS), 0, 0, float(params.margin), 0, 0, 0, 0, select,
+        kernels._C.glue_forward(
+            B, *vectors.ptrs(glue.INPUTS), 0, 0, float(params.margin), 0, 0, 0, 0, select,
             params.sce_mode == "weight", glue.REDUCTION.index(params.reduction), tau, float(params.lambda_hard),
             float(params.lambda_cbcl), ws.data_ptr(), loss.data_ptr(), False,
         )  # fmt: skip
@@ -83,10 +82,10 @@ class _EagerCall(torch.autograd.Function):
             g = g.to(_F32)
             up = _alloc.empty((3, B), dtype=_F32, device="cpu")  # g_cbcl, k_r, k_c
             row = ws.stride(0) * 4
-            glue._cpu_module().glue_upstream(
+            ctx.kernels._C.glue_upstream(
                 B, g.data_ptr(), g.stride(0) if g.dim() else 0, 1.0 / B if p.reduction == "mean" else 1.0,
-                float(p.lambda_cbcl), ws.data_ptr() + row * glue.ROWS.index("hinge_r"),
-                ws.data_ptr() + row * glue.ROWS.index("hinge_c"), up.data_ptr(), False,
+                float(p.lambda_cbcl), ws.data_ptr() + row * _HINGE_R, ws.data_ptr() + row * _HINGE_C, up.data_ptr(),
+                False,
             )  # fmt: skip
             d_img, d_txt = ctx.kernels.backward(img, txt, None, _alloc.Rows(ctx.where, buffers), tau=float(p.tau),
                                                 eps=p.eps, bias=p.bias, g_cbcl=up[0], k_r=up[1], k_c=up[2])  # fmt: skip

@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from collections.abc import Mapping
 from typing import Optional, Protocol
 
 import torch
@@ -319,11 +320,11 @@ class _FusedSREM(torch.autograd.Function):
         ctx.names = list(saved)
         ctx.tau_like = None if tau is None else tau.detach()  # dtype, device and shape of its gradient
         ctx.save_for_backward(img, txt, sim, out["hinge_r"], out["hinge_c"], *_packed(ctx, saved))
-        stats = _stat_tensors(saved, out)
         per_sample = None if params.reduction == "none" else out["per_sample"]
         if sink is not None:
-            sink.append((per_sample, stats))
+            sink.append((per_sample, Statistics(saved, out)))
             return out["loss"]
+        stats = _stat_tensors(saved, out)
         ctx.mark_non_differentiable(*stats, *(() if per_sample is None else (per_sample,)))
         return (out["loss"], per_sample, *stats)
 
@@ -366,20 +367,48 @@ def run(kernels: Kernels, img, txt, sim, params: SREMParams, *, stats_only: bool
             saved = _forward_saved(kernels, key, img, txt, sim, bare, stats_only=True)
             out = glue.forward(saved, bare, margin, clean, impl=glue_impl(kernels, _device(img, sim)))
             loss, per_sample = out["loss"], out["per_sample"]
-            stats = dict(zip(_STAT_OUTPUTS, _stat_tensors(saved, out)))
+            compiling = torch.compiler.is_compiling()  # a traced call keeps to plain dicts
+            stats = dict(zip(_STAT_OUTPUTS, _stat_tensors(saved, out))) if compiling else Statistics(saved, out)
     else:
         if torch.compiler.is_compiling():
             loss, per_sample, *outs = _FusedSREM.apply(img, txt, sim, margin, clean, tau, kernels, key, bare, None)
+            stats = dict(zip(_STAT_OUTPUTS, outs))
         else:
             sink: list = []
             loss = _FusedSREM.apply(img, txt, sim, margin, clean, tau, kernels, key, bare, sink)
-            (per_sample, outs), = sink
-        stats = dict(zip(_STAT_OUTPUTS, outs))
+            (per_sample, stats), = sink
         if per_sample is None:
             per_sample = loss.detach()
-    return loss, per_sample, statistics(stats)
+    return loss, per_sample, stats
 
 
-def statistics(out: dict) -> dict:
-    """SPEC's statistics from the kernels' vectors and the glue's."""
-    return {k: out[k] for k in STATISTICS}
+def statistics(out, glued=None) -> "Statistics":
+    """SPEC's statistics from the kernels' vectors and the glue's (one mapping, or the two)."""
+    return Statistics(out, out if glued is None else glued)
+
+
+class Statistics(Mapping):
+    """SPEC's statistics by name (STATISTICS' order), each read from the kernels' vectors or the
+    glue's rows when asked for (SREMStats.of leaves them there until a field is read). It keeps
+    the statistics' rows alone: not a saved S, which a kept result would otherwise hold."""
+
+    __slots__ = ("_kernel", "_glue")
+
+    def __init__(self, kernel, glue_rows):
+        self._kernel, self._glue = _only(kernel, KERNEL_STATISTICS), _only(glue_rows, GLUE_STATISTICS)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._glue[name] if name in _GLUE_SET else self._kernel[name]
+
+    def __iter__(self):
+        return iter(STATISTICS)
+
+    def __len__(self) -> int:
+        return len(STATISTICS)
+
+
+_GLUE_SET = frozenset(GLUE_STATISTICS)
+
+
+def _only(vectors, names: tuple):
+    return vectors.only(names) if isinstance(vectors, _alloc.Rows) else {k: vectors[k] for k in names}

@@ -136,12 +136,13 @@ def _torch_upstream(g, scale, lambda_cbcl, hinge_r, hinge_c):
 
 # ---------------------------------------------------------------- the routines, by implementation
 
-_VECTORS = ("lse_r", "lse_c", "pos", "hard_i2t", "hard_t2i", "sce", "loss_cbcl")
+# the kernels' vectors the glue reads, in its routines' order
+INPUTS = ("lse_r", "lse_c", "pos", "hard_i2t", "hard_t2i", "sce", "loss_cbcl")
 
 
 def _forward(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clean, weight, factor, margin_value, tau,
              lambda_hard, lambda_cbcl, sce_weight, select, reduction, impl):  # fmt: skip
-    v = dict(zip(_VECTORS, (lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl)))
+    v = dict(zip(INPUTS, (lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl)))
     if impl == "torch":
         return _torch_forward(v, margin, clean, weight, factor, margin_value, tau, lambda_hard, lambda_cbcl,
                               sce_weight, select, reduction)  # fmt: skip
@@ -152,7 +153,7 @@ def _forward(lse_r, lse_c, pos, hard_i2t, hard_t2i, sce, loss_cbcl, margin, clea
     loss = _alloc.empty((), dtype=acc, device=lse_r.device)
     if impl == "cpu":
         tau = _tau.host_value(tau) if _tau.is_tensor(tau) else tau  # CPU tensors here: no sync
-        p = [v[k].data_ptr() for k in _VECTORS]
+        p = [v[k].data_ptr() for k in INPUTS]
         _cpu_module().glue_forward(
             B, *p, margin.data_ptr() if margin is not None else 0, margin.stride(0) if margin is not None else 0,
             margin_value, clean.data_ptr() if clean is not None else 0, clean.stride(0) if clean is not None else 0,
@@ -243,7 +244,7 @@ def forward(vectors: dict, params, margin, clean, *, impl: str, select: str | No
     m_val = 0.0 if isinstance(margin, torch.Tensor) else float(margin)
     c_vec = clean.to(e_dtype) if clean is not None else None
     tau = params.tau if _tau.is_tensor(params.tau) else float(params.tau)
-    head = (*(vectors[k] for k in _VECTORS), m_vec, c_vec, weight, factor, m_val)
+    head = (*(vectors[k] for k in INPUTS), m_vec, c_vec, weight, factor, m_val)
     tail = (float(params.lambda_hard), float(params.lambda_cbcl), mode == "weight", SELECT.index(select),
             REDUCTION.index(params.reduction), impl)  # fmt: skip
     if torch.compiler.is_compiling():
