@@ -11,7 +11,8 @@ tau: a float, or a detached 0-d tensor (any float dtype) on the inputs' device o
   learnable temperature. A kernel reads a tensor's value where it lives (_tau.kernel_form): from
   device memory on a GPU (no host read), from host memory on the CPU (no sync).
 
-forward(img, txt, sim, *, tau, eps, bias) -> dict of B-vectors, from (img, txt) or from sim:
+forward(img, txt, sim, *, tau, eps, bias) -> a mapping name -> B-vector (a dict, or an _alloc.Rows
+  whose vectors are rows of a few buffers, each made when read), from (img, txt) or from sim:
     lse_r, lse_c            log-sum-exp of the rows / columns of Z = S / tau
     pos                     S_ii
     ce_i2t, ce_t2i, entropy_i2t, entropy_t2i, sce
@@ -59,6 +60,10 @@ Optional parts of a Kernels object (the contract above does not change):
       Kernels without it are called directly (eager works; compile sees the kernels themselves).
   forward(..., stats_only=True) where `supports_stats_only` is true: skip what only the
       backward needs (A_r, A_c, a saved S).
+  eager: a module with takes(kernels, img, sim, params) -> bool and run(kernels, img, txt, params)
+      -> (loss, per_sample, statistics), FusedRun's short path for the calls `takes` accepts: the
+      same kernels and glue in fewer Python steps, bitwise this module's result (the cpu
+      backend's: backends/cpu_eager.py).
 
 Row ranges (the distributed loss, srem_kernels/distributed.py; kernels with `supports_rows`).
 A rank holds the whole batch's embeddings img, txt (B×D, gathered) and owns samples [lo, hi): it
