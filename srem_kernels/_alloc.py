@@ -38,11 +38,11 @@ class Rows(Mapping):
     """Named tensors that are rows of a few buffers, and whole buffers beside them (a saved S):
     `where` maps each name to (buffer index, row) or (buffer index, None) for a whole buffer.
     A row's tensor (a view) is made when it is first read: a backend that hands its kernels
-    pointers (`ptr`) and a Function that saves the buffers for backward (`buffers`, and
-    Rows(where, buffers) again there) make no tensor per name — at B=128 on this project's CPU
-    the 24 views of the cpu backend's outputs, made and saved and unpacked one by one, were
-    ~0.1 ms of a ~1 ms call. Rows of one buffer share its version counter, so saving the
-    buffers still catches an output changed in place before backward."""
+    pointers (`ptrs`), a Function that saves the buffers for backward (`buffers`, and
+    Rows(where, buffers) again there) and a result whose statistics nobody reads make no tensor
+    per name (each ~1-2 µs in a call on this project's CPU; 24 such outputs a cpu call). Rows of
+    one buffer share its version counter, so saving the buffers still catches an output changed
+    in place before backward."""
 
     __slots__ = ("where", "buffers", "_made", "_addr")
 

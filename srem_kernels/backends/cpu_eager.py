@@ -1,11 +1,13 @@
 """The `cpu` backend's common eager call in few Python steps: the same C++ kernels and glue as
 fused.run drives, called in one autograd Function with the buffers' addresses.
 
-At B=128 a call is ~1 ms on this project's 2-core CPU, and fused.run's general orchestration
-(a dict of named vectors per step, the glue's handling of every option, each view made, saved
-and unpacked) was ~0.6 ms of it, measured against the bare kernel sequence: more than the three
-GEMMs. A call this path takes runs the kernels in the same order on the same buffers, so its
-results are bitwise those of fused.run (tests/test_cpu_eager.py holds the two equal).
+At B=128 a call took 1.4-1.7 ms on this project's 2-core CPU, of which the same kernels and C++
+glue called from one bare autograd Function took 0.9-1.0 ms (one process, interleaved): the layers
+around them cost more than the three GEMMs. This path leaves out fused.run's general ones (the
+glue's handling of every option, named vectors per step, autograd outputs per statistic): ~8 %
+of the call at B=128 (bench/results/cpu-speed.section.md, change 13). A call it takes runs the
+kernels in the same order on the same buffers, so its results are bitwise those of fused.run
+(tests/test_cpu_eager.py holds the two equal).
 
 It takes a call that is eager (not traced by torch.compile), needs the gradient machinery (not
 stats_only) and has (img, txt) held whole (the materialised strategy), a float tau and margin, no
