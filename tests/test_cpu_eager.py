@@ -1,8 +1,9 @@
 """The `cpu` backend's short eager path (srem_kernels/backends/cpu_eager.py): which calls take it,
 and that they come out bitwise as fused.run's general path computes them on the same kernels —
 the loss, L_i, every statistic and both gradients, for every option it takes, odd batch sizes,
-each input dtype and an upstream gradient that is not all ones (test_cpu.py holds both against
-the fp64 reference). Outputs are poisoned before each call (conftest.py)."""
+each input dtype and an upstream gradient that is not all ones (test_cpu.py's reference checks
+run through FusedRun: the short path where it applies, fused.run elsewhere). Outputs are poisoned
+before each call (conftest.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ TAKEN = {
     "select-none, none": {"select": "none", "reduction": "none", "lambda_hard": 0.5, "lambda_cbcl": 2.0},
     "tau, margin": {"tau": 0.11, "margin": 0.35},
 }
-# calls it leaves to fused.run (each with the reason)
+# calls it leaves to fused.run
 LEFT = {
     "tensor tau": {"tau": "tensor"},
     "margin vector": {"margin": "vector"},
