@@ -38,9 +38,9 @@ class Rows(Mapping):
     """Named tensors that are rows of a few buffers, and whole buffers beside them (a saved S):
     `where` maps each name to (buffer index, row) or (buffer index, None) for a whole buffer.
     A row's tensor (a view) is made when it is first read: a backend that hands its kernels
-    pointers (`ptrs`), a Function that saves the buffers for backward (`buffers`, and
-    Rows(where, buffers) again there) and a result whose statistics nobody reads make no tensor
-    per name (each ~1-2 µs in a call on this project's CPU; 24 such outputs a cpu call). Rows of
+    pointers (`ptrs`; contiguous rows), a Function that saves the buffers for backward
+    (`buffers`, and Rows(where, buffers) again there) and a result whose statistics nobody reads
+    make no tensor per name (each ~1-2 µs in a call on this project's CPU; 24 such outputs a cpu call). Rows of
     one buffer share its version counter, so saving the buffers still catches an output changed
     in place before backward."""
 
@@ -56,10 +56,6 @@ class Rows(Mapping):
             t = self.buffers[b] if row is None else self.buffers[b][row]
             self._made[name] = t
         return t
-
-    def ptr(self, name: str) -> int:
-        """The address of entry `name`, without a tensor for it (contiguous rows)."""
-        return self.ptrs((name,))[0]
 
     def ptrs(self, names) -> list[int]:
         """The addresses of the entries `names` (one call for a kernel's many pointer arguments)."""
@@ -79,15 +75,9 @@ class Rows(Mapping):
     def only(self, names: tuple) -> "Rows":
         """These entries alone, holding only the buffers they are in (what a result keeps need not
         keep a saved S alive)."""
-        key = (id(self.where), names)
-        plan = _ONLY.get(key)
-        if plan is None or plan[0] is not self.where:
-            used = sorted({self.where[k][0] for k in names})
-            new = {k: (used.index(self.where[k][0]), self.where[k][1]) for k in names}
-            if len(_ONLY) > 64:  # layouts made per call (Rows.of) must not pile up
-                _ONLY.clear()
-            plan = _ONLY[key] = (self.where, new, used)
-        return Rows(plan[1], [self.buffers[b] for b in plan[2]])
+        used = sorted({self.where[k][0] for k in names})
+        where = {k: (used.index(self.where[k][0]), self.where[k][1]) for k in names}
+        return Rows(where, [self.buffers[b] for b in used])
 
     def __or__(self, other) -> dict:
         return dict(self) | dict(other)
@@ -101,5 +91,3 @@ class Rows(Mapping):
     def __contains__(self, name) -> bool:
         return name in self.where
 
-
-_ONLY: dict = {}  # Rows.only's plans: (id of a layout, names) -> (that layout, the new one, buffers used)

@@ -34,9 +34,10 @@ SREM_INLINE int32_t as_int(float f) { return __builtin_bit_cast(int32_t, f); }
 // `omp simd` loop (live = true), the rest as one masked 8-lane step over [hi - 8, hi) with live =
 // (j not yet done) — not as a scalar loop: the runs between a row's special columns are short at
 // small B, and the scalar ends of a heavy body cost more than its vector part (perf, B=128: two
-// thirds of pass 2's plain loop; a light body, as pass 1's, gains nothing). The step reads [hi - 8, hi), in range when hi >= 8 (else the rest runs
-// in scalar); the statements keep a lane's work only where `live` (a masked lane's inputs may be
-// anything, inf and NaN included). REDUCTION: the loops' reduction clauses, or nothing.
+// thirds of pass 2's plain loop; a light body, as pass 1's, gains nothing). The step reads
+// [hi - 8, hi), in range when hi >= 8 (else the rest runs in scalar); the statements keep a lane's
+// work only where `live` (a masked lane's inputs may be anything, inf and NaN included).
+// REDUCTION: the loops' reduction clauses, or nothing.
 #define SREM_PRAGMA(...) _Pragma(#__VA_ARGS__)
 #define SREM_SIMD_RANGE(j, lo, hi, REDUCTION, ...)                                    \
   do {                                                                                 \

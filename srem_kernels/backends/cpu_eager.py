@@ -20,11 +20,10 @@ import torch
 
 from srem_kernels import _alloc, _amp
 from srem_kernels.backends import glue
-from srem_kernels.backends.fused import Statistics
+from srem_kernels.backends.fused import Statistics, pack_saved, unpack_saved
 
 # the glue's workspace rows (glue.ROWS), named for the statistics and the backward
 _GLUE_WHERE = {k: (0, r) for r, k in enumerate(glue.ROWS)}
-_HINGE_R, _HINGE_C = glue.ROWS.index("hinge_r"), glue.ROWS.index("hinge_c")
 _F32 = torch.float32
 
 
@@ -66,8 +65,8 @@ class _EagerCall(torch.autograd.Function):
             float(params.lambda_cbcl), ws.data_ptr(), loss.data_ptr(), False,
         )  # fmt: skip
         glued = _alloc.Rows(_GLUE_WHERE, (ws,))
-        ctx.kernels, ctx.params, ctx.where = kernels, params, vectors.where
-        ctx.save_for_backward(img, txt, ws, *vectors.buffers)
+        ctx.kernels, ctx.params = kernels, params
+        ctx.save_for_backward(img, txt, ws, *pack_saved(ctx, vectors))
         if params.reduction == "none":
             sink.append((None, vectors, glued))
             return glued["per_sample"]
@@ -78,17 +77,17 @@ class _EagerCall(torch.autograd.Function):
     def backward(ctx, g):
         if g is None:
             return None, None, None, None, None
-        img, txt, ws, *buffers = ctx.saved_tensors
-        p, B = ctx.params, img.shape[0]
+        img, txt, ws, *packed = ctx.saved_tensors
+        p = ctx.params
         with _amp.off(g.device):  # a backward inside an autocast region: SPEC's precision still
-            g = g.to(_F32)
+            # glue.upstream's C routine called directly: through its Python wrapper the B=128 call
+            # was ~3 % slower (one process, interleaved against the direct call)
+            B, g = img.shape[0], g.to(_F32)
             up = _alloc.empty((3, B), dtype=_F32, device="cpu")  # g_cbcl, k_r, k_c
-            row = ws.stride(0) * 4
-            ctx.kernels._C.glue_upstream(
-                B, g.data_ptr(), g.stride(0) if g.dim() else 0, 1.0 / B if p.reduction == "mean" else 1.0,
-                float(p.lambda_cbcl), ws.data_ptr() + row * _HINGE_R, ws.data_ptr() + row * _HINGE_C, up.data_ptr(),
-                False,
-            )  # fmt: skip
-            d_img, d_txt = ctx.kernels.backward(img, txt, None, _alloc.Rows(ctx.where, buffers), tau=float(p.tau),
-                                                eps=p.eps, bias=p.bias, g_cbcl=up[0], k_r=up[1], k_c=up[2])  # fmt: skip
+            hinge_r, hinge_c = _alloc.Rows(_GLUE_WHERE, (ws,)).ptrs(("hinge_r", "hinge_c"))
+            ctx.kernels._C.glue_upstream(B, g.data_ptr(), g.stride(0) if g.dim() else 0,
+                                         glue.upstream_scale(p.reduction, B), float(p.lambda_cbcl), hinge_r, hinge_c,
+                                         up.data_ptr(), False)  # fmt: skip
+            d_img, d_txt = ctx.kernels.backward(img, txt, None, unpack_saved(ctx, packed), tau=float(p.tau), eps=p.eps,
+                                                bias=p.bias, g_cbcl=up[0], k_r=up[1], k_c=up[2])  # fmt: skip
         return d_img, d_txt, None, None, None

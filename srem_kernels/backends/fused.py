@@ -264,9 +264,10 @@ def _forward_saved(kernels, key, img, txt, sim, params, stats_only):
     return dict(zip(layout, out))
 
 
-def _packed(ctx, saved) -> list[torch.Tensor]:
-    """What the Function saves of the kernels' forward: the buffers of an _alloc.Rows (its rows
-    are views of them, made again only where backward reads them), else every entry."""
+def pack_saved(ctx, saved) -> list[torch.Tensor]:
+    """What a Function saves of the kernels' forward: the buffers of an _alloc.Rows (its rows
+    are views of them, made again only where backward reads them), else every entry in the order
+    of ctx.names (the caller's). unpack_saved(ctx, that) gives the mapping back in backward."""
     if isinstance(saved, _alloc.Rows):
         ctx.rows_where = saved.where
         return list(saved.buffers)
@@ -274,7 +275,7 @@ def _packed(ctx, saved) -> list[torch.Tensor]:
     return [saved[n] for n in ctx.names]
 
 
-def _unpacked(ctx, packed: list[torch.Tensor]):
+def unpack_saved(ctx, packed: list[torch.Tensor]):
     """The kernels' forward output again (a mapping name -> tensor) from what _packed saved."""
     return _alloc.Rows(ctx.rows_where, packed) if ctx.rows_where is not None else dict(zip(ctx.names, packed))
 
@@ -325,7 +326,7 @@ class _FusedSREM(torch.autograd.Function):
         ctx.kernels, ctx.key, ctx.params, ctx.impl = kernels, key, params, impl
         ctx.names = list(saved)
         ctx.tau_like = None if tau is None else tau.detach()  # dtype, device and shape of its gradient
-        ctx.save_for_backward(img, txt, sim, out["hinge_r"], out["hinge_c"], *_packed(ctx, saved))
+        ctx.save_for_backward(img, txt, sim, out["hinge_r"], out["hinge_c"], *pack_saved(ctx, saved))
         per_sample = None if params.reduction == "none" else out["per_sample"]
         if sink is not None:
             sink.append((per_sample, Statistics(saved, out)))
@@ -339,7 +340,7 @@ class _FusedSREM(torch.autograd.Function):
         if g is None:
             return (None,) * 10
         img, txt, sim, hinge_r, hinge_c, *packed = ctx.saved_tensors
-        vectors = _unpacked(ctx, packed)
+        vectors = unpack_saved(ctx, packed)
         p = ctx.params
         tau_grad = ctx.tau_like is not None and ctx.needs_input_grad[5]
         with _amp.off(g.device):  # a backward called inside an autocast region: SPEC's precision still
@@ -388,9 +389,9 @@ def run(kernels: Kernels, img, txt, sim, params: SREMParams, *, stats_only: bool
     return loss, per_sample, stats
 
 
-def statistics(out, glued=None) -> "Statistics":
-    """SPEC's statistics from the kernels' vectors and the glue's (one mapping, or the two)."""
-    return Statistics(out, out if glued is None else glued)
+def statistics(out) -> "Statistics":
+    """SPEC's statistics from one mapping that holds the kernels' vectors and the glue's."""
+    return Statistics(out, out)
 
 
 class Statistics(Mapping):

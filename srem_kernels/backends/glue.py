@@ -257,11 +257,15 @@ def forward(vectors: dict, params, margin, clean, *, impl: str, select: str | No
     return out
 
 
+def upstream_scale(reduction: str, B: int) -> float:
+    """What the loss's upstream gradient is scaled by per sample: 1/B for "mean", else 1."""
+    return 1.0 / B if reduction == "mean" else 1.0
+
+
 def upstream(g, hinge_r, hinge_c, *, reduction: str, lambda_cbcl: float, impl: str) -> dict:
     """g_cbcl, k_r, k_c from the loss's upstream gradient g (a scalar for "mean"/"sum", a
     B-vector for "none")."""
-    scale = 1.0 / hinge_r.shape[0] if reduction == "mean" else 1.0
-    args = (g, hinge_r, hinge_c, scale, float(lambda_cbcl), impl)
+    args = (g, hinge_r, hinge_c, upstream_scale(reduction, hinge_r.shape[0]), float(lambda_cbcl), impl)
     out = glue_upstream_op(*args) if torch.compiler.is_compiling() else _upstream(*args)
     return dict(zip(("g_cbcl", "k_r", "k_c"), out.unbind(0)))
 
