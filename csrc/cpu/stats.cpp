@@ -192,12 +192,13 @@ extern "C" void srem_cpu_stats_panel(const float* P, int64_t ld, int64_t rows, i
                                      int64_t* hard_c_idx, int first, int threads) {
   // one parallel region: (unless rows only) the column blocks, then tasks of kRowTask rows (the big
   // tasks first, the small ones to even out the threads' shares). Below 512 × threads columns the
-  // blocks are narrowed so that every thread gets one: a column costs about twice a row per element,
-  // and one block of them for one thread (B = 128: one column task, two row tasks) left the other
-  // thread waiting. A column's statistics do not depend on its block (each column is its own lane).
+  // blocks narrow so that every thread gets one: at B = 128 one column task (24 µs on one thread)
+  // and two row tasks (20 µs each) kept a thread idle for a fifth of the pass. A column's statistics
+  // do not depend on its block (each column is its own lane), so the results stay bitwise.
   constexpr int64_t kRowTask = 64;
   const int64_t row_tasks = (rows + kRowTask - 1) / kRowTask;
-  const int64_t width = std::clamp<int64_t>(((B + threads - 1) / std::max(threads, 1) + 7) / 8 * 8, 64, kColumnBlock);
+  const int64_t per_thread = (B + threads - 1) / std::max(threads, 1);
+  const int64_t width = std::clamp<int64_t>((per_thread + 7) / 8 * 8, 64, kColumnBlock);
   const int64_t col_tasks = m_c == nullptr ? 0 : (B + width - 1) / width;
   parallel_tasks(row_tasks + col_tasks, threads, [=](int64_t t) {
     if (t < col_tasks) {
