@@ -6,6 +6,10 @@ one-line notice, and its backend reports itself unavailable in srem_kernels.back
 - srem_kernels.backends._srem_cpu  (csrc/cpu/): C++17 with OpenMP (at run time it shares the libgomp that
   torch loads), built everywhere. SREM_CPU_ARCH sets -march (default "native": the kernels are
   built for the machine that installs them).
+- srem_kernels.backends._srem_cpu_node (csrc/cpu/node.cpp and the same kernels): the cpu backend's
+  short eager call as one C++ autograd node, against the installed torch's C++ API (rebuilt with
+  torch; skipped with a notice where its headers are missing — the backend then runs that call
+  from Python).
 - srem_kernels.backends._srem_cuda (csrc/cuda/): built wherever nvcc is found (on PATH, or CUDA_HOME/bin).
   The .cu files are compiled by nvcc through ninja (in parallel) for the architectures in
   SREM_CUDA_ARCHS (default "80;90"), then linked with the pybind11 binding against the CUDA
@@ -89,6 +93,12 @@ class OptionalBuildExt(build_ext):
 
     def build_extension(self, ext):
         try:
+            if getattr(ext, "objects_of", None):  # another module's objects, compiled before this one
+                objects = self.compiler.object_filenames(ext.objects_of, output_dir=self.build_temp)
+                missing = [o for o in objects if not os.path.exists(o)]
+                if missing:
+                    raise RuntimeError(f"{missing[0]} is missing (the module that compiles it was skipped)")
+                ext.extra_objects = objects
             cu = [s for s in ext.sources if s.endswith(".cu")]
             if cu:
                 nvcc = find_nvcc()
@@ -123,6 +133,45 @@ class OptionalBuildExt(build_ext):
             self.extensions = every
 
 
+CPU_KERNELS = [f"csrc/cpu/{name}.cpp" for name in ("stats", "coupled", "backward", "vecmath")]
+CPU_HEADERS = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc" / "cpu").glob("*.h"))]
+
+
+def cpu_flags(march):
+    """The CPU modules' compile flags: no -ffast-math, no FMA contraction (csrc/cpu/terms.h)."""
+    return ["-std=c++17", "-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+            f"-march={march}", "-fvisibility=hidden", "-pthread"]  # fmt: skip
+
+
+def cpu_node_extension(march):
+    """srem_kernels.backends._srem_cpu_node (csrc/cpu/node.cpp with the kernels): the cpu backend's
+    short eager call as one C++ autograd node, built against the installed torch's C++ API (the
+    one module that links libtorch; rebuild it with torch). None (with a notice) where torch's
+    headers are not there: cpu_eager.py's Python Function then runs the same steps."""
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError as err:
+        print(f"srem-kernels: skipping optional module srem_kernels.backends._srem_cpu_node: {err}")
+        return None
+    ext = Extension(
+        "srem_kernels.backends._srem_cpu_node",
+        sources=["csrc/cpu/glue.cpp", "csrc/cpu/node.cpp"],  # glue.cpp again: its bindings' pybind11 is torch's here
+        depends=CPU_HEADERS + CPU_KERNELS,  # relinked when a kernel changes
+        include_dirs=cpp_extension.include_paths(),  # torch's own pybind11 among them
+        library_dirs=cpp_extension.library_paths(),
+        libraries=["c10", "torch", "torch_cpu", "torch_python"],
+        define_macros=[("TORCH_EXTENSION_NAME", "_srem_cpu_node"), ("TORCH_API_INCLUDE_EXTENSION_H", None),
+                       ("_GLIBCXX_USE_CXX11_ABI", str(int(torch._C._GLIBCXX_USE_CXX11_ABI)))],  # fmt: skip
+        language="c++",
+        extra_compile_args=cpu_flags(march) + ["-std=c++20", "-g0"],  # torch 2.13's headers'; the last flag wins
+        extra_link_args=["-pthread", "-fopenmp"],
+    )
+    # the kernels' objects as _srem_cpu compiled them (built first): the node runs the same machine code
+    ext.objects_of = CPU_KERNELS
+    return ext
+
+
 def ext_modules():
     inc = _pybind11_include()
     if inc is None:
@@ -131,15 +180,17 @@ def ext_modules():
     march = os.environ.get("SREM_CPU_ARCH", "native")
     cpu = Extension(
         "srem_kernels.backends._srem_cpu",
-        sources=[f"csrc/cpu/{name}.cpp" for name in ("stats", "coupled", "backward", "vecmath", "glue", "module")],
-        depends=[str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc" / "cpu").glob("*.h"))],
+        sources=CPU_KERNELS + ["csrc/cpu/glue.cpp", "csrc/cpu/module.cpp"],
+        depends=CPU_HEADERS,
         include_dirs=[inc],
         language="c++",
-        extra_compile_args=["-std=c++17", "-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", f"-march={march}",
-                            "-fvisibility=hidden", "-pthread"],  # fmt: skip
+        extra_compile_args=cpu_flags(march),
         extra_link_args=["-pthread", "-fopenmp"],
     )
     mods = [cpu]
+    node = cpu_node_extension(march)
+    if node is not None:
+        mods.append(node)
     if find_nvcc() is not None:
         mods.append(
             Extension(

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels.h"  // the fp32 entry points below
 #include "vecmath.h"  // exp_neg_d
 
 namespace py = pybind11;
@@ -248,6 +249,19 @@ void glue_upstream(int64_t B, const T* g, int64_t g_stride, T scale, T lambda_cb
 }
 
 }  // namespace
+
+extern "C" void srem_cpu_glue_forward_f32(int64_t B, const float* lse_r, const float* lse_c, const float* pos,
+                                          const float* hard_r, const float* hard_c, const float* sce,
+                                          const float* cbcl, float margin, int select, int sce_weight, int reduction,
+                                          float tau, float lambda_hard, float lambda_cbcl, float* ws, float* loss) {
+  glue_forward<float>(B, lse_r, lse_c, pos, hard_r, hard_c, sce, cbcl, nullptr, 0, margin, nullptr, 0, nullptr,
+                      nullptr, select, sce_weight != 0, reduction, tau, lambda_hard, lambda_cbcl, ws, loss);
+}
+
+extern "C" void srem_cpu_glue_upstream_f32(int64_t B, const float* g, int64_t g_stride, float scale,
+                                           float lambda_cbcl, const float* ws, float* out) {
+  glue_upstream<float>(B, g, g_stride, scale, lambda_cbcl, ws + kHingeR * B, ws + kHingeC * B, out);
+}
 
 // Called from module.cpp's PYBIND11_MODULE. Vectors: pointers of `double_` ? fp64 : fp32.
 void register_glue(py::module_& m) {

@@ -9,6 +9,7 @@
 //   coupled.cpp   pass 2: srem_cpu_forward_panel (rows and their columns, for row ranges),
 //                 srem_cpu_pass2_panel / srem_cpu_pass2_full (each element pair formed once)
 //   backward.cpp  dS: srem_cpu_backward_panel
+//   glue.cpp      the B-vector work after the kernels (its fp32 forward and upstream here for node.cpp)
 #pragma once
 
 #include <cstdint>
@@ -83,6 +84,16 @@ void srem_cpu_backward_panel(const float* P, int64_t ldp, float* D, int64_t ldd,
                              const float* A_r, const float* A_c, const float* A_r_rest, const float* A_c_rest,
                              const float* g, const float* k_r, const float* k_c, const int64_t* hard_r_idx,
                              const int64_t* hard_c_idx, int threads, double* tau_acc);
+
+// The glue's fp32 forward and upstream (glue.cpp, whose bindings take fp64 too), for node.cpp's
+// C++ autograd node: what glue.forward / glue.upstream compute for cpu tensors, with no margin
+// vector, no given clean weights and no sensitivity factor. ws: glue.ROWS rows of B.
+void srem_cpu_glue_forward_f32(int64_t B, const float* lse_r, const float* lse_c, const float* pos,
+                               const float* hard_r, const float* hard_c, const float* sce, const float* cbcl,
+                               float margin, int select, int sce_weight, int reduction, float tau, float lambda_hard,
+                               float lambda_cbcl, float* ws, float* loss);
+void srem_cpu_glue_upstream_f32(int64_t B, const float* g, int64_t g_stride, float scale, float lambda_cbcl,
+                                const float* ws, float* out);
 
 // The vector functions of vecmath.h over n floats (for tests/test_cpu_vecmath.py): fn 0 exp_neg(x),
 // 1 p of exp_pq(x), 2 q of exp_pq(x), 3 log_pos(x), 4 log1p_neg(x); 1 on an unknown fn.

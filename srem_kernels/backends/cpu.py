@@ -237,6 +237,19 @@ class CPUKernels(PanelRows):
         self._chosen: dict[tuple, str] = {}
         fused.register_kernels(self)  # behind the custom ops under torch.compile (saved_layout)
 
+    def node_call(self, B: int):
+        """For cpu_eager's C++ node, a call `cpu_eager.takes` accepted: (the forward's buffers with S
+        as forward allocates them, each of the node's vectors' row in them, the kernels' threads);
+        None where the node leaves the call to the Python path — forward or backward is not this
+        class's own (a subclass's, or a fault the self-check's tests inject: that path calls it),
+        or S is as large as the kept matrices (the backward's dS panel is one then, which the node
+        would allocate afresh)."""
+        if _NODE_ROWS is None or (type(self).forward, type(self).backward) != _OWN_PASSES:
+            return None
+        if 4 * B * B >= KEPT.MIN_BYTES:
+            return None
+        return _outputs(B, KEPT.matrix(B)), _NODE_ROWS, _threads()
+
     def saved_layout(self, img, txt, sim, *, stats_only: bool = False) -> dict[str, tuple[tuple, torch.dtype]]:
         """name -> (shape, dtype) of what forward returns, in order (fused.py's custom ops use it
         for their fake implementation): the workspace's vectors, then S where materialised."""
@@ -423,5 +436,11 @@ class CPUKernels(PanelRows):
                     d_txt.addmm_(d.T, x[r0:r1])
         return _as(d_img, img.dtype), _as(d_txt, txt.dtype)
 
+
+_OWN_PASSES = (CPUKernels.forward, CPUKernels.backward)  # what the C++ node computes (node_call)
+# the node's vectors' rows in _outputs' fp32 and int64 buffers, in its order
+_NODE_ROWS = None if cpu_eager.NODE is None else (
+    [_ROW[k] for k in cpu_eager.NODE.FLOAT_KEYS] + [_INDEX_KEYS.index(k) for k in cpu_eager.NODE.INDEX_KEYS]
+)  # fmt: skip
 
 run = fused.FusedRun(CPUKernels())

@@ -22,6 +22,11 @@ from srem_kernels import _alloc, _amp
 from srem_kernels.backends import glue
 from srem_kernels.backends.fused import Statistics, pack_saved, unpack_saved
 
+try:  # the same call as one C++ autograd node (csrc/cpu/node.cpp; optional, built by setup.py)
+    from srem_kernels.backends import _srem_cpu_node as NODE
+except ImportError:
+    NODE = None
+
 # the glue's workspace rows (glue.ROWS), named for the statistics and the backward
 _GLUE_WHERE = {k: (0, r) for r, k in enumerate(glue.ROWS)}
 _F32 = torch.float32
@@ -37,11 +42,29 @@ def takes(kernels, img, sim, params) -> bool:
 
 
 def run(kernels, img, txt, params):
-    """(loss, per_sample, statistics) as fused.run returns them, for a call that `takes` says."""
+    """(loss, per_sample, statistics) as fused.run returns them, for a call that `takes` says:
+    through the C++ node where the kernels allow it (their node_call), else _EagerCall."""
+    node = None if params.reduction == "none" else kernels.node_call(img.shape[0])
+    if node is not None:
+        return _node_run(img, txt, params, *node)
     sink: list = []
     loss = _EagerCall.apply(img, txt, kernels, params, sink)
     per_sample, vectors, glued = sink[0]
     return loss, loss.detach() if per_sample is None else per_sample, Statistics(vectors, glued)
+
+
+def _node_run(img, txt, params, vectors, rows, threads):
+    """run() as one C++ autograd node: _EagerCall's steps on the buffers given (vectors: the
+    kernels' outputs with S, `rows` each of NODE's vectors' row in them) and the glue's."""
+    B = img.shape[0]
+    ws = _alloc.empty((len(glue.ROWS), B), dtype=_F32, device="cpu")
+    f, i, S = vectors.buffers
+    loss = NODE.eager_call(img, txt, S, f, i, ws, rows, float(params.tau), float(params.margin), params.eps, params.bias,
+                           glue.SELECT.index(params.select), params.sce_mode == "weight",
+                           glue.REDUCTION.index(params.reduction), float(params.lambda_hard),
+                           float(params.lambda_cbcl), threads)  # fmt: skip
+    glued = _alloc.Rows(_GLUE_WHERE, (ws,))
+    return loss, glued["per_sample"], Statistics(vectors, glued)
 
 
 class _EagerCall(torch.autograd.Function):
