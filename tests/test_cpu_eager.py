@@ -8,6 +8,7 @@ before each call (conftest.py)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,10 +74,32 @@ def spy(monkeypatch):
     return runs
 
 
+@pytest.fixture
+def node_spy(monkeypatch):
+    """How many calls the short path ran through its C++ node."""
+    runs = []
+    real = cpu_eager._node_run
+    monkeypatch.setattr(cpu_eager, "_node_run", lambda *a: runs.append(1) or real(*a))
+    return runs
+
+
+@pytest.fixture(params=["node", "python"])
+def short_path(request, monkeypatch):
+    """The short path through its C++ node (skipped where it is not built: see
+    test_the_node_is_built_where_torchs_headers_are), or through its Python Function."""
+    from srem_kernels.backends import cpu
+
+    if request.param == "node" and cpu_eager.NODE is None:
+        pytest.skip("_srem_cpu_node is not built")
+    if request.param == "python":
+        monkeypatch.setattr(cpu, "_NODE_ROWS", None)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", TAKEN)
 @pytest.mark.parametrize("B,D", [(2, 3), (37, 33), (130, 7)])
-def test_short_path_is_bitwise_the_general_path(spy, B, D, case, dtype):
+def test_short_path_is_bitwise_the_general_path(spy, node_spy, short_path, B, D, case, dtype):
     img, txt = embeddings(B, D, seed=B * 7 + D, noise=0.7)
     img, txt = img.to(dtype), txt.to(dtype)
     kw = _kwargs(B, TAKEN[case], seed=B)
@@ -84,6 +107,8 @@ def test_short_path_is_bitwise_the_general_path(spy, B, D, case, dtype):
     kernels = CPUKernels("materialised")
     short = _call(fused.FusedRun(kernels), img, txt, kw, upstream)
     assert spy == [1], "the call did not take the short path"
+    # the node takes every call here but reduction "none" (B <= 130: S below the kept matrices)
+    assert node_spy == ([1] if short_path == "node" and kw["reduction"] != "none" else [])
     general = _call(lambda *a: fused.run(kernels, *a), img, txt, kw, upstream)
     names = ("loss", "per_sample", "statistics", "d_img", "d_txt")
     for name, a, b in zip(names, short, general):
@@ -118,9 +143,9 @@ def test_streaming_stats_only_and_similarity_take_the_general_path(spy, monkeypa
 
 @pytest.mark.parametrize("stat", ["pos", "hard_i2t_index", "sce", "energy", "clean", "loss_hard"])
 @pytest.mark.parametrize("short", [True, False], ids=["short", "general"])
-def test_a_statistic_changed_in_place_fails_backward(stat, short):
+def test_a_statistic_changed_in_place_fails_backward(stat, short, short_path):
     """The statistics are rows of buffers the backward reads: changing one in place before
-    backward is caught by autograd's version check, on both paths."""
+    backward is caught by autograd's version check, on every path."""
     img, txt = [t.requires_grad_(True) for t in embeddings(12, 4, seed=3, noise=0.7, dtype=torch.float32)]
     margin = 0.2 if short else torch.full((12,), 0.2)  # a margin vector: the general path
     out = srem_kernels.loss(img, txt, backend="cpu", margin=margin)
@@ -129,7 +154,7 @@ def test_a_statistic_changed_in_place_fails_backward(stat, short):
         out.loss.backward()
 
 
-def test_short_path_backward_ignores_autocast():
+def test_short_path_backward_ignores_autocast(short_path):
     img, txt = [t.requires_grad_(True) for t in embeddings(24, 8, seed=4, noise=0.7, dtype=torch.float32)]
     out = srem_kernels.loss(img, txt, backend="cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -137,3 +162,55 @@ def test_short_path_backward_ignores_autocast():
     ref = [t.detach().clone().requires_grad_(True) for t in (img, txt)]
     srem_kernels.loss(*ref, backend="cpu").loss.backward()
     assert torch.equal(img.grad, ref[0].grad) and torch.equal(txt.grad, ref[1].grad)
+
+
+def test_the_node_is_built_where_torchs_headers_are():
+    """setup.py builds _srem_cpu_node wherever torch ships its C++ headers (every torch wheel):
+    the node's tests above skip only where it truly cannot be built."""
+    from torch.utils import cpp_extension
+
+    header = Path(cpp_extension.include_paths()[0]) / "torch" / "csrc" / "autograd" / "custom_function.h"
+    if header.exists():
+        assert cpu_eager.NODE is not None, "torch's headers are here but _srem_cpu_node is not built (see setup.py's notice)"
+
+
+def test_which_short_calls_the_node_runs(spy, node_spy, monkeypatch):
+    """The node runs the short path's mean and sum calls while S is below the kept matrices' size;
+    reduction "none", a larger S, and kernels whose forward or backward is not CPUKernels' own (a
+    subclass's, or the self-check tests' injected faults) take the Python Function."""
+    if cpu_eager.NODE is None:
+        pytest.skip("_srem_cpu_node is not built")
+    from srem_kernels.backends import cpu
+
+    def call(B, kernels=None, **kw):
+        img, txt = [t.requires_grad_(True) for t in embeddings(B, 4, seed=B, noise=0.7, dtype=torch.float32)]
+        run = fused.FusedRun(kernels or CPUKernels("materialised"))
+        loss = run(img, txt, None, check_params(B, img.device, **_kwargs(B, kw, seed=1)))[0]
+        loss.sum().backward()
+
+    call(16)
+    call(16, reduction="sum")
+    assert spy == [1, 1] and node_spy == [1, 1]
+    call(16, reduction="none")
+    big = next(b for b in range(8, 4096, 8) if 4 * b * b >= cpu.KEPT.MIN_BYTES)
+    call(big)
+    assert spy == [1] * 4 and node_spy == [1, 1]
+
+    class Subclass(CPUKernels):
+        def forward(self, *a, **kw):
+            return super().forward(*a, **kw)
+
+    call(16, Subclass("materialised"))
+    own = CPUKernels.backward
+    monkeypatch.setattr(CPUKernels, "backward", lambda self, *a, **kw: own(self, *a, **kw))  # as a fault is injected
+    call(16)
+    assert spy == [1] * 6 and node_spy == [1, 1]
+
+
+def test_node_backward_runs_twice_with_retain_graph(short_path):
+    img, txt = [t.requires_grad_(True) for t in embeddings(20, 6, seed=5, noise=0.7, dtype=torch.float32)]
+    out = srem_kernels.loss(img, txt, backend="cpu")
+    out.loss.backward(retain_graph=True)
+    first = img.grad.clone(), txt.grad.clone()
+    out.loss.backward()
+    assert torch.equal(img.grad, 2 * first[0]) and torch.equal(txt.grad, 2 * first[1])
