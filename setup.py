@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
@@ -87,11 +88,31 @@ def compile_cuda(nvcc, sources, include_dirs, build_dir):
     return objects
 
 
+def compile_in_parallel(compiler):
+    """The compiler's sources one process each, os.cpu_count() at a time (distutils compiles an
+    extension's sources one after the other: the cpu modules' 8 C++ files took ~100 s of a
+    clean build on a 2-core machine)."""
+    if getattr(compiler, "_srem_parallel", False):
+        return
+    one_by_one = compiler.compile
+
+    def compile(sources, *args, **kwargs):
+        if len(sources) < 2:
+            return one_by_one(sources, *args, **kwargs)
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            done = list(pool.map(lambda source: one_by_one([source], *args, **kwargs), sources))
+        return [obj for objects in done for obj in objects]
+
+    compiler.compile, compiler._srem_parallel = compile, True
+
+
 class OptionalBuildExt(build_ext):
     """build_ext that skips a module it cannot build instead of failing the install; .cu sources
-    go through nvcc (compile_cuda) and the objects join the host link."""
+    go through nvcc (compile_cuda) and the objects join the host link; C++ sources compile in
+    parallel (compile_in_parallel)."""
 
     def build_extension(self, ext):
+        compile_in_parallel(self.compiler)
         try:
             if getattr(ext, "objects_of", None):  # another module's objects, compiled before this one
                 objects = self.compiler.object_filenames(ext.objects_of, output_dir=self.build_temp)

@@ -4,6 +4,7 @@ SREM_CUDA_ARCHS, the module (where built) reports CUDA errors as Python exceptio
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -74,3 +75,28 @@ def test_cpu_module_was_built_where_a_compiler_exists():
         pytest.skip("no C++ compiler on this machine")
     status = srem_kernels.backends()["cpu"]
     assert status.available, status.reason
+
+
+def test_sources_compile_one_process_each_and_objects_keep_their_order(build):
+    """compile_in_parallel: one compile call per source (run side by side), the same arguments to
+    each, the objects in the sources' order whatever finishes first; wrapping twice changes nothing."""
+    import threading
+    import time
+
+    calls = []
+
+    class Compiler:
+        def compile(self, sources, output_dir=None, **kwargs):
+            time.sleep(0.05 if sources[0] == "a.cpp" else 0.0)  # the first source finishes last
+            calls.append((tuple(sources), output_dir, kwargs, threading.get_ident()))
+            return [s.replace(".cpp", ".o") for s in sources]
+
+    c = Compiler()
+    build["compile_in_parallel"](c)
+    build["compile_in_parallel"](c)
+    assert c.compile(["a.cpp", "b.cpp", "c.cpp"], "out", depends=["h"]) == ["a.o", "b.o", "c.o"]
+    assert sorted(s for s, *_ in calls) == [("a.cpp",), ("b.cpp",), ("c.cpp",)]
+    assert all(d == "out" and kw == {"depends": ["h"]} for _, d, kw, _ in calls)
+    if (os.cpu_count() or 1) > 1:  # side by side: the slow first source finished last
+        assert calls[-1][0] == ("a.cpp",)
+    assert c.compile(["x.cpp"]) == ["x.o"]
