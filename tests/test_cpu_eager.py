@@ -65,22 +65,23 @@ def _call(run, img, txt, kw, upstream):
     return loss.detach(), per_sample, stats, x.grad, y.grad
 
 
+def _counted(monkeypatch, name: str) -> list:
+    """One entry per call of cpu_eager.<name> from here on."""
+    runs, real = [], getattr(cpu_eager, name)
+    monkeypatch.setattr(cpu_eager, name, lambda *a: runs.append(1) or real(*a))
+    return runs
+
+
 @pytest.fixture
 def spy(monkeypatch):
     """How many calls the short path ran."""
-    runs = []
-    real = cpu_eager.run
-    monkeypatch.setattr(cpu_eager, "run", lambda *a: runs.append(1) or real(*a))
-    return runs
+    return _counted(monkeypatch, "run")
 
 
 @pytest.fixture
 def node_spy(monkeypatch):
     """How many calls the short path ran through its C++ node."""
-    runs = []
-    real = cpu_eager._node_run
-    monkeypatch.setattr(cpu_eager, "_node_run", lambda *a: runs.append(1) or real(*a))
-    return runs
+    return _counted(monkeypatch, "_node_run")
 
 
 @pytest.fixture(params=["node", "python"])

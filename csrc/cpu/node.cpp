@@ -57,14 +57,14 @@ at::Tensor as_f32(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr int kArgs = 17;  // EagerCall::forward's arguments after ctx: one gradient (or none) each
+constexpr int kArgs = 18;  // EagerCall::forward's arguments after ctx: one gradient (or none) each
 
 class EagerCall : public torch::autograd::Function<EagerCall> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& img, const at::Tensor& txt, at::Tensor S,
                                at::Tensor f, at::Tensor i, at::Tensor ws, std::vector<int64_t> rows, double tau,
                                double margin, double eps, bool bias, int64_t select, bool sce_weight, int64_t reduction,
-                               double lambda_hard, double lambda_cbcl, int64_t threads) {
+                               double scale, double lambda_hard, double lambda_cbcl, int64_t threads) {
     ctx->set_materialize_grads(false);
     const int64_t B = img.size(0);
     TORCH_CHECK(S.scalar_type() == at::kFloat && S.size(0) == B && S.size(1) == B && S.stride(1) == 1,
@@ -98,7 +98,7 @@ class EagerCall : public torch::autograd::Function<EagerCall> {
     ctx->saved_data["tau"] = tau;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["bias"] = bias;
-    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["scale"] = scale;  // the upstream's per-sample scale (glue.upstream_scale)
     ctx->saved_data["lambda_cbcl"] = lambda_cbcl;
     ctx->saved_data["threads"] = threads;
     return {loss};
@@ -119,9 +119,8 @@ class EagerCall : public torch::autograd::Function<EagerCall> {
     const at::Tensor g = grads[0].to(at::kFloat);
     at::Tensor up = at::empty({3, B}, S.options());  // g_cbcl, k_r, k_c
     float* u = up.data_ptr<float>();
-    const bool mean = ctx->saved_data["reduction"].toInt() == 0;
     srem_cpu_glue_upstream_f32(B, g.data_ptr<float>(), g.dim() ? g.stride(0) : 0,
-                               mean ? static_cast<float>(1.0 / B) : 1.0f,
+                               static_cast<float>(ctx->saved_data["scale"].toDouble()),
                                static_cast<float>(ctx->saved_data["lambda_cbcl"].toDouble()), ws.data_ptr<float>(), u);
     at::Tensor dS = at::empty({B, B}, S.options());
     srem_cpu_backward_panel(S.data_ptr<float>(), S.stride(0), dS.data_ptr<float>(), B, B, B, 0,
@@ -138,10 +137,10 @@ class EagerCall : public torch::autograd::Function<EagerCall> {
 
 at::Tensor eager_call(const at::Tensor& img, const at::Tensor& txt, const at::Tensor& S, const at::Tensor& f,
                       const at::Tensor& i, const at::Tensor& ws, std::vector<int64_t> rows, double tau, double margin,
-                      double eps, bool bias, int64_t select, bool sce_weight, int64_t reduction, double lambda_hard,
-                      double lambda_cbcl, int64_t threads) {
+                      double eps, bool bias, int64_t select, bool sce_weight, int64_t reduction, double scale,
+                      double lambda_hard, double lambda_cbcl, int64_t threads) {
   return EagerCall::apply(img, txt, S, f, i, ws, std::move(rows), tau, margin, eps, bias, select, sce_weight,
-                          reduction, lambda_hard, lambda_cbcl, threads)[0];
+                          reduction, scale, lambda_hard, lambda_cbcl, threads)[0];
 }
 
 }  // namespace
@@ -153,5 +152,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // the GIL released as the other modules' kernels release it (a data loader's threads run on)
   m.def("eager_call", &eager_call, py::call_guard<py::gil_scoped_release>(),
         "loss of one call (cpu_eager._node_run); img, txt, S, f, i, ws, rows, tau, margin, eps, bias, select, "
-        "sce_weight, reduction, lambda_hard, lambda_cbcl, threads");
+        "sce_weight, reduction, scale (glue.upstream_scale), lambda_hard, lambda_cbcl, threads");
 }

@@ -67,8 +67,8 @@ def _node_run(img, txt, params, vectors, rows, threads):
     f, i, S = vectors.buffers
     loss = NODE.eager_call(img, txt, S, f, i, ws, rows, float(params.tau), float(params.margin), params.eps, params.bias,
                            glue.SELECT.index(params.select), params.sce_mode == "weight",
-                           glue.REDUCTION.index(params.reduction), float(params.lambda_hard),
-                           float(params.lambda_cbcl), threads)  # fmt: skip
+                           glue.REDUCTION.index(params.reduction), glue.upstream_scale(params.reduction, B),
+                           float(params.lambda_hard), float(params.lambda_cbcl), threads)  # fmt: skip
     glued = _alloc.Rows(_GLUE_WHERE, (ws,))
     return loss, glued["per_sample"], Statistics(vectors, glued)
 
